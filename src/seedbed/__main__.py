@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from seedbed.cli import main
+
+main()

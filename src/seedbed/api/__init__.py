@@ -1,0 +1,3 @@
+"""The HTTP API."""
+
+from __future__ import annotations

@@ -1,0 +1,22 @@
+"""The key's side of the account: its credit balance."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from seedbed.api import auth, envelope
+from seedbed.api.context import context
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["account"])
+
+
+@router.get("/api/v1/chat/credit")
+async def credit(request: Request) -> Response:
+    """The key's balance: credits available to new tasks (open tasks' holds already deducted)."""
+    ctx = context(request)
+    key = await auth.authenticate(request, ctx)
+    return envelope.ok(envelope.json_number(key.balance))

@@ -1,0 +1,48 @@
+"""kie's answer envelope ``{"code", "msg", "data"}``, serialised once, fast (orjson)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from seedbed import errors
+
+__all__ = ["error_response", "json_number", "ok"]
+
+_HTTP_STATUS = {404: 404, 405: 405, 413: 413, 429: 429, 500: 500}
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return json_number(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_number(value: Decimal) -> int | float:
+    """Credits as JSON numbers: integers stay integers, like kie's ``5916.25`` or ``100``."""
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, default=_default),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def ok(data: Any, msg: str = "success") -> Response:
+    return _response({"code": 200, "msg": msg, "data": data}, 200)
+
+
+def error_response(exc: errors.SeedbedError) -> Response:
+    """Business errors travel in ``code`` with HTTP 200, as kie does; a few keep a real status."""
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after + 0.499)))}
+    status = _HTTP_STATUS.get(exc.code, 200)
+    return _response({"code": exc.code, "msg": exc.msg, "data": None}, status, headers)

@@ -1,0 +1,179 @@
+"""The kie Market jobs API: ``createTask`` and ``recordInfo``."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from starlette.requests import Request
+from starlette.responses import Response
+
+from seedbed import catalogue, errors, netguard
+from seedbed.api import auth, envelope
+from seedbed.api.body import parse_json_object, read_body
+from seedbed.api.context import Context, context
+from seedbed.api.views import task_record
+from seedbed.catalogue.base import ModelSpec
+from seedbed.store.base import CreateRefused
+from seedbed.tasks import NewTask, TaskState, new_task_id
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["jobs"])
+
+_CREATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["model", "input"],
+                "properties": {
+                    "model": {"type": "string", "enum": list(catalogue.CATALOGUE)},
+                    "callBackUrl": {"type": "string", "format": "uri"},
+                    "input": {
+                        "type": "object",
+                        "description": "model-specific; see GET /api/v1/models for each schema",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("/api/v1/jobs/createTask", openapi_extra={"requestBody": _CREATE_BODY})
+async def create_task(request: Request) -> Response:
+    """Accept a generation task; answers its ``taskId`` once it is stored durably."""
+    ctx = context(request)
+    raw = await read_body(request, ctx.settings.max_body_bytes)
+    key = await auth.authenticate(request, ctx)
+    flags = await ctx.flags.get()
+    if flags.maintenance:
+        raise errors.Maintenance()
+    auth.limit_create(ctx, key)
+    body = parse_json_object(raw)
+    spec = catalogue.get(body.get("model"))
+    if spec.id in flags.disabled_models:
+        raise errors.ModelUnavailable(f"Model {spec.id} is disabled on this server")
+    engine = ctx.engines.for_model(spec.id)
+    if engine is None:
+        raise errors.ModelUnavailable(f"No engine on this server serves {spec.id}")
+    if "input" not in body or body["input"] is None:
+        raise errors.ValidationFailed("input: is required")
+    raw_input = body["input"]
+    inp = catalogue.validate_input(spec, raw_input)
+    _check_engine_limits(ctx, spec, inp)
+    _check_image_urls(ctx, spec, inp)
+    callback_url = _callback_url(ctx, body.get("callBackUrl"))
+
+    pricing = ctx.pricing(spec)
+    reserve = spec.max_price(inp, pricing)
+    normalized = inp.model_dump(mode="json")
+    if normalized.get("seed") in (None, -1):
+        # Store the seed we draw, so a retried attempt renders the same image.
+        normalized["seed"] = secrets.randbelow(2**31)
+    task_id = new_task_id()
+    new = NewTask(
+        id=task_id,
+        key_id=key.id,
+        model=spec.id,
+        param=_param(spec.id, raw_input, callback_url),
+        input=normalized,
+        callback_url=callback_url,
+        reserve=reserve,
+    )
+    cap = key.limits.open_task_cap or ctx.settings.open_task_cap
+    try:
+        await ctx.store.create_task(new, open_task_cap=cap)
+    except CreateRefused as exc:
+        raise _refusal(exc, reserve, key.balance, cap) from exc
+    ctx.wakeup.notify()
+    return envelope.ok({"taskId": task_id, "recordId": task_id})
+
+
+@router.get("/api/v1/jobs/recordInfo")
+async def record_info(
+    request: Request, task_id: str | None = Query(None, alias="taskId")
+) -> Response:
+    """A task's state, progress and results, in kie's recordInfo form."""
+    ctx = context(request)
+    key = await auth.authenticate(request, ctx)
+    auth.limit_record(ctx, key)
+    if not task_id:
+        raise errors.MissingParameter("taskId parameter is required")
+    task = await ctx.store.get_task(task_id)
+    if task is None or task.key_id != key.id:
+        raise errors.TaskNotFound()
+    position = None
+    if task.state in (TaskState.WAITING, TaskState.QUEUING):
+        position = await ctx.store.queue_position(task)
+    return envelope.ok(task_record(task, base_url=ctx.base_url(request), queue_position=position))
+
+
+def _param(model: str, raw_input: Any, callback_url: str | None) -> str:
+    """kie's double-encoded ``param``: input as a JSON string; keys input, callBackUrl?, model."""
+    param: dict[str, Any] = {"input": orjson.dumps(raw_input).decode()}
+    if callback_url is not None:
+        param["callBackUrl"] = callback_url
+    param["model"] = model
+    return orjson.dumps(param).decode()
+
+
+def _check_engine_limits(ctx: Context, spec: ModelSpec, inp: Any) -> None:
+    engine = ctx.engines.for_model(spec.id)
+    assert engine is not None
+    limits = engine.limits
+    urls = spec.image_urls(inp)
+    if limits.max_input_images is not None and len(urls) > limits.max_input_images:
+        field = spec.image_input.field if spec.image_input else "image_urls"
+        raise errors.ValidationFailed(
+            f"input.{field}: this server's engine for {spec.id} takes at most "
+            f"{limits.max_input_images} images"
+        )
+    wanted = getattr(inp, "max_images", 1) or 1
+    if limits.max_outputs is not None and wanted > limits.max_outputs:
+        raise errors.ValidationFailed(
+            f"input.max_images: this server's engine for {spec.id} returns at most "
+            f"{limits.max_outputs} images"
+        )
+
+
+def _check_image_urls(ctx: Context, spec: ModelSpec, inp: Any) -> None:
+    """Refuse now what can be known now (literal private addresses, localhost)."""
+    if spec.image_input is None:
+        return
+    many = spec.image_input.field == "image_urls"
+    for index, url in enumerate(spec.image_urls(inp)):
+        try:
+            netguard.check_url(url, ctx.net_policy)
+        except netguard.UrlRefused as exc:
+            where = f"input.image_urls[{index}]" if many else f"input.{spec.image_input.field}"
+            raise errors.ValidationFailed(f"{where}: {exc.reason}") from exc
+
+
+def _callback_url(ctx: Context, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise errors.ValidationFailed("callBackUrl: must be a string")
+    try:
+        netguard.check_url(value, ctx.net_policy)
+    except netguard.UrlRefused as exc:
+        raise errors.ValidationFailed(f"callBackUrl: {exc.reason}") from exc
+    return value
+
+
+def _refusal(exc: CreateRefused, reserve: Any, balance: Any, cap: int) -> errors.SeedbedError:
+    if exc.reason == "open_tasks":
+        return errors.RateLimited(
+            f"Too many open tasks: this key has {cap} unfinished (limit {cap})", retry_after=1.0
+        )
+    if exc.reason == "credits":
+        return errors.InsufficientCredits(
+            f"Credits insufficient: this task needs up to {reserve} credits; "
+            f"the balance is {balance}"
+        )
+    return errors.Unauthorized()

@@ -1,0 +1,414 @@
+"""The ``seedbed`` command: the server, a worker, and admin commands on the data directory.
+
+Admin commands work on the database directly (not over HTTP), so they work whether or not a
+server is running; a running server picks up maintenance and model switches within
+``admin_refresh_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from seedbed.config import Settings
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="seedbed",
+    help="A self-hosted, kie.ai-compatible task server for Seedream image models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credit balances.", no_args_is_help=True)
+models_app = typer.Typer(help="Per-model switches.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (env SEEDBED_DATA_DIR).", show_default=False),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="Store URL (env SEEDBED_DATABASE_URL).", show_default=False
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (env SEEDBED_CONFIG).", show_default=False),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment and config file, with the flags that were given on top."""
+    given = {k: v for k, v in overrides.items() if v is not None and v != []}
+    try:
+        return Settings(**given)
+    except Exception as exc:  # pydantic's ValidationError, a bad TOML file
+        _fail(f"invalid settings: {exc}")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    from seedbed.store import open_store
+
+    async def run() -> T:
+        store = open_store(settings.database)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# -- serving ---------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+    allow_network: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-network",
+            help="CIDR the server may fetch from despite the SSRF rules; repeatable.",
+        ),
+    ] = None,
+    worker: Annotated[
+        bool | None, typer.Option("--worker/--no-worker", help="Run a worker in this process.")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the API server (with a worker inside, unless --no-worker)."""
+    import uvicorn
+
+    from seedbed.app import create_app
+
+    settings = _settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        config=config,
+        allow_network=allow_network,
+        worker=worker,
+    )
+    _configure_logging(settings.log_level)
+    try:
+        application = create_app(settings)
+    except ValueError as exc:
+        _fail(str(exc))
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command("worker")
+def worker_command(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+    allow_network: Annotated[
+        list[str] | None, typer.Option("--allow-network", help="CIDR allowed for fetches.")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once no task is left.")] = False,
+) -> None:
+    """Run a worker process against the same database as the server."""
+    import signal
+
+    from seedbed.app import build_context, build_worker
+
+    settings = _settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        config=config,
+        worker_concurrency=concurrency,
+        allow_network=allow_network,
+    )
+    _configure_logging(settings.log_level)
+
+    async def run() -> None:
+        ctx = build_context(settings)
+        await ctx.store.open()
+        worker = build_worker(ctx)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run(burst=burst)
+        finally:
+            ctx.wakeup.close()
+            await ctx.store.close()
+
+    asyncio.run(run())
+
+
+# -- keys ------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")],
+    credits: Annotated[str, typer.Option(help="Starting credits.")] = "0",
+    create_rate: Annotated[
+        int | None, typer.Option(help="createTask calls per window (default: deployment's).")
+    ] = None,
+    create_window: Annotated[float | None, typer.Option(help="createTask window, seconds.")] = None,
+    record_rate: Annotated[int | None, typer.Option(help="recordInfo calls per second.")] = None,
+    open_task_cap: Annotated[int | None, typer.Option(help="Open tasks at most.")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create an API key; the key itself is printed once, alone on the last line."""
+    from seedbed import keys
+    from seedbed.tasks import KeyLimits, NewKey
+
+    amount = _decimal(credits, "--credits")
+    if amount < 0:
+        _fail("--credits must not be negative")
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    plain = keys.new_key()
+    limits = KeyLimits(
+        create_per_window=create_rate,
+        create_window_seconds=create_window,
+        record_per_second=record_rate,
+        open_task_cap=open_task_cap,
+    )
+    new = NewKey(
+        id=keys.new_key_id(),
+        name=name,
+        key_hash=keys.hash_key(plain),
+        credits=amount,
+        limits=limits,
+    )
+    created = _with_store(settings, lambda store: store.create_key(new))
+    if as_json:
+        print(json.dumps({"key": plain, **_key_json(created)}))
+        return
+    err.print(f"Created key [bold]{created.id}[/bold] ({name}) with {created.balance} credits.")
+    err.print("Store the key now: it is shown only this once.")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """List keys (never the keys themselves: only their ids)."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    found = _with_store(settings, lambda store: store.list_keys())
+    if as_json:
+        print(json.dumps([_key_json(k) for k in found]))
+        return
+    table = Table("id", "name", "balance", "held", "open tasks", "created", "revoked")
+    for k in found:
+        table.add_row(
+            k.id,
+            k.name,
+            str(k.balance),
+            str(k.held),
+            str(k.open_tasks),
+            _when(k.created_at),
+            _when(k.revoked_at) if k.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from keys list).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Revoke a key: it is refused (401) from the next request on."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    if not _with_store(settings, lambda store: store.revoke_key(key_id)):
+        _fail(f"no key {key_id}")
+    err.print(f"Revoked {key_id}.")
+
+
+# -- credits ---------------------------------------------------------------------------------
+@credits_app.command("add")
+def credits_add(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")],
+    amount: Annotated[str, typer.Argument(help="Credits to add (negative to remove).")],
+    note: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Add credits to a key's balance."""
+    value = _decimal(amount, "AMOUNT")
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+
+    async def add(store: Any) -> Decimal:
+        try:
+            balance: Decimal = await store.add_credits(key_id, value, note)
+        except KeyError:
+            _fail(f"no key {key_id}")
+        except ValueError as exc:
+            _fail(str(exc))
+        return balance
+
+    balance = _with_store(settings, add)
+    print(balance)
+
+
+# -- switches --------------------------------------------------------------------------------
+@app.command()
+def maintenance(
+    state: Annotated[str, typer.Argument(help="on or off")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Turn maintenance mode on (createTask answers 455) or off."""
+    if state not in ("on", "off"):
+        _fail("say 'on' or 'off'")
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    _with_store(settings, lambda store: store.set_maintenance(state == "on"))
+    err.print(f"Maintenance {state}.")
+
+
+def _switch_model(model: str, enabled: bool, settings: Settings) -> None:
+    from seedbed import catalogue
+
+    if model not in catalogue.CATALOGUE:
+        _fail(f"unknown model {model!r}; see `seedbed models list`")
+    _with_store(settings, lambda store: store.set_model_enabled(model, enabled))
+    err.print(f"{model} {'enabled' if enabled else 'disabled'}.")
+
+
+@models_app.command("disable")
+def models_disable(
+    model: Annotated[str, typer.Argument(help="Model id, e.g. seedream/4.5-edit.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Disable a model: its createTask calls answer 505."""
+    _switch_model(
+        model, False, _settings(data_dir=data_dir, database_url=database_url, config=config)
+    )
+
+
+@models_app.command("enable")
+def models_enable(
+    model: Annotated[str, typer.Argument(help="Model id.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Enable a model again."""
+    _switch_model(
+        model, True, _settings(data_dir=data_dir, database_url=database_url, config=config)
+    )
+
+
+@models_app.command("list")
+def models_list(
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """List the model ids and whether each is enabled here."""
+    from seedbed import catalogue
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    flags = _with_store(settings, lambda store: store.flags())
+    rows: list[dict[str, Any]] = [
+        {"id": spec.id, "title": spec.title, "enabled": spec.id not in flags.disabled_models}
+        for spec in catalogue.CATALOGUE.values()
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("id", "title", "enabled")
+    for row in rows:
+        table.add_row(row["id"], row["title"], "yes" if row["enabled"] else "no")
+    Console().print(table)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _decimal(text: str, name: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        _fail(f"{name} must be a number, not {text!r}")
+    if not value.is_finite():
+        _fail(f"{name} must be a finite number")
+    return value
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "balance": str(key.balance),
+        "held": str(key.held),
+        "openTasks": key.open_tasks,
+        "limits": key.limits.as_dict(),
+        "createdAt": key.created_at,
+        "revokedAt": key.revoked_at,
+    }
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,141 @@
+"""Settings: flags, ``SEEDBED_<NAME>`` environment variables and an optional TOML file.
+
+Precedence, highest first: values passed in code (the CLI's flags), the environment, the
+TOML file named by ``SEEDBED_CONFIG`` (or ``--config``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every setting of a seedbed deployment; each is also ``SEEDBED_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SEEDBED_", extra="ignore")
+
+    config: Path | None = Field(
+        None, description="TOML file with settings (lower precedence than the environment)"
+    )
+
+    # -- where things live -----------------------------------------------------------------
+    data_dir: Path = Field(
+        Path("seedbed-data"), description="database, result files and runtime sockets"
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite at <data_dir>/seedbed.db"
+    )
+    public_url: str | None = Field(
+        None,
+        description="base URL clients reach this server at, for result links; "
+        "default: the URL each request came in on",
+    )
+
+    # -- serving ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = Field(
+        1_048_576, description="largest JSON request body accepted (413 above)"
+    )
+    log_level: str = "info"
+
+    # -- limits (per key; each key may override) -------------------------------------------
+    create_rate_limit: int = Field(20, description="createTask calls per window per key")
+    create_rate_window: float = Field(10.0, description="createTask window, seconds")
+    record_rate_limit: int = Field(10, description="recordInfo calls per second per key")
+    open_task_cap: int = Field(100, description="open (unfinished) tasks per key")
+    admin_refresh_seconds: float = Field(
+        1.0, description="how often a running server re-reads maintenance and model switches"
+    )
+
+    # -- the worker ------------------------------------------------------------------------
+    worker: bool = Field(True, description="run a worker inside the server process")
+    worker_concurrency: int = Field(2, description="tasks one worker runs at once")
+    lease_seconds: float = Field(
+        30.0, description="a claimed task is retaken after this long without a heartbeat"
+    )
+    max_attempts: int = Field(3, description="times a task is retried after its worker died")
+    poll_seconds: float = Field(
+        5.0, description="safety-net poll for expired leases; new tasks wake workers at once"
+    )
+
+    # -- fetching user URLs ----------------------------------------------------------------
+    allow_network: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs the server may fetch from despite the SSRF rules (tests: 127.0.0.0/8)",
+    )
+    fetch_timeout: float = Field(30.0, description="seconds to fetch one input image")
+
+    # -- engines ---------------------------------------------------------------------------
+    sandbox_steps: int = Field(4, description="progress steps the sandbox engine reports")
+    sandbox_step_seconds: float = Field(0.0, description="delay per sandbox step (demos and tests)")
+
+    # -- prices ----------------------------------------------------------------------------
+    prices: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description='overrides per model id: {"seedream/4.5-edit": {"basic": 6, "high": 8}}',
+    )
+
+    @field_validator("allow_network", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        # The environment form is a JSON list or a comma-separated string.
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def database(self) -> str:
+        """The store URL, defaulting to SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'seedbed.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime sockets that wake workers in other processes on this host."""
+        return self.data_dir / "run"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file(init_settings, env_settings)
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value = source().get("config")
+        if value:
+            return Path(value)
+    return None

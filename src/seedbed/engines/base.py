@@ -1,0 +1,80 @@
+"""The ``Engine`` protocol: what turns a validated task into images."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+__all__ = ["Artifact", "Engine", "EngineJob", "EngineLimits", "OutputPlan", "ProgressFn"]
+
+ImageFormat = Literal["png", "jpeg"]
+
+#: called by an engine with a percentage 0..100; cheap and safe from any thread
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputPlan:
+    """What a task must return, from the catalogue: the contract's pixel size and format."""
+
+    width: int
+    height: int
+    format: ImageFormat
+    #: the engine returns between 1 and ``max_images`` images (4.0's ``max_images``)
+    max_images: int = 1
+    #: layer decomposition: image 0 is the base in ``format``, the rest are RGBA PNG layers
+    layers: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineJob:
+    task_id: str
+    model: str
+    #: the validated input, defaults applied (``prompt``, ``seed``, ... where the model has them)
+    input: Mapping[str, Any]
+    #: the seed to use: the request's, or one the server drew and stored at create
+    seed: int
+    plan: OutputPlan
+    #: decoded input images, in the order of ``image_urls`` (or the one ``image_url``)
+    images: Sequence[Image.Image] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """One encoded output image."""
+
+    data: bytes
+    content_type: str
+    extension: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineLimits:
+    """What an engine can serve; requests over a limit are refused at create time (422)."""
+
+    max_input_images: int | None = None
+    max_outputs: int | None = None
+
+
+class Engine(Protocol):
+    name: str
+    limits: EngineLimits
+
+    def serves(self, model: str) -> bool:
+        """Whether this engine can run ``model``."""
+
+    def load(self) -> None:
+        """Load weights once per worker; called in a thread before the first job."""
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+        """Generate the job's images; runs in a worker thread, so it may block.
+
+        Report progress as it goes and stop (raising) soon after ``cancel`` is set. Each
+        artifact must have exactly ``job.plan``'s pixel size.
+        """

@@ -1,0 +1,116 @@
+"""The ``Store`` protocol: every durable operation seedbed performs, named for what it means.
+
+Each method is one atomic step. Implementations: ``memory.MemoryStore`` (tests) and
+``sql.SqlStore`` (SQLite by default, PostgreSQL). One contract suite
+(``tests/unit/test_store_contract.py``) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from seedbed.tasks import ApiKey, Flags, NewKey, NewTask, Outcome, Task
+
+__all__ = ["CreateRefused", "Store"]
+
+
+class CreateRefused(Exception):
+    """``create_task`` could not hold what the task needs; ``reason`` says which limit."""
+
+    def __init__(self, reason: str) -> None:
+        #: "credits" (balance too low), "open_tasks" (cap reached) or "key" (revoked / unknown)
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Store(Protocol):
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+
+    # -- keys and credits ------------------------------------------------------------------
+    async def create_key(self, new: NewKey) -> ApiKey: ...
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; False when no such key exists."""
+
+    async def add_credits(self, key_id: str, amount: Decimal, note: str = "") -> Decimal:
+        """Add (or, negative, remove down to zero at most) credits; return the new balance.
+
+        Raises ``KeyError`` for an unknown key and ``ValueError`` if a removal would make the
+        balance negative.
+        """
+
+    async def ledger(self, key_id: str) -> list[dict[str, object]]:
+        """The key's credit movements, oldest first (kind, amount, task_id, note, time)."""
+
+    # -- tasks: the API side ---------------------------------------------------------------
+    async def create_task(self, new: NewTask, *, open_task_cap: int) -> Task:
+        """Store a task and hold ``new.reserve`` credits from its key, in one transaction.
+
+        Raises ``CreateRefused("credits")`` if the balance cannot cover the hold and
+        ``CreateRefused("open_tasks")`` if the key already has ``open_task_cap`` open tasks.
+        The balance never goes negative, whatever the concurrency.
+        """
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def queue_position(self, task: Task) -> int:
+        """How many open, not-yet-generating tasks were created before this one."""
+
+    # -- tasks: the worker side ------------------------------------------------------------
+    async def claim(
+        self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float
+    ) -> Task | None:
+        """Atomically take the oldest claimable task for ``models`` (None: any model).
+
+        Claimable: ``waiting``, or ``queuing``/``generating`` whose lease expired. A waiting
+        task moves to ``queuing``; a reclaimed one keeps its state (states never go back).
+        ``attempts`` is incremented and the lease set to ``worker_id``.
+        """
+
+    async def start_generating(self, task_id: str, *, worker_id: str) -> bool:
+        """Move a held task to ``generating``; False if the lease was lost."""
+
+    async def heartbeat(
+        self, task_ids: Sequence[str], *, worker_id: str, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases this worker still holds; return the ids it still holds."""
+
+    async def set_progress(self, task_id: str, progress: int, *, worker_id: str) -> bool:
+        """Record progress (0..100, never decreasing); False if the lease was lost."""
+
+    async def finish(self, task_id: str, outcome: Outcome, *, worker_id: str | None) -> Task | None:
+        """End a task in one transaction: state, results, and the credits settled.
+
+        Success charges ``outcome.charge`` (at most what was held) and releases the rest;
+        failure releases everything. ``worker_id`` None ends the task whoever holds it (admin,
+        attempt limits). Returns None when the task is unknown, already terminal, or leased to
+        another worker: a task is settled exactly once.
+        """
+
+    async def release_leases(self, worker_ids: Collection[str]) -> int:
+        """Expire the leases of workers known to be dead, so their tasks are claimable now."""
+
+    async def lease_owners(self) -> set[str]:
+        """Worker ids that currently hold a lease on an open task."""
+
+    # -- deployment switches ---------------------------------------------------------------
+    async def flags(self) -> Flags: ...
+
+    async def set_maintenance(self, on: bool) -> None: ...
+
+    async def set_model_enabled(self, model: str, enabled: bool) -> None: ...

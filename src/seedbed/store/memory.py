@@ -1,0 +1,384 @@
+"""``MemoryStore``: the ``Store`` protocol over plain dicts, for unit tests.
+
+It ships in the package (like procrastinate's ``InMemoryConnector``) so that tests of the API
+and the worker need no database. It is also the executable specification of the semantics:
+the contract suite runs the same tests against it and ``SqlStore``, so every rule here (what a
+lease guard checks, which ledger rows are written, how money is rounded) must match ``sql.py``.
+Each method runs under one ``asyncio.Lock``, standing in for a database transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from seedbed.store.base import CreateRefused
+from seedbed.store.schema import from_milli, to_milli
+from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
+
+__all__ = ["MemoryStore"]
+
+_QUEUED = (TaskState.WAITING, TaskState.QUEUING)
+
+
+@dataclass(kw_only=True)
+class _Key:
+    """A key row; money in milli-credits, as in the SQL table."""
+
+    id: str
+    name: str
+    key_hash: str
+    balance: int
+    held: int
+    open_tasks: int
+    limits: KeyLimits
+    created_at: int
+    revoked_at: int | None
+
+    def public(self) -> ApiKey:
+        return ApiKey(
+            id=self.id,
+            name=self.name,
+            key_hash=self.key_hash,
+            balance=from_milli(self.balance),
+            held=from_milli(self.held),
+            open_tasks=self.open_tasks,
+            limits=self.limits,
+            created_at=self.created_at,
+            revoked_at=self.revoked_at,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Entry:
+    key_id: str
+    task_id: str | None
+    kind: str
+    amount: int
+    note: str
+    time: int
+
+
+class MemoryStore:
+    """Keys, tasks, the credit ledger and flags in process memory; lost on exit."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._keys: dict[str, _Key] = {}
+        self._by_hash: dict[str, str] = {}
+        self._tasks: dict[str, Task] = {}
+        self._seq = 0
+        self._ledger: list[_Entry] = []
+        self._maintenance = False
+        self._disabled: set[str] = set()
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _record(self, key_id: str, task_id: str | None, kind: str, amount: int, note: str) -> None:
+        self._ledger.append(
+            _Entry(
+                key_id=key_id,
+                task_id=task_id,
+                kind=kind,
+                amount=amount,
+                note=note,
+                time=self._now(),
+            )
+        )
+
+    @staticmethod
+    def _out(task: Task) -> Task:
+        # callers get their own copy of the mutable input, as they would from a database
+        return task.evolve(input=copy.deepcopy(task.input))
+
+    def _holds(self, task: Task, worker_id: str) -> bool:
+        """The lease guard: this worker owns the lease, it was not released, the task is open."""
+        return (
+            task.state.is_open
+            and task.lease_owner == worker_id
+            and task.lease_expires is not None
+            and task.lease_expires > 0
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the object is dropped."""
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    # -- keys and credits --------------------------------------------------------------------
+    async def create_key(self, new: NewKey) -> ApiKey:
+        credits = to_milli(new.credits)
+        if credits < 0:
+            raise ValueError("a new key's credits cannot be negative")
+        async with self._lock:
+            if new.id in self._keys or new.key_hash in self._by_hash:
+                raise ValueError("a key with this id or hash already exists")
+            key = _Key(
+                id=new.id,
+                name=new.name,
+                key_hash=new.key_hash,
+                balance=credits,
+                held=0,
+                open_tasks=0,
+                limits=KeyLimits.from_dict(new.limits.as_dict()),
+                created_at=self._now(),
+                revoked_at=None,
+            )
+            self._keys[key.id] = key
+            self._by_hash[key.key_hash] = key.id
+            if credits > 0:
+                self._record(key.id, None, "grant", credits, "key created")
+            return key.public()
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        key_id = self._by_hash.get(key_hash)
+        return None if key_id is None else self._keys[key_id].public()
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        key = self._keys.get(key_id)
+        return None if key is None else key.public()
+
+    async def list_keys(self) -> list[ApiKey]:
+        keys = sorted(self._keys.values(), key=lambda k: (k.created_at, k.id))
+        return [k.public() for k in keys]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                return False
+            if key.revoked_at is None:
+                key.revoked_at = self._now()
+            return True
+
+    async def add_credits(self, key_id: str, amount: Decimal, note: str = "") -> Decimal:
+        milli = to_milli(amount)
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                raise KeyError(key_id)
+            if key.balance + milli < 0:
+                raise ValueError("the balance cannot go below zero")
+            if milli != 0:
+                key.balance += milli
+                self._record(key_id, None, "grant" if milli > 0 else "adjust", milli, note)
+            return from_milli(key.balance)
+
+    async def ledger(self, key_id: str) -> list[dict[str, object]]:
+        return [
+            {
+                "kind": e.kind,
+                "amount": from_milli(e.amount),
+                "task_id": e.task_id,
+                "note": e.note,
+                "time": e.time,
+            }
+            for e in self._ledger
+            if e.key_id == key_id
+        ]
+
+    # -- tasks: the API side -----------------------------------------------------------------
+    async def create_task(self, new: NewTask, *, open_task_cap: int) -> Task:
+        reserve = to_milli(new.reserve)
+        if reserve < 0:
+            raise ValueError("a task's reserve cannot be negative")
+        # the same encoding as the SQL column, so both stores hand back equal inputs
+        stored_input = json.loads(json.dumps(dict(new.input), separators=(",", ":")))
+        async with self._lock:
+            key = self._keys.get(new.key_id)
+            if key is None or key.revoked_at is not None:
+                raise CreateRefused("key")
+            if key.open_tasks >= open_task_cap:
+                raise CreateRefused("open_tasks")
+            if key.balance < reserve:
+                raise CreateRefused("credits")
+            if new.id in self._tasks:
+                raise ValueError("a task with this id already exists")
+            key.balance -= reserve
+            key.held += reserve
+            key.open_tasks += 1
+            self._seq += 1
+            now = self._now()
+            task = Task(
+                id=new.id,
+                key_id=new.key_id,
+                model=new.model,
+                state=TaskState.WAITING,
+                param=new.param,
+                input=stored_input,
+                callback_url=new.callback_url,
+                seq=self._seq,
+                progress=0,
+                attempts=0,
+                reserved=from_milli(reserve),
+                credits_consumed=Decimal(0),
+                result_keys=(),
+                fail_code=None,
+                fail_msg=None,
+                create_time=now,
+                update_time=now,
+                complete_time=None,
+                lease_owner=None,
+                lease_expires=None,
+            )
+            self._tasks[task.id] = task
+            self._record(key.id, task.id, "reserve", reserve, "")
+            return self._out(task)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        task = self._tasks.get(task_id)
+        return None if task is None else self._out(task)
+
+    async def queue_position(self, task: Task) -> int:
+        return sum(1 for t in self._tasks.values() if t.state in _QUEUED and t.seq < task.seq)
+
+    # -- tasks: the worker side --------------------------------------------------------------
+    async def claim(
+        self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float
+    ) -> Task | None:
+        async with self._lock:
+            now = self._now()
+            best: Task | None = None
+            for t in self._tasks.values():
+                claimable = t.state is TaskState.WAITING or (
+                    t.state.is_open and t.lease_expires is not None and t.lease_expires < now
+                )
+                if not claimable or (models is not None and t.model not in models):
+                    continue
+                if best is None or t.seq < best.seq:
+                    best = t
+            if best is None:
+                return None
+            claimed = best.evolve(
+                state=TaskState.QUEUING if best.state is TaskState.WAITING else best.state,
+                lease_owner=worker_id,
+                lease_expires=now + round(lease_seconds * 1000),
+                attempts=best.attempts + 1,
+                update_time=now,
+            )
+            self._tasks[claimed.id] = claimed
+            return self._out(claimed)
+
+    async def start_generating(self, task_id: str, *, worker_id: str) -> bool:
+        async with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or not self._holds(task, worker_id):
+                return False
+            if task.state is not TaskState.GENERATING:
+                self._tasks[task_id] = task.evolve(
+                    state=TaskState.GENERATING, update_time=self._now()
+                )
+            return True
+
+    async def heartbeat(
+        self, task_ids: Sequence[str], *, worker_id: str, lease_seconds: float
+    ) -> set[str]:
+        async with self._lock:
+            expires = self._now() + round(lease_seconds * 1000)
+            held: set[str] = set()
+            for task_id in task_ids:
+                task = self._tasks.get(task_id)
+                if task is not None and self._holds(task, worker_id):
+                    self._tasks[task_id] = task.evolve(lease_expires=expires)
+                    held.add(task_id)
+            return held
+
+    async def set_progress(self, task_id: str, progress: int, *, worker_id: str) -> bool:
+        progress = min(100, max(0, progress))
+        async with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or not self._holds(task, worker_id):
+                return False
+            if progress > task.progress:
+                self._tasks[task_id] = task.evolve(progress=progress, update_time=self._now())
+            return True
+
+    async def finish(self, task_id: str, outcome: Outcome, *, worker_id: str | None) -> Task | None:
+        if not outcome.state.is_terminal:
+            raise ValueError("an outcome must be success or fail")
+        success = outcome.state is TaskState.SUCCESS
+        async with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or not task.state.is_open:
+                return None
+            if worker_id is not None and not self._holds(task, worker_id):
+                return None
+            reserved = to_milli(task.reserved)
+            charge = min(max(to_milli(outcome.charge), 0), reserved) if success else 0
+            now = self._now()
+            done = dataclasses.replace(
+                task,
+                state=outcome.state,
+                result_keys=tuple(outcome.result_keys) if success else (),
+                fail_code=None if success else outcome.fail_code,
+                fail_msg=None if success else outcome.fail_msg,
+                complete_time=now,
+                update_time=now,
+                credits_consumed=from_milli(charge),
+                progress=100 if success else task.progress,
+                lease_owner=None,
+                lease_expires=None,
+            )
+            self._tasks[task_id] = done
+            key = self._keys[task.key_id]
+            key.held -= reserved
+            key.balance += reserved - charge
+            key.open_tasks -= 1
+            if success:
+                self._record(key.id, task_id, "charge", charge, "")
+            if reserved - charge > 0:
+                self._record(key.id, task_id, "release", reserved - charge, "")
+            return self._out(done)
+
+    async def release_leases(self, worker_ids: Collection[str]) -> int:
+        owners = set(worker_ids)
+        async with self._lock:
+            released = 0
+            for task in list(self._tasks.values()):
+                if (
+                    task.state.is_open
+                    and task.lease_owner in owners
+                    and task.lease_expires is not None
+                    and task.lease_expires != 0
+                ):
+                    self._tasks[task.id] = task.evolve(lease_expires=0)
+                    released += 1
+            return released
+
+    async def lease_owners(self) -> set[str]:
+        return {
+            t.lease_owner
+            for t in self._tasks.values()
+            if t.lease_owner is not None
+            and t.state.is_open
+            and t.lease_expires is not None
+            and t.lease_expires > 0
+        }
+
+    # -- deployment switches -----------------------------------------------------------------
+    async def flags(self) -> Flags:
+        return Flags(maintenance=self._maintenance, disabled_models=frozenset(self._disabled))
+
+    async def set_maintenance(self, on: bool) -> None:
+        async with self._lock:
+            self._maintenance = on
+
+    async def set_model_enabled(self, model: str, enabled: bool) -> None:
+        async with self._lock:
+            if enabled:
+                self._disabled.discard(model)
+            else:
+                self._disabled.add(model)

@@ -1,0 +1,348 @@
+"""The SQL that ``SqlStore`` runs, built once at import as SQLAlchemy Core constructs.
+
+SQLAlchemy compiles each construct once per dialect and caches it, so a call only binds values.
+Bind names carry a ``p_`` prefix because a bind named like a column is reserved in
+``UPDATE ... SET``. The row mappers live here too: one place knows both the SQL and its shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Row,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from seedbed.store.schema import api_keys, credit_ledger, flags, from_milli, tasks
+from seedbed.tasks import OPEN_STATES, ApiKey, KeyLimits, Task
+from seedbed.tasks import TaskState as S
+
+__all__ = [
+    "ADD_CREDITS",
+    "BALANCE",
+    "CLAIM",
+    "DELETE_FLAG",
+    "DISABLED",
+    "FINISH_ANY",
+    "FINISH_OWNED",
+    "FLAGS",
+    "GET_TASK",
+    "HEARTBEAT",
+    "HOLD",
+    "HOLDS",
+    "INSERT_KEY",
+    "INSERT_LEDGER",
+    "INSERT_TASK",
+    "KEY_BY_HASH",
+    "KEY_BY_ID",
+    "KEY_STATE",
+    "LEASE_OWNERS",
+    "LEDGER",
+    "LIST_KEYS",
+    "MAINTENANCE",
+    "PG_SET_FLAG",
+    "PING",
+    "PROGRESS",
+    "QUEUE_POSITION",
+    "RELEASE_LEASES",
+    "REVOKE",
+    "SETTLE",
+    "SQLITE_SET_FLAG",
+    "START",
+    "dumps",
+    "key_from_row",
+    "ledger_row",
+    "task_from_row",
+]
+
+_K, _T, _L, _F = api_keys.c, tasks.c, credit_ledger.c, flags.c
+_OPEN = [s.value for s in OPEN_STATES]
+
+
+def _states(*states: str) -> Any:
+    """``state IN ('a', 'b')`` written into the SQL text, so it compiles once and is cached.
+
+    A Python list would become an "expanding" bind that SQLAlchemy re-renders on every call.
+    """
+    return _T.state.in_([literal_column(f"'{state}'") for state in states])
+
+
+_IS_OPEN = _states(*_OPEN)
+MAINTENANCE = "maintenance"
+DISABLED = "model_disabled:"
+
+
+#: binds whose type SQLAlchemy cannot infer from a compared column (CASE branches,
+#: arithmetic): typed here so that PostgreSQL (asyncpg) gets BIGINT/INTEGER, not unknown
+_BIND_TYPES: dict[str, Any] = {
+    "now": BigInteger(),
+    "expires": BigInteger(),
+    "amount": BigInteger(),
+    "reserve": BigInteger(),
+    "reserved": BigInteger(),
+    "charge": BigInteger(),
+    "floor": Integer(),
+    "progress": Integer(),
+    "cap": Integer(),
+}
+
+
+def _p(name: str) -> Any:
+    # bind names are prefixed: a bind named like a column is reserved in UPDATE ... SET
+    return bindparam(f"p_{name}", type_=_BIND_TYPES.get(name))
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# -- statements, compiled once per dialect and cached by SQLAlchemy ---------------------------
+KEY_BY_HASH = select(api_keys).where(_K.key_hash == _p("key_hash"))
+KEY_BY_ID = select(api_keys).where(_K.id == _p("key_id"))
+LIST_KEYS = select(api_keys).order_by(_K.created_at, _K.id)
+INSERT_KEY = insert(api_keys)
+REVOKE = (
+    update(api_keys)
+    .where(_K.id == _p("key_id"))
+    .values(revoked_at=func.coalesce(_K.revoked_at, _p("now")))
+)
+ADD_CREDITS = (
+    update(api_keys)
+    .where(_K.id == _p("key_id"), _K.balance_milli + _p("amount") >= 0)
+    .values(balance_milli=_K.balance_milli + _p("amount"))
+    .returning(_K.balance_milli)
+)
+BALANCE = select(_K.balance_milli).where(_K.id == _p("key_id"))
+INSERT_LEDGER = insert(credit_ledger)
+LEDGER = select(credit_ledger).where(_L.key_id == _p("key_id")).order_by(_L.id)
+
+#: the whole admission check in one conditional write: whoever commits first wins the credits
+HOLD = (
+    update(api_keys)
+    .where(
+        _K.id == _p("key_id"),
+        _K.revoked_at.is_(None),
+        _K.balance_milli >= _p("reserve"),
+        _K.open_tasks < _p("cap"),
+    )
+    .values(
+        balance_milli=_K.balance_milli - _p("reserve"),
+        held_milli=_K.held_milli + _p("reserve"),
+        open_tasks=_K.open_tasks + 1,
+    )
+)
+KEY_STATE = select(_K.revoked_at, _K.open_tasks, _K.balance_milli).where(_K.id == _p("key_id"))
+INSERT_TASK = insert(tasks).returning(_T.seq)
+GET_TASK = select(tasks).where(_T.id == _p("task_id"))
+QUEUE_POSITION = (
+    select(func.count())
+    .select_from(tasks)
+    .where(_states(S.WAITING.value, S.QUEUING.value), _T.seq < _p("seq"))
+)
+
+
+def _claimable_seq(*, by_model: bool, for_sqlite: bool) -> Any:
+    """The ``seq`` of the oldest claimable task, as a scalar subquery."""
+    if for_sqlite:
+        # the model list arrives as one JSON text bind: a fixed SQL string, compiled once
+        models = _T.model.in_(
+            select(literal_column("value")).select_from(func.json_each(_p("models")))
+        )
+        # one ordered walk of the (state, seq) index per state, stopping at the first hit, then
+        # the smallest of the three: no sort of every waiting task, and completed tasks (the
+        # bulk of the table) are never visited. The write lock makes it atomic.
+        arms = []
+        for state in _OPEN:
+            arm = select(_T.seq).where(_T.state == state)
+            if state != S.WAITING.value:
+                arm = arm.where(_T.lease_expires < _p("now"))
+            if by_model:
+                arm = arm.where(models)
+            arms.append(select(arm.order_by(_T.seq).limit(1).subquery().c.seq))
+        candidates = union_all(*arms).subquery()
+        return select(func.min(candidates.c.seq)).scalar_subquery()
+    # PostgreSQL: lock the candidate; SKIP LOCKED lets concurrent claimers take the next one
+    models = _T.model.in_(bindparam("p_models", expanding=True))
+    candidate = select(_T.seq).where(
+        _IS_OPEN,
+        or_(_T.state == S.WAITING.value, _T.lease_expires < _p("now")),
+    )
+    if by_model:
+        candidate = candidate.where(models)
+    return candidate.order_by(_T.seq).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+
+
+def _claim(*, by_model: bool, for_sqlite: bool) -> Any:
+    return (
+        update(tasks)
+        .where(_T.seq == _claimable_seq(by_model=by_model, for_sqlite=for_sqlite))
+        .values(
+            state=case((_T.state == S.WAITING.value, S.QUEUING.value), else_=_T.state),
+            lease_owner=_p("worker"),
+            lease_expires=_p("expires"),
+            attempts=_T.attempts + 1,
+            update_time=_p("now"),
+        )
+        .returning(tasks)
+    )
+
+
+#: claim statements by (dialect is SQLite, filtered by model)
+CLAIM = {
+    (sqlite_, by_model): _claim(by_model=by_model, for_sqlite=sqlite_)
+    for sqlite_ in (True, False)
+    for by_model in (True, False)
+}
+
+#: the lease guard shared by the worker-side writes (a released lease has ``lease_expires`` 0)
+_LEASE_HELD = (_T.lease_owner == _p("worker"), _T.lease_expires > 0, _IS_OPEN)
+START = (
+    update(tasks)
+    .where(_T.id == _p("task_id"), *_LEASE_HELD)
+    .values(
+        state=S.GENERATING.value,
+        update_time=case((_T.state == S.QUEUING.value, _p("now")), else_=_T.update_time),
+    )
+)
+HEARTBEAT = (
+    update(tasks)
+    .where(_T.id.in_(bindparam("p_ids", expanding=True)), *_LEASE_HELD)
+    .values(lease_expires=_p("expires"))
+    .returning(_T.id)
+)
+PROGRESS = (
+    update(tasks)
+    .where(_T.id == _p("task_id"), _T.progress < _p("progress"), *_LEASE_HELD)
+    .values(progress=_p("progress"), update_time=_p("now"))
+)
+HOLDS = select(_T.id).where(_T.id == _p("task_id"), *_LEASE_HELD)
+
+
+def _finish(*, owned: bool) -> Any:
+    where = [_T.id == _p("task_id"), _IS_OPEN]
+    if owned:
+        where += [_T.lease_owner == _p("worker"), _T.lease_expires > 0]
+    return (
+        update(tasks)
+        .where(*where)
+        .values(
+            state=_p("state"),
+            result_keys=_p("result_keys"),
+            fail_code=_p("fail_code"),
+            fail_msg=_p("fail_msg"),
+            complete_time=_p("now"),
+            update_time=_p("now"),
+            # min(charge, reserved) and max(progress, floor), spelt portably
+            consumed_milli=case(
+                (_T.reserved_milli < _p("charge"), _T.reserved_milli), else_=_p("charge")
+            ),
+            progress=case((_T.progress < _p("floor"), _p("floor")), else_=_T.progress),
+            lease_owner=None,
+            lease_expires=None,
+        )
+        .returning(tasks)
+    )
+
+
+FINISH_ANY = _finish(owned=False)
+FINISH_OWNED = _finish(owned=True)
+SETTLE = (
+    update(api_keys)
+    .where(_K.id == _p("key_id"))
+    .values(
+        held_milli=_K.held_milli - _p("reserved"),
+        balance_milli=_K.balance_milli + _p("reserved") - _p("charge"),
+        open_tasks=_K.open_tasks - 1,
+    )
+)
+RELEASE_LEASES = (
+    update(tasks)
+    .where(
+        _T.lease_owner.in_(bindparam("p_workers", expanding=True)),
+        _IS_OPEN,
+        _T.lease_expires != 0,
+    )
+    .values(lease_expires=0)
+)
+LEASE_OWNERS = (
+    select(_T.lease_owner)
+    .distinct()
+    .where(_IS_OPEN, _T.lease_owner.is_not(None), _T.lease_expires > 0)
+)
+FLAGS = select(_F.name, _F.value)
+DELETE_FLAG = delete(flags).where(_F.name == _p("name"))
+SQLITE_SET_FLAG = sqlite.insert(flags).on_conflict_do_update(
+    index_elements=[_F.name], set_={"value": sqlite.insert(flags).excluded.value}
+)
+PG_SET_FLAG = postgresql.insert(flags).on_conflict_do_update(
+    index_elements=[_F.name], set_={"value": postgresql.insert(flags).excluded.value}
+)
+PING = select(literal(1))
+
+
+# -- rows → domain values ------------------------------------------------------------------
+def key_from_row(row: Row[Any]) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        key_hash=row.key_hash,
+        balance=from_milli(row.balance_milli),
+        held=from_milli(row.held_milli),
+        open_tasks=row.open_tasks,
+        limits=KeyLimits.from_dict(json.loads(row.limits)),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def task_from_row(row: Row[Any]) -> Task:
+    return Task(
+        id=row.id,
+        key_id=row.key_id,
+        model=row.model,
+        state=S(row.state),
+        param=row.param,
+        input=json.loads(row.input),
+        callback_url=row.callback_url,
+        seq=row.seq,
+        progress=row.progress,
+        attempts=row.attempts,
+        reserved=from_milli(row.reserved_milli),
+        credits_consumed=from_milli(row.consumed_milli),
+        result_keys=tuple(json.loads(row.result_keys)),
+        fail_code=row.fail_code,
+        fail_msg=row.fail_msg,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        complete_time=row.complete_time,
+        lease_owner=row.lease_owner,
+        lease_expires=row.lease_expires,
+    )
+
+
+def ledger_row(
+    key_id: str, task_id: str | None, kind: str, amount: int, note: str, now: int
+) -> dict[str, Any]:
+    return {
+        "key_id": key_id,
+        "task_id": task_id,
+        "kind": kind,
+        "amount_milli": amount,
+        "note": note,
+        "created_at": now,
+    }

@@ -1,0 +1,144 @@
+"""The tables behind ``SqlStore``, as SQLAlchemy Core metadata.
+
+This module is the single source of truth for the schema: the hand-written migrations in
+``migrations/versions`` must create exactly these tables, and ``tests/unit/test_migrations.py``
+proves it with alembic's autogenerate comparison.
+
+Money is stored as integer milli-credits (credits × 1000) so that holds, charges and releases
+add up exactly; times are Unix milliseconds in BIGINT columns so that SQLite and PostgreSQL
+agree without timezone handling.
+
+``tasks.seq`` is the primary key and ``tasks.id`` a unique column, not the other way round:
+SQLite autoincrements only an ``INTEGER PRIMARY KEY`` (which then *is* the rowid, so rows are
+stored in creation order and inserts append to the b-tree instead of landing at random hex ids),
+and PostgreSQL gets a BIGSERIAL. The same declaration is portable to both.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import CHAR
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "api_keys",
+    "credit_ledger",
+    "flags",
+    "from_milli",
+    "metadata",
+    "tasks",
+    "to_milli",
+]
+
+#: deterministic constraint names, so migrations can name (and later drop) what they created
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: an auto-numbered integer key: INTEGER on SQLite (the rowid alias), BIGSERIAL elsewhere
+_SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("balance_milli", BigInteger, nullable=False),
+    Column("held_milli", BigInteger, nullable=False),
+    Column("open_tasks", Integer, nullable=False),
+    #: KeyLimits.as_dict() as JSON text
+    Column("limits", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    CheckConstraint("balance_milli >= 0", name="balance_nonneg"),
+    CheckConstraint("held_milli >= 0", name="held_nonneg"),
+)
+
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("key_id", String(64), ForeignKey("api_keys.id"), nullable=False),
+    Column("task_id", CHAR(32), nullable=True),
+    #: grant | reserve | charge | release | adjust
+    Column("kind", String(16), nullable=False),
+    #: signed for grant/adjust; the (positive) size of the movement for the task kinds
+    Column("amount_milli", BigInteger, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_credit_ledger_key_id", "key_id"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("seq", _SERIAL, primary_key=True, autoincrement=True),
+    Column("id", CHAR(32), nullable=False, unique=True),
+    Column("key_id", String(64), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("param", Text, nullable=False),
+    #: the validated input as compact JSON
+    Column("input", Text, nullable=False),
+    Column("callback_url", Text, nullable=True),
+    Column("progress", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("reserved_milli", BigInteger, nullable=False),
+    Column("consumed_milli", BigInteger, nullable=False),
+    #: JSON list of storage keys
+    Column("result_keys", Text, nullable=False),
+    Column("fail_code", String(32), nullable=True),
+    Column("fail_msg", Text, nullable=True),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("complete_time", BigInteger, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    #: Unix ms; 0 marks a lease released because its owner is known dead
+    Column("lease_expires", BigInteger, nullable=True),
+    # claiming (oldest open task per state) and queue positions (count by state below seq)
+    Index("ix_tasks_state_seq", "state", "seq"),
+    Index("ix_tasks_key_id_state", "key_id", "state"),
+    Index("ix_tasks_lease_owner", "lease_owner"),
+)
+
+#: deployment switches: ``maintenance`` ("1"/"0") and one ``model_disabled:<model>`` row per
+#: disabled model (a row per model keeps concurrent toggles free of read-modify-write races)
+flags = Table(
+    "flags",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+_MILLI = Decimal(1000)
+
+
+def to_milli(amount: Decimal | int) -> int:
+    """Credits → integer milli-credits, rounding half-up to three decimals."""
+    return int((Decimal(amount) * _MILLI).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_milli(milli: int) -> Decimal:
+    """Integer milli-credits → credits (exact)."""
+    return Decimal(milli) / _MILLI

@@ -1,0 +1,179 @@
+"""Domain values: tasks, API keys, flags. Frozen dataclasses, free of any storage detail."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "ApiKey",
+    "Flags",
+    "KeyLimits",
+    "NewKey",
+    "NewTask",
+    "Outcome",
+    "Task",
+    "TaskState",
+    "new_task_id",
+]
+
+
+class TaskState(enum.StrEnum):
+    """kie's task states; a task only ever moves forward through them."""
+
+    #: stored, not yet taken by a worker
+    WAITING = "waiting"
+    #: taken by a worker: fetching inputs, waiting for its engine
+    QUEUING = "queuing"
+    #: the engine is running it
+    GENERATING = "generating"
+    SUCCESS = "success"
+    FAIL = "fail"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.SUCCESS, TaskState.FAIL)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.is_terminal
+
+
+OPEN_STATES: tuple[TaskState, ...] = (TaskState.WAITING, TaskState.QUEUING, TaskState.GENERATING)
+
+
+def new_task_id() -> str:
+    """32 lowercase hex characters from the OS's cryptographic source, like kie's ids."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyLimits:
+    """Per-key overrides of the deployment's limits; ``None`` means the deployment default."""
+
+    create_per_window: int | None = None
+    create_window_seconds: float | None = None
+    record_per_second: int | None = None
+    open_task_cap: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> KeyLimits:
+        if not data:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewKey:
+    id: str
+    name: str
+    key_hash: str
+    credits: Decimal = Decimal(0)
+    limits: KeyLimits = field(default_factory=KeyLimits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    id: str
+    name: str
+    key_hash: str
+    #: credits available to new tasks (credits held by open tasks are already taken off)
+    balance: Decimal
+    #: credits held by open tasks
+    held: Decimal
+    open_tasks: int
+    limits: KeyLimits
+    created_at: int  # Unix ms
+    revoked_at: int | None  # Unix ms
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewTask:
+    """What the API hands the store: a validated request and the credits to hold for it."""
+
+    id: str
+    key_id: str
+    model: str
+    #: kie's double-encoded ``param`` string, exactly as recordInfo will show it
+    param: str
+    #: the validated input with defaults applied and a resolved seed: what the engine runs
+    input: Mapping[str, Any]
+    callback_url: str | None
+    #: the most this task can cost; held at create, settled at finish
+    reserve: Decimal
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    id: str
+    key_id: str
+    model: str
+    state: TaskState
+    param: str
+    input: Mapping[str, Any]
+    callback_url: str | None
+    #: insertion order, used for queue positions and fair claiming
+    seq: int
+    progress: int
+    attempts: int
+    reserved: Decimal
+    credits_consumed: Decimal
+    #: storage keys of the results, in order; URLs are made from them when answering
+    result_keys: tuple[str, ...]
+    fail_code: str | None
+    fail_msg: str | None
+    create_time: int  # Unix ms
+    update_time: int  # Unix ms
+    complete_time: int | None  # Unix ms
+    lease_owner: str | None
+    lease_expires: int | None  # Unix ms
+
+    @property
+    def cost_time(self) -> int | None:
+        """Whole seconds from create to completion, as kie reports them."""
+        if self.complete_time is None:
+            return None
+        return max(0, (self.complete_time - self.create_time) // 1000)
+
+    def evolve(self, **changes: Any) -> Task:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a task ended: success with results and the price, or a failure with kie's fields."""
+
+    state: TaskState
+    result_keys: tuple[str, ...] = ()
+    charge: Decimal = Decimal(0)
+    fail_code: str | None = None
+    fail_msg: str | None = None
+
+    @classmethod
+    def success(cls, result_keys: tuple[str, ...], charge: Decimal) -> Outcome:
+        return cls(state=TaskState.SUCCESS, result_keys=result_keys, charge=charge)
+
+    @classmethod
+    def failure(cls, fail_code: str, fail_msg: str) -> Outcome:
+        return cls(state=TaskState.FAIL, fail_code=fail_code, fail_msg=fail_msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flags:
+    """Deployment switches that an operator flips on a running server."""
+
+    maintenance: bool = False
+    disabled_models: frozenset[str] = frozenset()

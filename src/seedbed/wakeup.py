@@ -1,0 +1,121 @@
+"""Waking workers the moment a task is created, instead of having them poll.
+
+A worker in the server's own process is woken through an ``asyncio.Event``. Workers in other
+processes on this host (``seedbed worker`` beside ``seedbed serve``) each bind a Unix datagram
+socket in ``<data_dir>/run/``; creating a task sends one byte to each. A datagram that cannot be
+delivered is simply dropped: workers also poll slowly as a safety net, so a lost wake-up only
+delays a task, never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+__all__ = ["Wakeup"]
+
+log = logging.getLogger(__name__)
+
+
+class Wakeup:
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self._run_dir = run_dir
+        self._event = asyncio.Event()
+        self._sender: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._own_path: Path | None = None
+        self._peers: list[str] = []
+        self._peers_scanned = -1.0
+
+    # -- the API side ----------------------------------------------------------------------
+    def notify(self) -> None:
+        """Wake every worker: the one in this process and those listening on this host."""
+        self._event.set()
+        if self._run_dir is None:
+            return
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time - self._peers_scanned > 1.0:
+            # Re-list the sockets at most once a second: workers come and go rarely.
+            self._peers = self._scan()
+            self._peers_scanned = loop_time
+        if not self._peers:
+            return
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        for peer in self._peers:
+            try:
+                self._sender.sendto(b"!", peer)
+            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError, OSError):
+                # Full (already woken), or a stale socket of a dead worker.
+                pass
+
+    def _scan(self) -> list[str]:
+        assert self._run_dir is not None
+        try:
+            names = os.listdir(self._run_dir)
+        except FileNotFoundError:
+            return []
+        own = str(self._own_path) if self._own_path else None
+        paths = [str(self._run_dir / n) for n in names if n.endswith(".sock")]
+        return [p for p in paths if p != own]
+
+    # -- the worker side -------------------------------------------------------------------
+    def listen(self) -> None:
+        """Start receiving wake-ups from other processes (a worker calls this once)."""
+        if self._run_dir is None or self._listener is not None:
+            return
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        path = self._run_dir / f"w-{os.getpid()}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            path.unlink(missing_ok=True)
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot listen for wake-ups at %s (%s); polling only", path, exc)
+            return
+        sock.setblocking(False)
+        self._listener, self._own_path = sock, path
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_datagram)
+
+    def _on_datagram(self) -> None:
+        assert self._listener is not None
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._listener.recv(64):
+                pass
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget past wake-ups; call before looking for work so none is missed."""
+        self._event.clear()
+
+    def kick(self) -> None:
+        """Wake the local waiter only (a slot freed up)."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up; True if one came, False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if self._own_path is not None:
+            self._own_path.unlink(missing_ok=True)
+            self._own_path = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None

@@ -1,0 +1,300 @@
+"""The worker: claims tasks, fetches their inputs, runs engines, stores results, settles.
+
+One worker serves ``concurrency`` tasks at a time. It is woken by ``Wakeup`` when a task is
+created and polls only slowly, as a safety net for leases that expire. While it holds tasks it
+renews their leases; a task whose worker died is taken up again when its lease expires, or at
+once when a worker on the same host sees that the holder's process is gone. After
+``max_attempts`` such restarts the task fails with ``failCode`` "500".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from seedbed import catalogue, errors, images, netguard
+from seedbed.catalogue.base import ModelSpec
+from seedbed.engines import Engines
+from seedbed.engines.base import Artifact, EngineJob, OutputPlan
+from seedbed.storage.base import Storage
+from seedbed.store.base import Store
+from seedbed.tasks import Outcome, Task
+from seedbed.wakeup import Wakeup
+
+__all__ = ["Worker", "WorkerConfig", "new_worker_id"]
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: lets a worker on the same host tell that a lease holder is dead."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    concurrency: int = 2
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    poll_seconds: float = 5.0
+    fetch_timeout: float = 30.0
+    net_policy: netguard.NetPolicy = field(default_factory=netguard.NetPolicy)
+
+
+Fetcher = Callable[..., Awaitable[netguard.Fetched]]
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        storage: Storage,
+        engines: Engines,
+        wakeup: Wakeup,
+        config: WorkerConfig,
+        worker_id: str | None = None,
+        fetch: Fetcher = netguard.fetch,
+        pricing: Callable[[ModelSpec], catalogue.Pricing] | None = None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.engines = engines
+        self.wakeup = wakeup
+        self.config = config
+        self.worker_id = worker_id or new_worker_id()
+        self._fetch = fetch
+        self._pricing = pricing or (lambda spec: spec.pricing)
+        self._running: dict[str, threading.Event] = {}
+        self._loaded: set[int] = set()
+        self._stopping = asyncio.Event()
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, *, burst: bool = False) -> None:
+        """Serve tasks until ``stop()``; with ``burst``, return once no task is left."""
+        self.wakeup.listen()
+        await self._release_dead_leases()
+        async with asyncio.TaskGroup() as group:
+            heartbeat = group.create_task(self._heartbeat_loop())
+            try:
+                await self._claim_loop(group, burst=burst)
+            finally:
+                heartbeat.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wakeup.kick()
+
+    async def _claim_loop(self, group: asyncio.TaskGroup, *, burst: bool) -> None:
+        served = [m for m in catalogue.CATALOGUE if self.engines.serves(m)]
+        while not self._stopping.is_set():
+            self.wakeup.clear()
+            claimed = False
+            while len(self._running) < self.config.concurrency:
+                task = await self.store.claim(
+                    worker_id=self.worker_id, models=served, lease_seconds=self.config.lease_seconds
+                )
+                if task is None:
+                    break
+                claimed = True
+                self._running[task.id] = threading.Event()
+                group.create_task(self._process(task))
+            if burst and not claimed and not self._running:
+                return
+            await self.wakeup.wait(self.config.poll_seconds)
+        # Stopping: wait for what is running (a hard stop cancels the task group instead).
+        while self._running:
+            self.wakeup.clear()
+            await self.wakeup.wait(self.config.poll_seconds)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.store.heartbeat(
+                    ids, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for task_id in set(ids) - held:
+                # Another worker took it (we were too slow): stop spending effort on it.
+                if (cancel := self._running.get(task_id)) is not None:
+                    cancel.set()
+
+    async def _release_dead_leases(self) -> None:
+        host = socket.gethostname()
+        dead: list[str] = []
+        for owner in await self.store.lease_owners():
+            owner_host, _, rest = owner.partition(":")
+            pid_text = rest.partition(":")[0]
+            if owner_host != host or not pid_text.isdigit() or owner == self.worker_id:
+                continue
+            if not _process_alive(int(pid_text)):
+                dead.append(owner)
+        if dead:
+            count = await self.store.release_leases(dead)
+            log.info("took back %d task(s) from %d dead worker(s)", count, len(dead))
+
+    # -- one task --------------------------------------------------------------------------
+    async def _process(self, task: Task) -> None:
+        try:
+            outcome = await self._attempt(task)
+        except errors.TaskFailure as exc:
+            outcome = Outcome.failure(exc.fail_code, exc.fail_msg)
+        except Exception:
+            log.exception("task %s: unexpected error", task.id)
+            outcome = Outcome.failure("500", "internal error while processing the task")
+        try:
+            if outcome is not None:
+                # Shielded: a stop must not leave a task half-settled.
+                await asyncio.shield(self.store.finish(task.id, outcome, worker_id=self.worker_id))
+        finally:
+            self._running.pop(task.id, None)
+            self.wakeup.kick()
+
+    async def _attempt(self, task: Task) -> Outcome | None:
+        if task.attempts > self.config.max_attempts:
+            return Outcome.failure(
+                "500", f"the task was interrupted {task.attempts - 1} times; giving up"
+            )
+        spec = catalogue.CATALOGUE[task.model]
+        inp = spec.input_model.model_validate(task.input)
+        engine = self.engines.for_model(task.model)
+        if engine is None:
+            return Outcome.failure("505", f"no engine serves {task.model} on this worker")
+        inputs = await self._fetch_inputs(spec, spec.image_urls(inp))
+        plan = spec.plan(inp, [image.size for image in inputs])
+        job = EngineJob(
+            task_id=task.id,
+            model=task.model,
+            input=task.input,
+            seed=int(task.input.get("seed") or 0),
+            plan=plan,
+            images=inputs,
+        )
+        if id(engine) not in self._loaded:
+            await asyncio.to_thread(engine.load)
+            self._loaded.add(id(engine))
+        if not await self.store.start_generating(task.id, worker_id=self.worker_id):
+            return None  # lease lost: another worker has it now
+        cancel = self._running[task.id]
+        progress = self._progress_reporter(task.id)
+        try:
+            artifacts = await asyncio.to_thread(engine.run, job, progress, cancel)
+        except errors.TaskFailure:
+            raise
+        except Exception as exc:
+            log.warning("task %s: engine %s failed: %r", task.id, engine.name, exc)
+            raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
+        _check_outputs(artifacts, plan)
+        keys = await self._store_results(task.id, artifacts)
+        billable = len(artifacts) - 1 if plan.layers else len(artifacts)
+        charge = spec.price(inp, billable, self._pricing(spec))
+        return Outcome.success(tuple(keys), charge)
+
+    async def _fetch_inputs(self, spec: ModelSpec, urls: Sequence[str]) -> list[Image.Image]:
+        rule = spec.image_input
+        if rule is None or not urls:
+            return []
+        many = rule.field == "image_urls"
+
+        async def one(index: int, url: str) -> Image.Image:
+            where = f"input.{rule.field}[{index}]" if many else f"input.{rule.field}"
+            try:
+                fetched = await self._fetch(
+                    url,
+                    policy=self.config.net_policy,
+                    max_bytes=rule.max_bytes,
+                    timeout=self.config.fetch_timeout,
+                )
+            except netguard.NetguardError as exc:
+                raise errors.InputImageError(f"{where}: {exc.reason}") from exc
+            return await asyncio.to_thread(
+                images.decode_input, fetched.content, rule, index=index, field=rule.field
+            )
+
+        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(urls))))
+
+    def _progress_reporter(self, task_id: str) -> Callable[[int], None]:
+        """A thread-safe progress callback that writes at most every PROGRESS_INTERVAL."""
+        loop = asyncio.get_running_loop()
+        last = [0.0, -1]
+
+        def report(percent: int) -> None:
+            now = time.monotonic()
+            percent = max(0, min(100, int(percent)))
+            if percent <= last[1] or (now - last[0] < PROGRESS_INTERVAL and percent < 100):
+                return
+            last[0], last[1] = now, percent
+            asyncio.run_coroutine_threadsafe(self._write_progress(task_id, percent), loop)
+
+        return report
+
+    async def _write_progress(self, task_id: str, percent: int) -> None:
+        try:
+            await self.store.set_progress(task_id, percent, worker_id=self.worker_id)
+        except Exception:
+            log.exception("task %s: progress write failed", task_id)
+
+    async def _store_results(self, task_id: str, artifacts: Sequence[Artifact]) -> list[str]:
+        keys = []
+        for index, artifact in enumerate(artifacts):
+            key = f"results/{task_id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
+            await self.storage.put(key, artifact.data, artifact.content_type)
+            keys.append(key)
+        return keys
+
+
+def _check_outputs(artifacts: Sequence[Artifact], plan: OutputPlan) -> None:
+    """The contract's pixel size is a promise: an engine that breaks it fails the task."""
+    if not artifacts or len(artifacts) > plan.max_images:
+        raise errors.TaskFailure(
+            f"engine returned {len(artifacts)} images, expected 1 to {plan.max_images}"
+        )
+    for artifact in artifacts:
+        if (artifact.width, artifact.height) != (plan.width, plan.height):
+            raise errors.TaskFailure(
+                f"engine returned {artifact.width}x{artifact.height}, "
+                f"expected {plan.width}x{plan.height}"
+            )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_until_stopped(worker: Worker, stop: asyncio.Event) -> None:
+    """Run ``worker`` until ``stop`` is set (used by the server's lifespan and the CLI)."""
+    runner = asyncio.create_task(worker.run())
+    await stop.wait()
+    worker.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner

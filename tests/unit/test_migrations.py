@@ -1,0 +1,108 @@
+"""The packaged alembic migrations build exactly ``schema.metadata``, once, safely."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+
+from seedbed.store.migrate import alembic_config, upgrade
+from seedbed.store.schema import metadata
+
+
+def _schema(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    return [(name, sql or "") for name, sql in rows]
+
+
+def _tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {row[0] for row in rows}
+
+
+def _version(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_the_packaged_scripts_have_one_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == ["0001"]
+
+
+def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    upgrade(f"sqlite:///{db}")
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+    assert _version(db) == ["0001"]
+
+
+def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    upgrade(f"sqlite:///{db}")
+    before = _schema(db)
+    upgrade(f"sqlite:///{db}")
+    assert _schema(db) == before and _version(db) == ["0001"]
+
+
+def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    upgrade(f"sqlite:///{db}")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrent_upgrades_of_a_fresh_file_all_succeed(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        start.wait()
+        try:
+            upgrade(f"sqlite:///{db}")
+        except BaseException as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and _version(db) == ["0001"]
+
+
+def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    upgrade(f"sqlite:///{db}")
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{db}")
+    command.downgrade(config, "base")
+    assert _tables(db) == {"alembic_version"}
+    command.upgrade(config, "head")
+    assert _tables(db) == {"alembic_version", "api_keys", "credit_ledger", "flags", "tasks"}
+
+
+def test_offline_mode_emits_sql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{tmp_path / 'unused.db'}")
+    command.upgrade(config, "head", sql=True)
+    out = capsys.readouterr().out
+    assert "CREATE TABLE tasks" in out and "CREATE INDEX ix_tasks_state_seq" in out

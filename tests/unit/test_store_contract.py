@@ -1,0 +1,651 @@
+"""One contract for every ``Store``: the same tests against MemoryStore and SqlStore.
+
+SqlStore runs on a SQLite file in ``tmp_path``, and also on PostgreSQL when
+``SEEDBED_TEST_POSTGRES_URL`` names a database that may be wiped (``postgresql://...``). Time is
+a fake clock that tests advance, so lease expiry needs no sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seedbed.store import CreateRefused, Store, open_store
+from seedbed.store.memory import MemoryStore
+from seedbed.store.sql import SqlStore
+from seedbed.tasks import Flags, KeyLimits, NewKey, NewTask, Outcome, TaskState, new_task_id
+
+D = Decimal
+T0 = 1_700_000_000.0
+PG_URL = os.environ.get("SEEDBED_TEST_POSTGRES_URL")
+KINDS = ["memory", "sqlite"] + (["postgres"] if PG_URL else [])
+
+
+class Clock:
+    """A settable clock: ``clock()`` is the time, ``clock.advance(s)`` moves it on."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _wipe_postgres(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+def _make(kind: str, tmp_path: Path, clock: Callable[[], float]) -> Store:
+    if kind == "memory":
+        return MemoryStore(clock=clock)
+    if kind == "sqlite":
+        return SqlStore(f"sqlite:///{tmp_path / 'seedbed.db'}", clock=clock)
+    assert PG_URL is not None
+    return SqlStore(PG_URL, clock=clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Store]:
+    if request.param == "postgres":
+        assert PG_URL is not None
+        await _wipe_postgres(PG_URL)
+    s = _make(request.param, tmp_path, clock)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def add_key(store: Store, credits: str = "100", key_id: str = "k1", **limits: Any) -> str:
+    await store.create_key(
+        NewKey(
+            id=key_id,
+            name=f"name-{key_id}",
+            key_hash=f"hash-{key_id}",
+            credits=D(credits),
+            limits=KeyLimits(**limits),
+        )
+    )
+    return key_id
+
+
+def new_task(key_id: str = "k1", reserve: str = "1", model: str = "m", **kw: Any) -> NewTask:
+    return NewTask(
+        id=kw.pop("id", new_task_id()),
+        key_id=key_id,
+        model=model,
+        param=json.dumps({"model": model, "input": "{}"}),
+        input=kw.pop("input", {"prompt": "a cat", "n": 1, "nested": {"a": [1, 2]}}),
+        callback_url=kw.pop("callback_url", None),
+        reserve=D(reserve),
+    )
+
+
+async def create(store: Store, key_id: str = "k1", reserve: str = "1", **kw: Any) -> Any:
+    return await store.create_task(new_task(key_id, reserve, **kw), open_task_cap=100)
+
+
+async def holdings(store: Store, key_id: str = "k1") -> tuple[Decimal, Decimal, int]:
+    """(balance, held, open_tasks) of a key that must exist."""
+    key = await store.get_key(key_id)
+    assert key is not None
+    return key.balance, key.held, key.open_tasks
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+# -- keys and credits ----------------------------------------------------------------------
+async def test_create_and_look_up_keys(store: Store, clock: Clock) -> None:
+    key = await store.create_key(
+        NewKey(
+            id="k1",
+            name="alice",
+            key_hash="h1",
+            credits=D("12.5"),
+            limits=KeyLimits(open_task_cap=3, record_per_second=5),
+        )
+    )
+    assert (key.id, key.name, key.key_hash) == ("k1", "alice", "h1")
+    assert (key.balance, key.held, key.open_tasks) == (D("12.5"), D(0), 0)
+    assert key.limits == KeyLimits(open_task_cap=3, record_per_second=5)
+    assert key.created_at == ms(T0) and not key.revoked
+    assert await store.key_by_hash("h1") == key
+    assert await store.get_key("k1") == key
+    assert await store.key_by_hash("nope") is None and await store.get_key("nope") is None
+    clock.advance(1)
+    await add_key(store, "0", key_id="k0")
+    assert [k.id for k in await store.list_keys()] == ["k1", "k0"]
+
+
+async def test_duplicate_or_negative_keys_are_rejected(store: Store) -> None:
+    await add_key(store)
+    with pytest.raises(ValueError):
+        await store.create_key(NewKey(id="k1", name="x", key_hash="other"))
+    with pytest.raises(ValueError):
+        await store.create_key(NewKey(id="k2", name="x", key_hash="hash-k1"))
+    with pytest.raises(ValueError):
+        await store.create_key(NewKey(id="k3", name="x", key_hash="h3", credits=D(-1)))
+    assert [k.id for k in await store.list_keys()] == ["k1"]
+
+
+async def test_revoke_key(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    clock.advance(5)
+    assert await store.revoke_key("k1") is True
+    clock.advance(5)
+    assert await store.revoke_key("k1") is True  # idempotent: the first time is kept
+    key = await store.get_key("k1")
+    assert key is not None and key.revoked and key.revoked_at == ms(T0 + 5)
+    assert await store.revoke_key("nope") is False
+
+
+async def test_add_credits(store: Store) -> None:
+    await add_key(store, "10")
+    assert await store.add_credits("k1", D("2.5"), "top-up") == D("12.5")
+    assert await store.add_credits("k1", D("-2.0005"), "fix") == D("10.499")  # half-up to 0.001
+    assert await store.add_credits("k1", D(0)) == D("10.499")  # nothing to record
+    with pytest.raises(ValueError):
+        await store.add_credits("k1", D("-10.5"))
+    with pytest.raises(KeyError):
+        await store.add_credits("nope", D(1))
+    key = await store.get_key("k1")
+    assert key is not None and key.balance == D("10.499")
+    ledger = await store.ledger("k1")
+    assert [(e["kind"], e["amount"], e["note"]) for e in ledger] == [
+        ("grant", D(10), "key created"),
+        ("grant", D("2.5"), "top-up"),
+        ("adjust", D("-2.001"), "fix"),
+    ]
+    assert await store.ledger("nope") == []
+
+
+# -- create_task ---------------------------------------------------------------------------
+async def test_create_task_holds_credits(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    new = new_task(reserve="3.5", callback_url="https://example.com/cb")
+    task = await store.create_task(new, open_task_cap=5)
+    assert task.state is TaskState.WAITING and task.progress == 0 and task.attempts == 0
+    assert task.input == {"prompt": "a cat", "n": 1, "nested": {"a": [1, 2]}}
+    assert (task.id, task.key_id, task.model, task.param) == (new.id, "k1", "m", new.param)
+    assert task.callback_url == "https://example.com/cb"
+    assert task.reserved == D("3.5") and task.credits_consumed == 0 and task.result_keys == ()
+    assert task.create_time == task.update_time == ms(T0) and task.complete_time is None
+    assert task.lease_owner is None and task.lease_expires is None
+    assert await store.get_task(task.id) == task
+    assert await store.get_task("0" * 32) is None
+    assert await holdings(store) == (D("6.5"), D("3.5"), 1)
+    ledger = await store.ledger("k1")
+    assert ledger[-1] == {
+        "kind": "reserve",
+        "amount": D("3.5"),
+        "task_id": task.id,
+        "note": "",
+        "time": ms(T0),
+    }
+    second = await create(store)
+    assert second.seq > task.seq
+
+
+async def test_create_task_refusals(store: Store) -> None:
+    await add_key(store, "2")
+    with pytest.raises(CreateRefused) as err:
+        await create(store, reserve="2.001")
+    assert err.value.reason == "credits"
+    await store.create_task(new_task(reserve="1"), open_task_cap=1)
+    with pytest.raises(CreateRefused) as err:
+        await store.create_task(new_task(reserve="0.5"), open_task_cap=1)
+    assert err.value.reason == "open_tasks"
+    with pytest.raises(CreateRefused) as err:  # the cap is checked before the credits
+        await store.create_task(new_task(reserve="5"), open_task_cap=1)
+    assert err.value.reason == "open_tasks"
+    with pytest.raises(CreateRefused) as err:
+        await create(store, key_id="nope")
+    assert err.value.reason == "key"
+    await store.revoke_key("k1")
+    with pytest.raises(CreateRefused) as err:
+        await create(store, reserve="0")
+    assert err.value.reason == "key"
+    assert await holdings(store) == (D(1), D(1), 1)
+    assert [e["kind"] for e in await store.ledger("k1")] == ["grant", "reserve"]
+
+
+async def test_duplicate_task_id_changes_nothing(store: Store) -> None:
+    await add_key(store, "10")
+    task = await create(store)
+    with pytest.raises(ValueError):
+        await create(store, id=task.id)
+    assert await holdings(store) == (D(9), D(1), 1)
+
+
+async def test_queue_position(store: Store) -> None:
+    await add_key(store)
+    a, b, c = [await create(store) for _ in range(3)]
+    assert [await store.queue_position(t) for t in (a, b, c)] == [0, 1, 2]
+    await store.claim(worker_id="w", models=None, lease_seconds=30)  # a: queuing, still ahead
+    assert await store.queue_position(c) == 2
+    await store.start_generating(a.id, worker_id="w")  # generating: no longer queued
+    assert [await store.queue_position(t) for t in (b, c)] == [0, 1]
+
+
+# -- claiming and leases -------------------------------------------------------------------
+async def test_claim_takes_the_oldest_first(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    assert await store.claim(worker_id="w", models=None, lease_seconds=30) is None
+    first, second = await create(store), await create(store)
+    clock.advance(1)
+    got = await store.claim(worker_id="w", models=None, lease_seconds=30)
+    assert got is not None and got.id == first.id
+    assert got.state is TaskState.QUEUING and got.attempts == 1
+    assert got.lease_owner == "w" and got.lease_expires == ms(T0 + 31)
+    assert got.update_time == ms(T0 + 1)
+    assert await store.get_task(first.id) == got
+    again = await store.claim(worker_id="w2", models=None, lease_seconds=30)
+    assert again is not None and again.id == second.id
+    assert await store.claim(worker_id="w3", models=None, lease_seconds=30) is None
+
+
+async def test_claim_filters_by_model(store: Store) -> None:
+    await add_key(store)
+    a = await create(store, model="a")
+    b = await create(store, model="b")
+    assert await store.claim(worker_id="w", models=[], lease_seconds=30) is None
+    assert await store.claim(worker_id="w", models=["c"], lease_seconds=30) is None
+    got = await store.claim(worker_id="w", models={"b", "c"}, lease_seconds=30)
+    assert got is not None and got.id == b.id
+    got = await store.claim(worker_id="w", models=["a", "b"], lease_seconds=30)
+    assert got is not None and got.id == a.id
+
+
+async def test_expired_lease_is_reclaimed_keeping_its_state(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    task = await create(store)
+    await store.claim(worker_id="w1", models=None, lease_seconds=10)
+    assert await store.start_generating(task.id, worker_id="w1")
+    clock.advance(10)  # expires at exactly now: not yet claimable
+    assert await store.claim(worker_id="w2", models=None, lease_seconds=10) is None
+    clock.advance(0.001)
+    got = await store.claim(worker_id="w2", models=["m"], lease_seconds=10)
+    assert got is not None and got.id == task.id
+    assert got.state is TaskState.GENERATING and got.attempts == 2 and got.lease_owner == "w2"
+    # the first worker lost everything it held
+    assert await store.heartbeat([task.id], worker_id="w1", lease_seconds=10) == set()
+    assert await store.set_progress(task.id, 50, worker_id="w1") is False
+    assert await store.start_generating(task.id, worker_id="w1") is False
+    assert await store.finish(task.id, Outcome.success(("x",), D(1)), worker_id="w1") is None
+
+
+async def test_lapsed_lease_still_serves_its_owner_until_reclaimed(
+    store: Store, clock: Clock
+) -> None:
+    await add_key(store)
+    task = await create(store)
+    await store.claim(worker_id="w", models=None, lease_seconds=10)
+    clock.advance(60)
+    assert await store.heartbeat([task.id], worker_id="w", lease_seconds=10) == {task.id}
+    assert await store.claim(worker_id="w2", models=None, lease_seconds=10) is None
+
+
+async def test_start_generating_is_guarded(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    task = await create(store)
+    assert await store.start_generating(task.id, worker_id="w") is False  # not claimed
+    await store.claim(worker_id="w", models=None, lease_seconds=30)
+    assert await store.start_generating(task.id, worker_id="other") is False
+    clock.advance(2)
+    assert await store.start_generating(task.id, worker_id="w") is True
+    clock.advance(2)
+    assert await store.start_generating(task.id, worker_id="w") is True  # idempotent
+    got = await store.get_task(task.id)
+    assert got is not None and got.state is TaskState.GENERATING
+    assert got.update_time == ms(T0 + 2)
+    assert await store.start_generating("0" * 32, worker_id="w") is False
+
+
+async def test_heartbeat_extends_only_held_leases(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    mine, theirs, waiting = await create(store), await create(store), await create(store)
+    await store.claim(worker_id="w", models=None, lease_seconds=30)
+    await store.claim(worker_id="x", models=None, lease_seconds=30)
+    clock.advance(20)
+    ids = [mine.id, theirs.id, waiting.id, "0" * 32, mine.id]
+    assert await store.heartbeat(ids, worker_id="w", lease_seconds=30) == {mine.id}
+    got = await store.get_task(mine.id)
+    assert got is not None and got.lease_expires == ms(T0 + 50)
+    assert await store.heartbeat([], worker_id="w", lease_seconds=30) == set()
+
+
+async def test_progress_never_decreases(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    task = await create(store)
+    await store.claim(worker_id="w", models=None, lease_seconds=30)
+    clock.advance(1)
+    assert await store.set_progress(task.id, 40, worker_id="w") is True
+    clock.advance(1)
+    assert await store.set_progress(task.id, 30, worker_id="w") is True  # held, not written
+    got = await store.get_task(task.id)
+    assert got is not None and got.progress == 40 and got.update_time == ms(T0 + 1)
+    assert await store.set_progress(task.id, 250, worker_id="w") is True
+    got = await store.get_task(task.id)
+    assert got is not None and got.progress == 100
+    assert await store.set_progress(task.id, 100, worker_id="other") is False
+
+
+async def test_release_leases_and_lease_owners(store: Store) -> None:
+    await add_key(store)
+    a, b = await create(store), await create(store)
+    assert await store.lease_owners() == set()
+    await store.claim(worker_id="w1", models=None, lease_seconds=30)
+    await store.claim(worker_id="w2", models=None, lease_seconds=30)
+    assert await store.lease_owners() == {"w1", "w2"}
+    assert await store.release_leases([]) == 0
+    assert await store.release_leases(["w1", "ghost"]) == 1
+    assert await store.release_leases(["w1"]) == 0
+    assert await store.lease_owners() == {"w2"}
+    # a released lease is dead at once: its owner is refused, anyone may take the task
+    assert await store.heartbeat([a.id], worker_id="w1", lease_seconds=30) == set()
+    got = await store.claim(worker_id="w3", models=None, lease_seconds=30)
+    assert got is not None and got.id == a.id and got.attempts == 2
+    assert got.state is TaskState.QUEUING
+    assert await store.lease_owners() == {"w2", "w3"}
+    await store.finish(b.id, Outcome.failure("500", "x"), worker_id="w2")
+    assert await store.lease_owners() == {"w3"}
+
+
+# -- finish and settlement -----------------------------------------------------------------
+async def _claimed(store: Store, reserve: str) -> Any:
+    task = await create(store, reserve=reserve)
+    got = await store.claim(worker_id="w", models=None, lease_seconds=30)
+    assert got is not None and got.id == task.id
+    return got
+
+
+async def test_finish_success_charges_and_releases_the_rest(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    task = await _claimed(store, "3.5")
+    await store.set_progress(task.id, 60, worker_id="w")
+    clock.advance(7.5)
+    done = await store.finish(task.id, Outcome.success(("a.png", "b.png"), D(2)), worker_id="w")
+    assert done is not None and done.state is TaskState.SUCCESS
+    assert done.result_keys == ("a.png", "b.png") and done.credits_consumed == D(2)
+    assert done.progress == 100 and done.fail_code is None and done.fail_msg is None
+    assert done.complete_time == done.update_time == ms(T0 + 7.5) and done.cost_time == 7
+    assert done.lease_owner is None and done.lease_expires is None
+    assert await store.get_task(task.id) == done
+    assert await holdings(store) == (D(8), D(0), 0)
+    tail = [(e["kind"], e["amount"], e["task_id"]) for e in (await store.ledger("k1"))[1:]]
+    assert tail == [
+        ("reserve", D("3.5"), task.id),
+        ("charge", D(2), task.id),
+        ("release", D("1.5"), task.id),
+    ]
+
+
+async def test_finish_charges_at_most_what_was_held(store: Store) -> None:
+    await add_key(store, "10")
+    task = await _claimed(store, "3")
+    done = await store.finish(task.id, Outcome.success(("a",), D(99)), worker_id="w")
+    assert done is not None and done.credits_consumed == D(3)
+    assert await holdings(store) == (D(7), D(0), 0)
+    assert [e["kind"] for e in await store.ledger("k1")] == ["grant", "reserve", "charge"]
+
+
+async def test_finish_failure_releases_everything(store: Store) -> None:
+    await add_key(store, "10")
+    task = await _claimed(store, "4")
+    await store.set_progress(task.id, 30, worker_id="w")
+    done = await store.finish(task.id, Outcome.failure("501", "engine said no"), worker_id="w")
+    assert done is not None and done.state is TaskState.FAIL
+    assert (done.fail_code, done.fail_msg) == ("501", "engine said no")
+    assert done.credits_consumed == 0 and done.result_keys == () and done.progress == 30
+    assert await holdings(store) == (D(10), D(0), 0)
+    assert [(e["kind"], e["amount"]) for e in (await store.ledger("k1"))[2:]] == [("release", D(4))]
+
+
+async def test_finish_settles_exactly_once(store: Store) -> None:
+    await add_key(store, "10")
+    task = await _claimed(store, "2")
+    assert await store.finish(task.id, Outcome.success(("a",), D(1)), worker_id="other") is None
+    assert await store.finish(task.id, Outcome.success(("a",), D(1)), worker_id="w") is not None
+    before = (await store.get_key("k1"), await store.ledger("k1"))
+    assert await store.finish(task.id, Outcome.success(("a",), D(1)), worker_id="w") is None
+    assert await store.finish(task.id, Outcome.failure("500", "x"), worker_id=None) is None
+    assert await store.finish("0" * 32, Outcome.failure("500", "x"), worker_id=None) is None
+    assert (await store.get_key("k1"), await store.ledger("k1")) == before
+
+
+async def test_finish_without_a_worker_ends_any_open_task(store: Store) -> None:
+    await add_key(store, "10")
+    waiting = await create(store, reserve="2")
+    done = await store.finish(waiting.id, Outcome.failure("500", "cancelled"), worker_id=None)
+    assert done is not None and done.state is TaskState.FAIL
+    leased = await _claimed(store, "3")
+    done = await store.finish(leased.id, Outcome.success(("a",), D(1)), worker_id=None)
+    assert done is not None and done.state is TaskState.SUCCESS
+    assert await holdings(store) == (D(9), D(0), 0)
+    with pytest.raises(ValueError):
+        await store.finish(leased.id, Outcome(state=TaskState.GENERATING), worker_id=None)
+
+
+# -- flags and lifecycle -------------------------------------------------------------------
+async def test_flags_round_trip(store: Store) -> None:
+    assert await store.flags() == Flags()
+    await store.set_maintenance(True)
+    await store.set_model_enabled("a", False)
+    await store.set_model_enabled("b", False)
+    await store.set_model_enabled("b", False)
+    await store.set_model_enabled("c", True)
+    assert await store.flags() == Flags(maintenance=True, disabled_models=frozenset({"a", "b"}))
+    await store.set_maintenance(False)
+    await store.set_model_enabled("a", True)
+    assert await store.flags() == Flags(disabled_models=frozenset({"b"}))
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+# -- concurrency ---------------------------------------------------------------------------
+async def test_concurrent_creates_never_overspend(store: Store) -> None:
+    await add_key(store, "15")  # covers exactly 10 tasks at 1.5
+
+    async def attempt() -> str:
+        try:
+            await store.create_task(new_task(reserve="1.5"), open_task_cap=1000)
+        except CreateRefused as exc:
+            return exc.reason
+        return "ok"
+
+    results = await asyncio.gather(*(attempt() for _ in range(100)))
+    assert results.count("ok") == 10 and results.count("credits") == 90
+    assert await holdings(store) == (D(0), D(15), 10)
+
+
+async def test_concurrent_claims_hand_out_each_task_once(store: Store) -> None:
+    await add_key(store)
+    created = {(await create(store)).id for _ in range(10)}
+    got = await asyncio.gather(
+        *(store.claim(worker_id=f"w{i}", models=None, lease_seconds=30) for i in range(25))
+    )
+    claimed = [t.id for t in got if t is not None]
+    assert len(claimed) == len(set(claimed)) == 10 and set(claimed) == created
+
+
+# -- SqlStore on SQLite: several connections and processes on one file --------------------
+_CHILD = """
+import asyncio, json, os, sys, time
+from decimal import Decimal
+from seedbed.store import CreateRefused
+from seedbed.store.sql import SqlStore
+from seedbed.tasks import NewTask, new_task_id
+
+async def main(db, barrier, mode, n):
+    store = SqlStore("sqlite:///" + db)
+    await store.open()
+    open(barrier + ".ready." + str(os.getpid()), "w").close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(barrier + ".go") and time.monotonic() < deadline:
+        time.sleep(0.001)
+    out = []
+    if mode == "create":
+        async def one():
+            task = NewTask(id=new_task_id(), key_id="k1", model="m", param="{}", input={},
+                           callback_url=None, reserve=Decimal("1.5"))
+            try:
+                await store.create_task(task, open_task_cap=10_000)
+                return "ok"
+            except CreateRefused as exc:
+                return exc.reason
+        out = await asyncio.gather(*(one() for _ in range(n)))
+    else:
+        while (task := await store.claim(worker_id=str(os.getpid()), models=None,
+                                         lease_seconds=60)) is not None:
+            out.append(task.id)
+    await store.close()
+    print(json.dumps(out))
+
+asyncio.run(main(*sys.argv[1:4], int(sys.argv[4])))
+"""
+
+
+def _spawn(db: Path, barrier: Path, mode: str, n: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(db), str(barrier), mode, str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _race(db: Path, mode: str, n: int, local: Callable[[], Any]) -> list[Any]:
+    """Start two child processes, release them together with ``local``; gather all results."""
+    barrier = db.parent / "barrier"
+    children = [_spawn(db, barrier, mode, n) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while len(list(db.parent.glob("barrier.ready.*"))) < 2:
+        assert time.monotonic() < deadline, "child processes did not start"
+        assert all(c.poll() is None for c in children), "a child process died"
+        await asyncio.sleep(0.005)
+    barrier.with_suffix(".go").touch()
+    mine = await local()
+    results = [mine]
+    for child in children:
+        stdout, _ = await asyncio.to_thread(child.communicate, timeout=60)
+        assert child.returncode == 0
+        results.append(json.loads(stdout))
+    return results
+
+
+async def test_creates_from_several_processes_never_overspend(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    store = SqlStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        await add_key(store, "37.5")  # covers exactly 25 tasks at 1.5
+
+        async def local() -> list[str]:
+            async def one() -> str:
+                try:
+                    await store.create_task(new_task(reserve="1.5"), open_task_cap=10_000)
+                except CreateRefused as exc:
+                    return exc.reason
+                return "ok"
+
+            return list(await asyncio.gather(*(one() for _ in range(40))))
+
+        batches = await _race(db, "create", 40, local)
+        results = [r for batch in batches for r in batch]
+        assert len(results) == 120
+        assert results.count("ok") == 25 and results.count("credits") == 95
+        assert await holdings(store) == (D(0), D("37.5"), 25)
+    finally:
+        await store.close()
+
+
+async def test_claims_from_several_processes_and_stores_never_overlap(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    store = SqlStore(f"sqlite:///{db}")
+    others = [SqlStore(f"sqlite:///{db}") for _ in range(2)]
+    await store.open()
+    for other in others:
+        await other.open()
+    try:
+        await add_key(store, "1000")
+        created = {(await create(store, reserve="1")).id for _ in range(60)}
+
+        async def drain(s: SqlStore, worker: str) -> list[str]:
+            got = []
+            while task := await s.claim(worker_id=worker, models=None, lease_seconds=60):
+                got.append(task.id)
+            return got
+
+        async def local() -> list[str]:
+            batches = await asyncio.gather(
+                *(drain(s, f"local{i}") for i, s in enumerate([store, *others]))
+            )
+            return [task_id for batch in batches for task_id in batch]
+
+        batches = await _race(db, "claim", 0, local)
+        claimed = [t for batch in batches for t in batch]
+        assert len(claimed) == len(set(claimed)) == 60 and set(claimed) == created
+    finally:
+        for s in [store, *others]:
+            await s.close()
+
+
+async def test_sql_store_keeps_its_data_across_reopening(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'deep' / 'dir' / 'seedbed.db'}"  # parents created
+    store = SqlStore(url)
+    await store.open()
+    await store.open()  # idempotent
+    await add_key(store, "5")
+    task = await create(store)
+    await store.close()
+    await store.close()
+    again = SqlStore(url)
+    await again.open()
+    try:
+        assert await again.get_task(task.id) == task
+    finally:
+        await again.close()
+    with pytest.raises(RuntimeError):
+        await again.get_task(task.id)
+
+
+def test_open_store_picks_the_implementation(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/a.db"), SqlStore)
+    assert isinstance(open_store(f"sqlite+aiosqlite:///{tmp_path}/a.db"), SqlStore)
+    assert isinstance(open_store("postgresql://u:p@localhost/db"), SqlStore)
+    with pytest.raises(ValueError):
+        open_store("redis://localhost")
+    with pytest.raises(ValueError):
+        open_store("sqlite://")  # in-memory SQLite would give each engine its own database
