@@ -1,0 +1,116 @@
+"""The admin CLI and the separate worker process, driven as an operator would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from proc import SEEDBED, create_key, env, run_cli, server, stop
+
+from conftest import free_port
+
+
+def test_keys_create_prints_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
+    done = run_cli(["keys", "create", "--name", "alice", "--credits", "12.5"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip().splitlines()[-1]
+    assert key.startswith("sb-") and len(key) > 40
+    listed = run_cli(["keys", "list", "--json"], tmp_path)
+    rows = json.loads(listed.stdout)
+    assert [r["name"] for r in rows] == ["alice"]
+    assert rows[0]["balance"] == "12.5"
+    assert key not in listed.stdout  # only hashes are stored
+
+
+def test_keys_json_credits_revoke_and_switches(tmp_path: Path) -> None:
+    created = create_key(tmp_path, credits=5)
+    assert set(created) >= {"key", "id", "name", "balance", "limits"}
+    added = run_cli(["credits", "add", created["id"], "2.25"], tmp_path)
+    assert added.returncode == 0 and added.stdout.strip() == "7.25"
+    assert run_cli(["credits", "add", "key_nope", "1"], tmp_path).returncode == 1
+    bad = run_cli(["credits", "add", created["id"], "lots"], tmp_path)
+    assert bad.returncode == 1 and "must be a number" in bad.stderr
+    assert run_cli(["keys", "revoke", created["id"]], tmp_path).returncode == 0
+    assert run_cli(["maintenance", "on"], tmp_path).returncode == 0
+    assert run_cli(["models", "disable", "seedream/4.5-edit"], tmp_path).returncode == 0
+    unknown = run_cli(["models", "disable", "seedream/9"], tmp_path)
+    assert unknown.returncode == 1 and "unknown model" in unknown.stderr
+    models = json.loads(run_cli(["models", "list", "--json"], tmp_path).stdout)
+    disabled = [m["id"] for m in models if not m["enabled"]]
+    assert disabled == ["seedream/4.5-edit"]
+
+
+def test_admin_switches_reach_a_running_server(tmp_path: Path) -> None:
+    port = free_port()
+    key = create_key(tmp_path, credits=100)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    body = {"model": "seedream/4.5-text-to-image", "input": {"prompt": "x"}}
+    url = f"http://127.0.0.1:{port}"
+    with (
+        server(tmp_path, port, admin_refresh_seconds=0.2),
+        httpx.Client(base_url=url, trust_env=False) as client,
+    ):
+
+        def code() -> int:
+            return int(
+                client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()["code"]
+            )
+
+        def eventually(expected: int) -> None:
+            deadline = time.monotonic() + 5
+            while code() != expected:
+                assert time.monotonic() < deadline, f"never got {expected}"
+                time.sleep(0.1)
+
+        assert code() == 200
+        run_cli(["maintenance", "on"], tmp_path)
+        eventually(455)
+        run_cli(["maintenance", "off"], tmp_path)
+        eventually(200)
+        run_cli(["models", "disable", "seedream/4.5-text-to-image"], tmp_path)
+        eventually(505)
+        run_cli(["models", "enable", "seedream/4.5-text-to-image"], tmp_path)
+        eventually(200)
+        run_cli(["keys", "revoke", key["id"]], tmp_path)
+        assert code() == 401
+
+
+def test_separate_worker_process_is_woken_by_notification(tmp_path: Path) -> None:
+    """``serve --no-worker`` + ``seedbed worker``: the worker polls only every 60 s, so a task
+    finishing within seconds proves it was woken by the create notification."""
+    port = free_port()
+    key = create_key(tmp_path, credits=100)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    worker = subprocess.Popen(
+        [*SEEDBED, "worker", "--data-dir", str(tmp_path)],
+        env=env(poll_seconds=60),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "run").glob("*.sock")):
+            assert time.monotonic() < deadline, "worker never listened"
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            time.sleep(0.05)
+        with (
+            server(tmp_path, port, "--no-worker"),
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
+        ):
+            body = {"model": "bytedance/seedream", "input": {"prompt": "elsewhere"}}
+            created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
+            task_id = created["data"]["taskId"]
+            deadline = time.monotonic() + 10
+            while True:
+                data = client.get(
+                    "/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers
+                ).json()["data"]
+                if data["state"] == "success":
+                    break
+                assert time.monotonic() < deadline, data
+                time.sleep(0.05)
+    finally:
+        stop(worker)
