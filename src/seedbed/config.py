@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         """The store URL, defaulting to SQLite in the data directory."""
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'seedbed.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'seedbed.db').resolve()}"
 
     @property
     def files_dir(self) -> Path:

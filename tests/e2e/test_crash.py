@@ -79,7 +79,7 @@ def test_kill_9_while_queued_and_generating_then_restart(tmp_path: Path) -> None
     assert Decimal(str(balance)) == 100 - 6 * PRICE
 
     async def ledger() -> list[dict[str, object]]:
-        store = open_store(f"sqlite+aiosqlite:///{data_dir / 'seedbed.db'}")
+        store = open_store(f"sqlite:///{data_dir / 'seedbed.db'}")
         await store.open()
         try:
             return await store.ledger(key["id"])

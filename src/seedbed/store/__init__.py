@@ -18,8 +18,8 @@ __all__ = ["CreateRefused", "Store", "open_store"]
 def open_store(url: str, *, clock: Callable[[], float] = time.time) -> Store:
     """Build (not yet open) the store for ``url``; call ``await store.open()`` before use.
 
-    ``sqlite:///`` and ``postgresql://`` are turned into their async drivers (aiosqlite,
-    asyncpg); an explicit ``+driver`` is kept.
+    ``sqlite:///path`` runs on the standard library's driver in threads (see ``sql``);
+    ``postgresql://`` becomes ``postgresql+asyncpg://`` (the ``postgres`` extra).
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
