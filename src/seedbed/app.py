@@ -15,7 +15,7 @@ from starlette.responses import Response
 from seedbed import __version__, errors, netguard
 from seedbed import store as store_module
 from seedbed.api import account, envelope, files, health, jobs, models
-from seedbed.api.context import Context, FlagsCache
+from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.config import Settings
 from seedbed.engines import Engines, default_engines
 from seedbed.storage.local import LocalStorage
@@ -91,6 +91,7 @@ def build_context(
         wakeup=Wakeup(settings.run_dir),
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),
+        keys=KeyCache(store, settings.admin_refresh_seconds),
     )
 
 

@@ -8,7 +8,7 @@ from seedbed import errors, keys
 from seedbed.api.context import Context
 from seedbed.tasks import ApiKey
 
-__all__ = ["authenticate"]
+__all__ = ["authenticate", "limit_create", "limit_record"]
 
 
 async def authenticate(request: Request, ctx: Context) -> ApiKey:
@@ -17,7 +17,7 @@ async def authenticate(request: Request, ctx: Context) -> ApiKey:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise errors.Unauthorized()
-    key = await ctx.store.key_by_hash(keys.hash_key(token))
+    key = await ctx.keys.get(keys.hash_key(token))
     if key is None or key.revoked:
         raise errors.Unauthorized()
     return key

@@ -15,10 +15,10 @@ from seedbed.engines import Engines
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
-from seedbed.tasks import Flags
+from seedbed.tasks import ApiKey, Flags
 from seedbed.wakeup import Wakeup
 
-__all__ = ["Context", "FlagsCache", "context"]
+__all__ = ["Context", "FlagsCache", "KeyCache", "context"]
 
 
 class FlagsCache:
@@ -48,6 +48,34 @@ class FlagsCache:
         self._read_at = -float("inf")
 
 
+class KeyCache:
+    """Key records by hash, kept ``ttl`` seconds: the hot paths skip a query per request.
+
+    A revoked key is refused within ``ttl`` (the ``admin_refresh_seconds`` setting). The
+    cached ``open_tasks`` and ``balance`` only serve early answers and messages: the store's
+    own conditional update is what enforces credits and the open-task cap, exactly.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, store: Store, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def get(self, key_hash: str) -> ApiKey | None:
+        now = time.monotonic()
+        hit = self._entries.get(key_hash)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        key = await self._store.key_by_hash(key_hash)
+        if self._ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key_hash] = (now, key)
+        return key
+
+
 @dataclass(kw_only=True)
 class Context:
     settings: Settings
@@ -57,6 +85,7 @@ class Context:
     wakeup: Wakeup
     net_policy: netguard.NetPolicy
     flags: FlagsCache
+    keys: KeyCache
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
     def pricing(self, spec: ModelSpec) -> Pricing:
@@ -65,7 +94,13 @@ class Context:
     def base_url(self, request: Request) -> str:
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
-        return str(request.base_url).rstrip("/")
+        # Built from the scope directly: Request.base_url re-parses the whole URL each call.
+        scheme = request.scope.get("scheme", "http")
+        host = request.headers.get("host")
+        if host is None:
+            server = request.scope.get("server") or ("127.0.0.1", self.settings.port)
+            host = f"{server[0]}:{server[1]}"
+        return f"{scheme}://{host}{request.scope.get('root_path', '')}".rstrip("/")
 
 
 def context(request: Request) -> Context:

@@ -13,6 +13,8 @@ second process waits, then finds the schema at head and does nothing.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 _ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg_async"}
 
 
-def install_sqlite_hooks(engine: Engine, *, begin: str | None) -> None:
+def install_sqlite_hooks(
+    engine: Engine, *, begin: str | None, busy_timeout_ms: int | None = None
+) -> None:
     """Configure every new SQLite DBAPI connection of ``engine``; optionally own BEGIN.
 
     WAL lets readers run beside the one writer; ``synchronous=NORMAL`` in WAL mode loses
@@ -57,7 +61,11 @@ def install_sqlite_hooks(engine: Engine, *, begin: str | None) -> None:
     driver"). ``BEGIN IMMEDIATE`` takes the write lock at the start, so a transaction that reads
     then writes waits in the busy handler rather than failing with SQLITE_BUSY on the upgrade.
     Without ``begin`` the connection is left in autocommit, which suits single SELECTs.
+
+    Automatic checkpoints are off: ``SqlStore`` checkpoints from a background thread instead,
+    so that no commit on the event loop pays for one.
     """
+    timeout = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,7 +73,9 @@ def install_sqlite_hooks(engine: Engine, *, begin: str | None) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
+            cursor.execute(f"PRAGMA busy_timeout={timeout}")
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -77,6 +87,25 @@ def install_sqlite_hooks(engine: Engine, *, begin: str | None) -> None:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql(statement)
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL once; retried, since two first openers can race for it.
+
+    Changing the journal mode needs an exclusive lock, and SQLite answers "database is locked"
+    at once (without its busy handler) when another connection is changing it at that moment.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def sqlite_path(url: URL) -> Path | None:

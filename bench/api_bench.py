@@ -1,0 +1,242 @@
+"""The core API's figures, each against a baseline measured in the same run.
+
+Starts ``seedbed serve`` (one process, in-process worker, SQLite, sandbox engine) on loopback and
+drives it with wrk (Debian package ``wrk``):
+
+* throughput of ``GET /healthz`` (a bare JSON endpoint of the same app, served the same way),
+  ``POST createTask`` and ``GET recordInfo`` at 32 connections, interleaved over several rounds;
+* createTask answered → state ``generating``, polled as fast as one client can;
+* start-up to ready, idle resident memory, and that torch is not imported.
+
+Usage: ``python bench/api_bench.py [--duration 8] [--rounds 3]``. Only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SEEDBED = [sys.executable, "-m", "seedbed"]
+BODY = {"model": "bytedance/seedream", "input": {"prompt": "bench", "image_size": "square"}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env(**settings: Any) -> dict[str, str]:
+    values = dict(os.environ)
+    values.update({f"SEEDBED_{k.upper()}": str(v) for k, v in settings.items()})
+    return values
+
+
+def create_key(data_dir: Path) -> str:
+    args = ["keys", "create", "--name", "bench", "--credits", "100000000", "--json"]
+    limits = ["--create-rate", "100000000", "--record-rate", "100000000"]
+    limits += ["--open-task-cap", "100000000"]
+    done = subprocess.run(
+        [*SEEDBED, *args, *limits, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(json.loads(done.stdout)["key"])
+
+
+def start(data_dir: Path, port: int, **settings: Any) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the server; return it and the seconds until /healthz answered."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*SEEDBED, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env(**settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/healthz"
+    while True:
+        try:
+            if httpx.get(url, timeout=0.2, trust_env=False).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("server exited during start-up")
+        time.sleep(0.01)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def torch_loaded(pid: int) -> bool:
+    return "torch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+LUA = """
+wrk.method = "{method}"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0 end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '{expect}', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("bad") end
+  io.write("BAD " .. total .. "\\n")
+end
+"""
+
+
+def wrk(
+    url: str,
+    *,
+    key: str,
+    method: str = "GET",
+    body: str = "",
+    expect: str = '"code":200',
+    duration: int,
+    conns: int = 32,
+) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA.format(method=method, body=json.dumps(body), key=key, expect=expect))
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", script.name, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = int(re.search(r"BAD (\d+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _latency(out, "50%")
+    p99 = _latency(out, "99%")
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "bad": bad}
+
+
+def _latency(out: str, pct: str) -> float:
+    match = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out)
+    assert match, out
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def to_generating(base: str, key: str, samples: int) -> list[float]:
+    """Seconds from createTask's answer to the first recordInfo showing ``generating`` or later."""
+    headers = {"Authorization": f"Bearer {key}"}
+    out = []
+    with httpx.Client(base_url=base, trust_env=False, headers=headers) as client:
+        for _ in range(samples):
+            created = client.post("/api/v1/jobs/createTask", json=BODY).json()
+            t0 = time.perf_counter()
+            task_id = created["data"]["taskId"]
+            while True:
+                state = client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}).json()
+                if state["data"]["state"] not in ("waiting", "queuing"):
+                    out.append(time.perf_counter() - t0)
+                    break
+            while state["data"]["state"] not in ("success", "fail"):
+                time.sleep(0.01)
+                state = client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}).json()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--samples", type=int, default=100, help="latency samples")
+    parser.add_argument(
+        "--worker", action=argparse.BooleanOptionalAction, default=True,
+        help="run the in-process worker during the throughput runs",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+
+    root = Path(tempfile.mkdtemp(prefix="seedbed-bench-"))
+    try:
+        # 1. start-up, idle memory, and the create → generating latency on a fresh server
+        data = root / "latency"
+        key = create_key(data)
+        port = free_port()
+        proc, ready_s = start(data, port, sandbox_step_seconds=0.05)
+        time.sleep(2)
+        idle_rss, torch = rss_mb(proc.pid), torch_loaded(proc.pid)
+        lat = to_generating(f"http://127.0.0.1:{port}", key, args.samples)
+        stop(proc)
+        lat_ms = sorted(x * 1000 for x in lat)
+
+        # 2. throughput, interleaved so drift on this shared machine hits each endpoint alike
+        data = root / "throughput"
+        key = create_key(data)
+        port = free_port()
+        proc, _ = start(data, port, worker=args.worker)
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, trust_env=False) as client:
+            task = client.post(
+                "/api/v1/jobs/createTask", json=BODY, headers={"Authorization": f"Bearer {key}"}
+            ).json()["data"]["taskId"]
+        results: dict[str, list[dict[str, float]]] = {"bare": [], "create": [], "record": []}
+        for _ in range(args.rounds):
+            results["bare"].append(wrk(f"{base}/healthz", key=key, expect='"status":"ok"', duration=args.duration))
+            results["create"].append(
+                wrk(f"{base}/api/v1/jobs/createTask", key=key, method="POST",
+                    body=json.dumps(BODY), duration=args.duration)
+            )
+            results["record"].append(
+                wrk(f"{base}/api/v1/jobs/recordInfo?taskId={task}", key=key, duration=args.duration)
+            )
+        busy_rss = rss_mb(proc.pid)
+        stop(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    def med(name: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[name])
+
+    bare = med("bare", "rps")
+    print(
+        f"machine: {os.cpu_count()} cores; wrk -t2 -c32 -d{args.duration}s x {args.rounds} rounds;"
+        f" in-process worker {'on' if args.worker else 'off'}"
+    )
+    print(f"{'endpoint':<12}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name in ("bare", "create", "record"):
+        rps = med(name, "rps")
+        bad = sum(r["bad"] for r in results[name])
+        print(f"{name:<12}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
+              f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}")
+    print(f"createTask answered -> generating: p50 {statistics.median(lat_ms):.1f} ms, "
+          f"p90 {lat_ms[int(len(lat_ms) * 0.9)]:.1f} ms (n={len(lat_ms)})")
+    print(f"serve: ready in {ready_s:.2f} s; idle RSS {idle_rss:.0f} MB; "
+          f"RSS after load {busy_rss:.0f} MB; torch imported: {torch}")
+
+
+if __name__ == "__main__":
+    main()
