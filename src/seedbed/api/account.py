@@ -8,10 +8,11 @@ from starlette.responses import Response
 
 from seedbed.api import auth, envelope
 from seedbed.api.context import context
+from seedbed.api.routing import LeanRoute
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["account"])
+router = APIRouter(tags=["account"], route_class=LeanRoute)
 
 
 @router.get("/api/v1/chat/credit")

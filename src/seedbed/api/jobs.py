@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 from typing import Any
 
 import orjson
@@ -14,6 +14,7 @@ from seedbed import catalogue, errors, netguard
 from seedbed.api import auth, envelope
 from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
+from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
 from seedbed.catalogue.base import ModelSpec
 from seedbed.store.base import CreateRefused
@@ -21,7 +22,7 @@ from seedbed.tasks import NewTask, TaskState, new_task_id
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=LeanRoute)
 
 _CREATE_BODY = {
     "required": True,
@@ -74,7 +75,7 @@ async def create_task(request: Request) -> Response:
     normalized = inp.model_dump(mode="json")
     if normalized.get("seed") in (None, -1):
         # Store the seed we draw, so a retried attempt renders the same image.
-        normalized["seed"] = secrets.randbelow(2**31)
+        normalized["seed"] = random.getrandbits(31)
     task_id = new_task_id()
     new = NewTask(
         id=task_id,

@@ -11,10 +11,11 @@ from starlette.responses import Response
 from seedbed import catalogue
 from seedbed.api import envelope
 from seedbed.api.context import context
+from seedbed.api.routing import LeanRoute
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=LeanRoute)
 
 
 @router.get("/api/v1/models")

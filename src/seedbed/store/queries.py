@@ -7,9 +7,9 @@ Bind names carry a ``p_`` prefix because a bind named like a column is reserved 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Integer,
@@ -108,7 +108,7 @@ def _p(name: str) -> Any:
 
 
 def dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 # -- statements, compiled once per dialect and cached by SQLAlchemy ---------------------------
@@ -304,7 +304,7 @@ def key_from_row(row: Row[Any]) -> ApiKey:
         balance=from_milli(row.balance_milli),
         held=from_milli(row.held_milli),
         open_tasks=row.open_tasks,
-        limits=KeyLimits.from_dict(json.loads(row.limits)),
+        limits=KeyLimits.from_dict(orjson.loads(row.limits)),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
     )
@@ -317,14 +317,14 @@ def task_from_row(row: Row[Any]) -> Task:
         model=row.model,
         state=S(row.state),
         param=row.param,
-        input=json.loads(row.input),
+        input=orjson.loads(row.input),
         callback_url=row.callback_url,
         seq=row.seq,
         progress=row.progress,
         attempts=row.attempts,
         reserved=from_milli(row.reserved_milli),
         credits_consumed=from_milli(row.consumed_milli),
-        result_keys=tuple(json.loads(row.result_keys)),
+        result_keys=tuple(orjson.loads(row.result_keys)),
         fail_code=row.fail_code,
         fail_msg=row.fail_msg,
         create_time=row.create_time,
