@@ -173,7 +173,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--samples", type=int, default=100, help="latency samples")
     parser.add_argument(
-        "--worker", action=argparse.BooleanOptionalAction, default=True,
+        "--worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="run the in-process worker during the throughput runs",
     )
     args = parser.parse_args()
@@ -205,10 +207,17 @@ def main() -> None:
             ).json()["data"]["taskId"]
         results: dict[str, list[dict[str, float]]] = {"bare": [], "create": [], "record": []}
         for _ in range(args.rounds):
-            results["bare"].append(wrk(f"{base}/healthz", key=key, expect='"status":"ok"', duration=args.duration))
+            results["bare"].append(
+                wrk(f"{base}/healthz", key=key, expect='"status":"ok"', duration=args.duration)
+            )
             results["create"].append(
-                wrk(f"{base}/api/v1/jobs/createTask", key=key, method="POST",
-                    body=json.dumps(BODY), duration=args.duration)
+                wrk(
+                    f"{base}/api/v1/jobs/createTask",
+                    key=key,
+                    method="POST",
+                    body=json.dumps(BODY),
+                    duration=args.duration,
+                )
             )
             results["record"].append(
                 wrk(f"{base}/api/v1/jobs/recordInfo?taskId={task}", key=key, duration=args.duration)
@@ -230,12 +239,18 @@ def main() -> None:
     for name in ("bare", "create", "record"):
         rps = med(name, "rps")
         bad = sum(r["bad"] for r in results[name])
-        print(f"{name:<12}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
-              f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}")
-    print(f"createTask answered -> generating: p50 {statistics.median(lat_ms):.1f} ms, "
-          f"p90 {lat_ms[int(len(lat_ms) * 0.9)]:.1f} ms (n={len(lat_ms)})")
-    print(f"serve: ready in {ready_s:.2f} s; idle RSS {idle_rss:.0f} MB; "
-          f"RSS after load {busy_rss:.0f} MB; torch imported: {torch}")
+        print(
+            f"{name:<12}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
+            f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}"
+        )
+    print(
+        f"createTask answered -> generating: p50 {statistics.median(lat_ms):.1f} ms, "
+        f"p90 {lat_ms[int(len(lat_ms) * 0.9)]:.1f} ms (n={len(lat_ms)})"
+    )
+    print(
+        f"serve: ready in {ready_s:.2f} s; idle RSS {idle_rss:.0f} MB; "
+        f"RSS after load {busy_rss:.0f} MB; torch imported: {torch}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ def install_sqlite_hooks(
             _enable_wal(cursor)
             cursor.execute(f"PRAGMA busy_timeout={timeout}")
             cursor.execute("PRAGMA wal_autocheckpoint=0")
+            # After a checkpoint lets the WAL start over, trim the file back to this size.
+            cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:

@@ -114,7 +114,7 @@ class _SqliteRunner:
                 self._pending[:0] = batch
                 loop = asyncio.get_running_loop()
                 self._flush = loop.call_later(
-                    delay, self._commit_pending, since, min(delay * 2, 0.05)
+                    delay, self._commit_pending, since, min(delay * 2, 0.005)
                 )
                 return
             outcomes = [exc] * len(batch)
@@ -187,13 +187,19 @@ class _Checkpointer:
 
     ``PASSIVE`` never blocks readers or writers; the loop's connections have automatic
     checkpoints turned off (``install_sqlite_hooks``), so none happens inside a request.
+    Under a steady stream of writes a passive checkpoint never catches up with the end of
+    the WAL, so the file would grow for ever; past ``WAL_LIMIT`` a ``TRUNCATE`` checkpoint
+    briefly holds writers off (they retry asynchronously) and starts the WAL afresh.
     """
 
     INTERVAL = 1.0  # seconds
+    WAL_LIMIT = 16 * 1024 * 1024  # bytes
 
     def __init__(self, url: URL) -> None:
         self._engine = create_engine(url, poolclass=NullPool)
         install_sqlite_hooks(self._engine, begin=None)
+        path = sqlite_path(url)
+        self._wal = None if path is None else path.with_name(path.name + "-wal")
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="seedbed-sqlite-checkpoint", daemon=True
@@ -202,11 +208,20 @@ class _Checkpointer:
 
     def _run(self) -> None:
         with self._engine.connect() as conn:
+            dbapi = conn.connection.driver_connection
+            assert dbapi is not None
             while not self._stop.wait(self.INTERVAL):
+                mode = "TRUNCATE" if self._wal_size() > self.WAL_LIMIT else "PASSIVE"
                 try:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                except OperationalError:
+                    dbapi.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                except sqlite3.OperationalError:
                     pass  # busy: the next round will do it
+
+    def _wal_size(self) -> int:
+        try:
+            return 0 if self._wal is None else self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -262,8 +277,11 @@ class _RawResult:
     def _make(self, values: Any) -> Any:
         return values if self._row is None else self._row._make(values)  # type: ignore[attr-defined]
 
+    # Each reader closes the cursor: an unfinished SELECT keeps its read snapshot open, and
+    # that pins the WAL (no checkpoint can pass it, the file grows without bound).
     def first(self) -> Any:
         values = self._cursor.fetchone()
+        self._cursor.close()
         return None if values is None else self._make(values)
 
     def all(self) -> list[Any]:
@@ -271,6 +289,7 @@ class _RawResult:
 
     def scalar_one(self) -> Any:
         values = self._cursor.fetchone()
+        self._cursor.close()
         if values is None:
             raise LookupError("no row")
         return values[0]
