@@ -1,0 +1,234 @@
+"""The worker against the memory store, with fixture engines and a fake clock."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from seedbed import catalogue, netguard
+from seedbed.engines import Engines
+from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
+from seedbed.engines.sandbox import SandboxEngine
+from seedbed.images import encode
+from seedbed.storage.local import LocalStorage
+from seedbed.store.memory import MemoryStore
+from seedbed.tasks import NewKey, NewTask, TaskState, new_task_id
+from seedbed.wakeup import Wakeup
+from seedbed.worker import Worker, WorkerConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FailingEngine:
+    name = "failing"
+    limits = EngineLimits()
+
+    def serves(self, model: str) -> bool:
+        return True
+
+    def load(self) -> None:
+        pass
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+        progress(50)
+        raise RuntimeError("CUDA out of memory")
+
+
+class WrongSizeEngine(FailingEngine):
+    name = "wrong-size"
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+        return [encode(Image.new("RGB", (10, 10)), "png")]
+
+
+async def _setup(
+    tmp_path: Path, engine: Any = None, fetch: Any = netguard.fetch, **config: Any
+) -> tuple[MemoryStore, Clock, Callable[..., Worker]]:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
+    engines = Engines([engine or SandboxEngine()])
+
+    def make(worker_id: str = "otherhost:1:aa", **overrides: Any) -> Worker:
+        return Worker(
+            store=store,
+            storage=LocalStorage(tmp_path),
+            engines=engines,
+            wakeup=Wakeup(None),
+            config=WorkerConfig(**{"poll_seconds": 0.05, **config, **overrides}),
+            worker_id=worker_id,
+            fetch=fetch,
+        )
+
+    return store, clock, make
+
+
+async def _task(store: MemoryStore, model: str = "bytedance/seedream", **inp: Any) -> str:
+    spec = catalogue.get(model)
+    raw = {"prompt": "a cat", **inp}
+    validated = catalogue.validate_input(spec, raw)
+    task_id = new_task_id()
+    await store.create_task(
+        NewTask(
+            id=task_id,
+            key_id="k1",
+            model=model,
+            param="{}",
+            input={**validated.model_dump(mode="json"), "seed": 7},
+            callback_url=None,
+            reserve=spec.max_price(validated),
+        ),
+        open_task_cap=100,
+    )
+    return task_id
+
+
+async def test_burst_runs_a_task_to_success_and_charges(tmp_path: Path) -> None:
+    store, _clock, make = await _setup(tmp_path)
+    task_id = await _task(store, image_size="square")
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    assert task.progress == 100 and task.credits_consumed == Decimal("3.5")
+    (key,) = task.result_keys
+    with Image.open(tmp_path / key) as image:
+        assert image.size == (512, 512)
+    balance = (await store.get_key("k1")).balance  # type: ignore[union-attr]
+    assert balance == Decimal("96.5")
+
+
+async def test_engine_error_fails_501_and_releases_credits(tmp_path: Path) -> None:
+    store, _clock, make = await _setup(tmp_path, FailingEngine())
+    task_id = await _task(store)
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.FAIL
+    assert task.fail_code == "501"
+    assert task.fail_msg == "generation failed: CUDA out of memory"
+    key = await store.get_key("k1")
+    assert key is not None and key.balance == 100 and key.held == 0 and key.open_tasks == 0
+
+
+async def test_an_engine_that_breaks_the_size_contract_fails_the_task(tmp_path: Path) -> None:
+    store, _clock, make = await _setup(tmp_path, WrongSizeEngine())
+    task_id = await _task(store)
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.FAIL
+    assert task.fail_code == "500" and "expected 1024x1024" in (task.fail_msg or "")
+
+
+async def test_expired_lease_of_a_lost_worker_is_taken_up(tmp_path: Path) -> None:
+    store, clock, make = await _setup(tmp_path, lease_seconds=30)
+    task_id = await _task(store)
+    lost = await store.claim(worker_id="elsewhere:99:xx", models=None, lease_seconds=30)
+    assert lost is not None
+    await store.start_generating(task_id, worker_id="elsewhere:99:xx")
+    await make().run(burst=True)  # lease still valid: nothing to do
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.GENERATING
+    clock.now += 31
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS and task.attempts == 2
+
+
+async def test_dead_process_on_this_host_is_released_at_start(tmp_path: Path) -> None:
+    store, _clock, make = await _setup(tmp_path, lease_seconds=600)
+    task_id = await _task(store)
+    dead_pid = 2**22 + 12345  # above pid_max: no such process
+    owner = f"{socket.gethostname()}:{dead_pid}:dead"
+    assert await store.claim(worker_id=owner, models=None, lease_seconds=600) is not None
+    await make(worker_id=f"{socket.gethostname()}:1:live").run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+
+
+async def test_after_max_attempts_the_task_fails_500(tmp_path: Path) -> None:
+    store, clock, make = await _setup(tmp_path, lease_seconds=30, max_attempts=3)
+    task_id = await _task(store)
+    for n in range(3):
+        assert await store.claim(worker_id=f"gone:{n}:x", models=None, lease_seconds=30)
+        clock.now += 31
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.FAIL
+    assert task.fail_code == "500" and "interrupted 3 times" in (task.fail_msg or "")
+    key = await store.get_key("k1")
+    assert key is not None and key.held == 0 and key.balance == 100
+
+
+# -- SSRF: refused input images, with a stub resolver and no socket ever opened ----------------
+REFUSED = [
+    ("http://127.0.0.1/a.png", {}),
+    ("http://[::1]/a.png", {}),
+    ("http://10.1.2.3/a.png", {}),
+    ("http://172.16.5.4/a.png", {}),
+    ("http://192.168.0.10/a.png", {}),
+    ("http://169.254.169.254/latest/meta-data", {}),
+    ("http://images.internal/a.png", {"images.internal": ["10.0.0.5"]}),
+    ("http://mixed.example/a.png", {"mixed.example": ["93.184.216.34", "192.168.1.1"]}),
+]
+
+
+@pytest.mark.parametrize(("url", "dns"), REFUSED)
+async def test_refused_image_urls_fail_the_task_without_a_connection(
+    tmp_path: Path, url: str, dns: dict[str, list[str]]
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return dns[host]
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(transport))
+    fetch = partial(netguard.fetch, resolver=resolve, client=client)
+    store, _clock, make = await _setup(tmp_path, fetch=fetch)
+    task_id = await _task(store, "seedream/4.5-edit", image_urls=[url])
+    await make().run(burst=True)
+    await client.aclose()
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.FAIL
+    assert task.fail_code == "400"
+    assert (task.fail_msg or "").startswith("input.image_urls[0]: ")
+    assert sent == []
+
+
+async def test_redirect_to_a_private_address_is_refused_before_connecting(tmp_path: Path) -> None:
+    sent: list[str] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "http://192.168.1.1/secret.png"})
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return {"cdn.example": ["93.184.216.34"]}[host]
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(transport))
+    fetch = partial(netguard.fetch, resolver=resolve, client=client)
+    store, _clock, make = await _setup(tmp_path, fetch=fetch)
+    task_id = await _task(store, "seedream/4.5-edit", image_urls=["http://cdn.example/a.png"])
+    await make().run(burst=True)
+    await client.aclose()
+    task = await store.get_task(task_id)
+    assert task is not None and task.fail_code == "400"
+    assert "192.168.1.1" in (task.fail_msg or "")
+    assert len(sent) == 1  # only the first hop, to the (stub) public address
