@@ -202,9 +202,14 @@ def main() -> None:
         proc, _ = start(data, port, worker=args.worker)
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, trust_env=False) as client:
-            task = client.post(
-                "/api/v1/jobs/createTask", json=BODY, headers={"Authorization": f"Bearer {key}"}
-            ).json()["data"]["taskId"]
+            headers = {"Authorization": f"Bearer {key}"}
+            task = client.post("/api/v1/jobs/createTask", json=BODY, headers=headers).json()
+            task = task["data"]["taskId"]
+            # With the worker on, the polled task is finished; with it off, it stays waiting.
+            time.sleep(1)
+            state = client.get(
+                "/api/v1/jobs/recordInfo", params={"taskId": task}, headers=headers
+            ).json()["data"]["state"]
         results: dict[str, list[dict[str, float]]] = {"bare": [], "create": [], "record": []}
         for _ in range(args.rounds):
             results["bare"].append(
@@ -235,12 +240,13 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; wrk -t2 -c32 -d{args.duration}s x {args.rounds} rounds;"
         f" in-process worker {'on' if args.worker else 'off'}"
     )
-    print(f"{'endpoint':<12}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'endpoint':<18}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ("bare", "create", "record"):
         rps = med(name, "rps")
         bad = sum(r["bad"] for r in results[name])
+        label = f"record ({state})" if name == "record" else name
         print(
-            f"{name:<12}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
+            f"{label:<18}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
             f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}"
         )
     print(

@@ -141,6 +141,34 @@ class Task:
     lease_owner: str | None
     lease_expires: int | None  # Unix ms
 
+    @classmethod
+    def accepted(
+        cls, new: NewTask, *, seq: int, now: int, input: Mapping[str, Any], reserved: Decimal
+    ) -> Task:
+        """The task ``new`` becomes once stored: waiting, nothing done, ``reserved`` held."""
+        return cls(
+            id=new.id,
+            key_id=new.key_id,
+            model=new.model,
+            state=TaskState.WAITING,
+            param=new.param,
+            input=input,
+            callback_url=new.callback_url,
+            seq=seq,
+            progress=0,
+            attempts=0,
+            reserved=reserved,
+            credits_consumed=Decimal(0),
+            result_keys=(),
+            fail_code=None,
+            fail_msg=None,
+            create_time=now,
+            update_time=now,
+            complete_time=None,
+            lease_owner=None,
+            lease_expires=None,
+        )
+
     @property
     def cost_time(self) -> int | None:
         """Whole seconds from create to completion, as kie reports them."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -15,10 +16,10 @@ from seedbed.engines import Engines
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
-from seedbed.tasks import ApiKey, Flags
+from seedbed.tasks import ApiKey, Flags, Task
 from seedbed.wakeup import Wakeup
 
-__all__ = ["Context", "FlagsCache", "KeyCache", "context"]
+__all__ = ["Context", "FinishedTasks", "FlagsCache", "KeyCache", "context"]
 
 
 class FlagsCache:
@@ -76,6 +77,28 @@ class KeyCache:
         return key
 
 
+class FinishedTasks:
+    """The last finished tasks, by id: a finished task never changes, so it need not be read
+    again (clients poll until done, then often once more, and their callbacks' receivers too).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+
+    async def get(self, task_id: str, store: Store) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is not None:
+            return task
+        task = await store.get_task(task_id)
+        if task is not None and task.state.is_terminal:
+            self._tasks[task_id] = task
+            if len(self._tasks) > self.MAX_ENTRIES:
+                self._tasks.popitem(last=False)
+        return task
+
+
 @dataclass(kw_only=True)
 class Context:
     settings: Settings
@@ -87,6 +110,7 @@ class Context:
     flags: FlagsCache
     keys: KeyCache
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    finished: FinishedTasks = field(default_factory=FinishedTasks)
 
     def pricing(self, spec: ModelSpec) -> Pricing:
         return spec.pricing.with_overrides(self.settings.prices.get(spec.id))

@@ -113,7 +113,7 @@ async def record_info(request: Request) -> Response:
     task_id = request.query_params.get("taskId")
     if not task_id:
         raise errors.MissingParameter("taskId parameter is required")
-    task = await ctx.store.get_task(task_id)
+    task = await ctx.finished.get(task_id, ctx.store)
     if task is None or task.key_id != key.id:
         raise errors.TaskNotFound()
     position = None

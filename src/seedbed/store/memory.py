@@ -212,27 +212,8 @@ class MemoryStore:
             key.open_tasks += 1
             self._seq += 1
             now = self._now()
-            task = Task(
-                id=new.id,
-                key_id=new.key_id,
-                model=new.model,
-                state=TaskState.WAITING,
-                param=new.param,
-                input=stored_input,
-                callback_url=new.callback_url,
-                seq=self._seq,
-                progress=0,
-                attempts=0,
-                reserved=from_milli(reserve),
-                credits_consumed=Decimal(0),
-                result_keys=(),
-                fail_code=None,
-                fail_msg=None,
-                create_time=now,
-                update_time=now,
-                complete_time=None,
-                lease_owner=None,
-                lease_expires=None,
+            task = Task.accepted(
+                new, seq=self._seq, now=now, input=stored_input, reserved=from_milli(reserve)
             )
             self._tasks[task.id] = task
             self._record(key.id, task.id, "reserve", reserve, "")

@@ -557,27 +557,8 @@ class SqlStore:
         }
         seq = _exec(conn, q.INSERT_TASK, values).scalar_one()
         _exec(conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now))
-        return Task(
-            id=new.id,
-            key_id=new.key_id,
-            model=new.model,
-            state=TaskState.WAITING,
-            param=new.param,
-            input=orjson.loads(input_json),
-            callback_url=new.callback_url,
-            seq=seq,
-            progress=0,
-            attempts=0,
-            reserved=from_milli(reserve),
-            credits_consumed=Decimal(0),
-            result_keys=(),
-            fail_code=None,
-            fail_msg=None,
-            create_time=now,
-            update_time=now,
-            complete_time=None,
-            lease_owner=None,
-            lease_expires=None,
+        return Task.accepted(
+            new, seq=seq, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
         )
 
     async def get_task(self, task_id: str) -> Task | None:
