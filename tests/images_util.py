@@ -6,7 +6,7 @@ import io
 import struct
 import zlib
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 
 def png_bytes(
@@ -36,3 +36,16 @@ def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
 def image_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         return image.size
+
+
+def pixel(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
+    """One pixel of a multi-band image, typed."""
+    value = image.getpixel((x, y))
+    assert isinstance(value, tuple)
+    return value
+
+
+def png_text(image: Image.Image) -> dict[str, str]:
+    """A PNG's text chunks."""
+    assert isinstance(image, PngImagePlugin.PngImageFile)
+    return dict(image.text)

@@ -8,8 +8,9 @@ import time
 import zlib
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from images_util import pixel, png_text
 from seedbed.catalogue.base import ImageInputRule
 from seedbed.errors import InputImageError
 from seedbed.images import decode_input, encode, resize_exact
@@ -27,19 +28,6 @@ LAYERS = ImageInputRule(
     max_bytes=30 * 1024 * 1024,
     formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"}),
 )
-
-
-def _px(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
-    """One pixel of a multi-band image, typed."""
-    value = image.getpixel((x, y))
-    assert isinstance(value, tuple)
-    return value
-
-
-def _text(image: Image.Image) -> dict[str, str]:
-    """A PNG's text chunks."""
-    assert isinstance(image, PngImagePlugin.PngImageFile)
-    return dict(image.text)
 
 
 def _picture(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
@@ -81,7 +69,7 @@ def test_every_accepted_format_decodes(fmt: str, options: dict[str, object]) -> 
     image = decode_input(data, LAYERS, index=0, field="image_url")
     assert image.size == (64, 48)
     assert image.mode == "RGB"
-    assert _px(image, 2, 2)[0] > 200  # the red corner survived
+    assert pixel(image, 2, 2)[0] > 200  # the red corner survived
 
 
 def test_sniffing_ignores_what_the_name_or_type_claims() -> None:
@@ -113,7 +101,7 @@ def test_animated_gif_takes_the_first_frame() -> None:
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     image = decode_input(buf.getvalue(), LAYERS, index=0, field="image_url")
-    r, _, b = _px(image, 8, 8)
+    r, _, b = pixel(image, 8, 8)
     assert r > 200 and b < 50
 
 
@@ -122,7 +110,7 @@ def test_animated_webp_takes_the_first_frame() -> None:
     buf = io.BytesIO()
     frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     image = decode_input(buf.getvalue(), EDIT, index=0, field="image_urls")
-    assert _px(image, 8, 8) == (0, 255, 0)
+    assert pixel(image, 8, 8) == (0, 255, 0)
 
 
 def test_multi_picture_jpeg_counts_as_jpeg() -> None:
@@ -135,14 +123,14 @@ def test_transparency_kept_as_rgba() -> None:
     image = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
     decoded = decode_input(_bytes(image, "PNG"), EDIT, index=0, field="image_urls")
     assert decoded.mode == "RGBA"
-    assert _px(decoded, 0, 0)[3] == 0
+    assert pixel(decoded, 0, 0)[3] == 0
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     grey = Image.new("I;16", (4, 4), 32768)
     decoded = decode_input(_bytes(grey, "PNG"), EDIT, index=0, field="image_urls")
     assert decoded.mode == "RGB"
-    assert 120 <= _px(decoded, 0, 0)[0] <= 135
+    assert 120 <= pixel(decoded, 0, 0)[0] <= 135
 
 
 def test_decompression_bomb_refused_from_the_header_alone() -> None:
@@ -262,9 +250,9 @@ def test_exif_orientation_applied() -> None:
     data = _bytes(image, "JPEG", exif=exif, quality=95)
     upright = decode_input(data, EDIT, index=0, field="image_urls")
     assert upright.size == (48, 64)
-    r, g, _ = _px(upright, 45, 2)
+    r, g, _ = pixel(upright, 45, 2)
     assert r > 200 and g < 60  # the red corner is now top-right
-    r, g, _ = _px(upright, 2, 2)
+    r, g, _ = pixel(upright, 2, 2)
     assert abs(r - g) < 30  # and top-left is the grey gradient
 
 
@@ -273,7 +261,7 @@ def test_encode_png_with_text() -> None:
     assert (art.content_type, art.extension, art.width, art.height) == ("image/png", "png", 64, 48)
     with Image.open(io.BytesIO(art.data)) as back:
         assert back.format == "PNG"
-        assert _text(back) == {"seedbed:engine": "x", "seedbed:prompt": "猫 — café"}
+        assert png_text(back) == {"seedbed:engine": "x", "seedbed:prompt": "猫 — café"}
 
 
 def test_encode_png_keeps_alpha() -> None:
@@ -288,7 +276,7 @@ def test_encode_jpeg_with_comment() -> None:
     with Image.open(io.BytesIO(art.data)) as back:
         assert back.format == "JPEG" and back.mode == "RGB"
         assert back.info["comment"] == "a=b\nc=é".encode()
-        assert _px(back, 4, 2)[0] > 240  # transparent flattened onto white
+        assert pixel(back, 4, 2)[0] > 240  # transparent flattened onto white
 
 
 def test_encode_is_deterministic() -> None:

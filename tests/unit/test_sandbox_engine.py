@@ -8,26 +8,14 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from images_util import pixel, png_text
 from seedbed.engines.base import Artifact, EngineJob, OutputPlan
 from seedbed.engines.sandbox import SANDBOX_LABEL, SandboxEngine
 from seedbed.errors import EngineFailure
 
 PROMPT = "A lighthouse on a cliff at dusk — “cinematic”, 8k, 灯台"
-
-
-def _px(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
-    """One pixel of a multi-band image, typed."""
-    value = image.getpixel((x, y))
-    assert isinstance(value, tuple)
-    return value
-
-
-def _text(image: Image.Image) -> dict[str, str]:
-    """A PNG's text chunks."""
-    assert isinstance(image, PngImagePlugin.PngImageFile)
-    return dict(image.text)
 
 
 def _job(
@@ -103,7 +91,7 @@ def test_exact_pixel_size(width: int, height: int, fmt: str) -> None:
 
 def test_png_text_chunks() -> None:
     (art,) = _run(_job(prompt="x" * 1500))
-    text = _text(_open(art))
+    text = png_text(_open(art))
     assert text["seedbed:engine"] == "sandbox"
     assert text["Software"] == "seedbed sandbox engine (not a real model)"
     assert text["seedbed:model"] == "bytedance/seedream-v4-text-to-image"
@@ -113,7 +101,7 @@ def test_png_text_chunks() -> None:
 
 def test_unicode_prompt_kept_in_metadata() -> None:
     (art,) = _run(_job())
-    assert _text(_open(art))["seedbed:prompt"] == PROMPT
+    assert png_text(_open(art))["seedbed:prompt"] == PROMPT
 
 
 def test_jpeg_carries_metadata_as_comment() -> None:
@@ -128,7 +116,7 @@ def test_max_images_returns_that_many_distinct_images() -> None:
     arts = _run(_job(max_images=3))
     assert len(arts) == 3
     assert len({a.data for a in arts}) == 3
-    assert [_text(_open(a))["seedbed:image"] for a in arts] == ["1/3", "2/3", "3/3"]
+    assert [png_text(_open(a))["seedbed:image"] for a in arts] == ["1/3", "2/3", "3/3"]
 
 
 def test_deterministic_per_seed() -> None:
@@ -165,12 +153,12 @@ def test_layers_base_plus_three_rgba_layers() -> None:
         layer = _open(art)
         assert (layer.format, layer.mode, layer.size) == ("PNG", "RGBA", (300, 200))
         assert art.content_type == "image/png" and (art.width, art.height) == (300, 200)
-        names.append(_text(layer)["seedbed:layer"])
+        names.append(png_text(layer)["seedbed:layer"])
     assert names == ["background", "subject", "text"]
     background, subject, text = (_open(a) for a in arts[1:])
     assert background.getchannel("A").getextrema() == (255, 255)
-    assert _px(subject, 0, 0)[3] == 0 and _px(subject, 150, 100)[3] == 255
-    assert _px(text, 299, 100)[3] == 0 and text.getchannel("A").getextrema()[1] == 255
+    assert pixel(subject, 0, 0)[3] == 0 and pixel(subject, 150, 100)[3] == 255
+    assert pixel(text, 299, 100)[3] == 0 and text.getchannel("A").getextrema()[1] == 255
 
 
 def test_layers_png_base_when_plan_says_png() -> None:

@@ -5,7 +5,7 @@ Every operation is written once, as a plain synchronous function of a SQLAlchemy
 How that function is driven depends on the database:
 
 * **SQLite** (the default deployment): on the stdlib driver, run on the event loop's own
-  thread (see ``_SqliteRunner``: a thread hop costs more than the work). aiosqlite (tried
+  thread (see ``store.sqlite``: a thread hop costs more than the work). aiosqlite (tried
   first) hops to its thread for every DBAPI call, some ten per transaction: 0.6 ms per read
   and 1.2 to 2.7 ms per write on the reference machine. One writer connection, whose
   transactions start with ``BEGIN IMMEDIATE`` (see ``migrate.install_sqlite_hooks``): that
@@ -19,26 +19,22 @@ How that function is driven depends on the database:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 import time
-from collections import namedtuple
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
-from functools import partial
-from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import Connection, create_engine, make_url
+from sqlalchemy import Connection, make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from seedbed.store import queries as q
 from seedbed.store.base import CreateRefused
-from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, install_sqlite_hooks, sqlite_path, upgrade
+from seedbed.store.migrate import sqlite_path, upgrade
 from seedbed.store.schema import from_milli, to_milli
+from seedbed.store.sqlite import SqliteRunner, execute
 from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
 
 __all__ = ["SqlStore"]
@@ -59,174 +55,6 @@ class _Runner(Protocol):
     ) -> R: ...
 
     async def close(self) -> None: ...
-
-
-class _SqliteRunner:
-    """Stdlib sqlite3 on the event loop's own thread: one writer and one reader connection.
-
-    Each operation is one short transaction on a local file, tens of microseconds; handing it
-    to a thread costs more than running it (the loop thread holds the GIL under load, so a pool
-    thread waits up to the 5 ms switch interval for it). Writes never wait for the file lock on
-    the loop: the writer's ``busy_timeout`` is 0, and when another *process* holds the lock,
-    ``BEGIN IMMEDIATE`` fails at once and the operation is retried after an async back-off.
-    Checkpoints run in a background thread, so a commit on the loop never pays for one.
-    """
-
-    def __init__(self, url: URL) -> None:
-        self._writer_engine = create_engine(url, poolclass=NullPool)
-        install_sqlite_hooks(self._writer_engine, begin="BEGIN IMMEDIATE", busy_timeout_ms=0)
-        self._reader_engine = create_engine(url, poolclass=NullPool, skip_autocommit_rollback=True)
-        install_sqlite_hooks(self._reader_engine, begin=None)
-        self._writer = self._writer_engine.connect()
-        self._reader = self._reader_engine.connect()
-        self._checkpointer = _Checkpointer(url)
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._flush: asyncio.Handle | None = None
-
-    async def write(
-        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
-    ) -> R:
-        """Run ``fn`` in a write transaction; answers only once that transaction committed.
-
-        Group commit: writes that arrive in the same turn of the event loop (many requests
-        land at once under load) share one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each in its own
-        savepoint so that one failing operation undoes only itself.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((partial(fn, self._writer, *args, **kw), future))
-        if self._flush is None:
-            self._flush = loop.call_soon(self._commit_pending, time.monotonic(), 0.001)
-        result: R = await future
-        return result
-
-    def _commit_pending(self, since: float, delay: float) -> None:
-        self._flush = None
-        batch = [(op, future) for op, future in self._pending if not future.cancelled()]
-        self._pending = []
-        if not batch:
-            return
-        try:
-            outcomes = self._run_batch(batch)
-        except OperationalError as exc:
-            if _is_busy(exc) and time.monotonic() - since < SQLITE_BUSY_TIMEOUT_MS / 1000:
-                # Another process holds the write lock: try again soon, without blocking.
-                self._pending[:0] = batch
-                loop = asyncio.get_running_loop()
-                self._flush = loop.call_later(
-                    delay, self._commit_pending, since, min(delay * 2, 0.005)
-                )
-                return
-            outcomes = [exc] * len(batch)
-        except Exception as exc:  # the commit itself failed: nothing of the batch is stored
-            outcomes = [exc] * len(batch)
-        for (_op, future), outcome in zip(batch, outcomes, strict=True):
-            if future.cancelled():
-                continue
-            if isinstance(outcome, _Failed):
-                future.set_exception(outcome.error)
-            elif isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-    def _run_batch(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[Any]:
-        if len(batch) == 1:
-            # Alone: no savepoint needed, an error rolls the whole transaction back.
-            try:
-                with self._writer.begin():
-                    return [batch[0][0]()]
-            except OperationalError as exc:
-                if _is_busy(exc):
-                    raise
-                return [_Failed(exc)]
-            except Exception as exc:
-                return [_Failed(exc)]
-        outcomes: list[Any] = []
-        with self._writer.begin():
-            # Savepoints by hand: SQLAlchemy's begin_nested() compiles a clause every time,
-            # which cost more than the operations themselves (profiled).
-            dbapi = self._writer.connection.driver_connection
-            assert dbapi is not None
-            for op, _future in batch:
-                dbapi.execute("SAVEPOINT op")
-                try:
-                    outcomes.append(op())
-                except Exception as exc:
-                    dbapi.execute("ROLLBACK TO op")
-                    outcomes.append(_Failed(exc))
-                dbapi.execute("RELEASE op")
-        return outcomes
-
-    async def read(
-        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
-    ) -> R:
-        return fn(self._reader, *args, **kw)
-
-    async def close(self) -> None:
-        self._checkpointer.stop()
-        self._writer.close()
-        self._reader.close()
-        self._writer_engine.dispose()
-        self._reader_engine.dispose()
-
-
-class _Failed(NamedTuple):
-    """An operation of a batch that raised; its own savepoint was rolled back."""
-
-    error: Exception
-
-
-def _is_busy(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
-    return "locked" in text or "busy" in text
-
-
-class _Checkpointer:
-    """Moves the WAL into the database file from a background thread, every second.
-
-    ``PASSIVE`` never blocks readers or writers; the loop's connections have automatic
-    checkpoints turned off (``install_sqlite_hooks``), so none happens inside a request.
-    Under a steady stream of writes a passive checkpoint never catches up with the end of
-    the WAL, so the file would grow for ever; past ``WAL_LIMIT`` a ``TRUNCATE`` checkpoint
-    briefly holds writers off (they retry asynchronously) and starts the WAL afresh.
-    """
-
-    INTERVAL = 1.0  # seconds
-    WAL_LIMIT = 16 * 1024 * 1024  # bytes
-
-    def __init__(self, url: URL) -> None:
-        self._engine = create_engine(url, poolclass=NullPool)
-        install_sqlite_hooks(self._engine, begin=None)
-        path = sqlite_path(url)
-        self._wal = None if path is None else path.with_name(path.name + "-wal")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="seedbed-sqlite-checkpoint", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        with self._engine.connect() as conn:
-            dbapi = conn.connection.driver_connection
-            assert dbapi is not None
-            while not self._stop.wait(self.INTERVAL):
-                mode = "TRUNCATE" if self._wal_size() > self.WAL_LIMIT else "PASSIVE"
-                try:
-                    dbapi.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-                except sqlite3.OperationalError:
-                    pass  # busy: the next round will do it
-
-    def _wal_size(self) -> int:
-        try:
-            return 0 if self._wal is None else self._wal.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._engine.dispose()
 
 
 class _AsyncRunner:
@@ -261,133 +89,12 @@ def _normalise_url(url: str) -> URL:
     return parsed
 
 
-class _RawResult:
-    """The part of SQLAlchemy's ``CursorResult`` the store uses, over a bare sqlite3 cursor."""
-
-    __slots__ = ("_cursor", "_row")
-
-    def __init__(self, cursor: sqlite3.Cursor, row: type[tuple[Any, ...]] | None) -> None:
-        self._cursor = cursor
-        self._row = row
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    def _make(self, values: Any) -> Any:
-        return values if self._row is None else self._row._make(values)  # type: ignore[attr-defined]
-
-    # Each reader closes the cursor: an unfinished SELECT keeps its read snapshot open, and
-    # that pins the WAL (no checkpoint can pass it, the file grows without bound).
-    def first(self) -> Any:
-        values = self._cursor.fetchone()
-        self._cursor.close()
-        return None if values is None else self._make(values)
-
-    def all(self) -> list[Any]:
-        return [self._make(values) for values in self._cursor.fetchall()]
-
-    def scalar_one(self) -> Any:
-        values = self._cursor.fetchone()
-        self._cursor.close()
-        if values is None:
-            raise LookupError("no row")
-        return values[0]
-
-    def scalars(self) -> list[Any]:
-        return [values[0] for values in self._cursor.fetchall()]
-
-
-class _Compiled(NamedTuple):
-    sql: str
-    #: per positional parameter: the caller's key, or None for a value fixed in the statement
-    names: tuple[str | None, ...]
-    #: the fixed values (``open_tasks + 1``'s 1), where ``names`` has None
-    constants: tuple[Any, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
-
-
-#: SQLite: the statements of ``queries`` (module constants, so their ids are stable),
-#: compiled once; anything else built at run time takes SQLAlchemy's ordinary path
-_SQLITE_COMPILED: dict[tuple[int, tuple[str, ...]], _Compiled | None] = {}
-_CONSTANTS = frozenset(id(value) for value in vars(q).values())
-_ROW_TYPES: dict[tuple[str, ...], type[tuple[Any, ...]]] = {}
-
-
-def _exec(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
-    """``conn.execute(stmt, params)``, run straight on the sqlite3 connection when possible.
-
-    SQLAlchemy's execution and result machinery costs more than the SQLite work for these
-    one-row statements (profiled: about two thirds of recordInfo's store time). The SQL is
-    still SQLAlchemy's, compiled once; statements it must re-render per call (expanding IN
-    lists) and other dialects take the ordinary path.
-    """
-    if conn.dialect.name != "sqlite" or id(stmt) not in _CONSTANTS:
-        return conn.execute(stmt, params)
-    # An INSERT's SQL depends on which columns are given, so the key names are in the key.
-    cache_key = (id(stmt), tuple(params))
-    if cache_key not in _SQLITE_COMPILED:
-        _SQLITE_COMPILED[cache_key] = _compile_sqlite(conn, stmt, cache_key[1])
-    compiled = _SQLITE_COMPILED[cache_key]
-    if compiled is None:
-        return conn.execute(stmt, params)
-    args = []
-    for name, constant, processor in zip(
-        compiled.names, compiled.constants, compiled.processors, strict=True
-    ):
-        value = constant if name is None else params[name]
-        args.append(value if processor is None else processor(value))
-    dbapi = conn.connection.driver_connection
-    assert dbapi is not None
-    try:
-        cursor = dbapi.execute(compiled.sql, args)
-    except sqlite3.Error as exc:
-        # The same exception types SQLAlchemy would raise (IntegrityError, OperationalError).
-        raise DBAPIError.instance(
-            compiled.sql, args, exc, sqlite3.Error, dialect=conn.dialect
-        ) from exc
-    if cursor.description is None:
-        return _RawResult(cursor, None)
-    return _RawResult(cursor, _row_type(tuple(column[0] for column in cursor.description)))
-
-
-def _row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
-    """A named tuple per column list: rows keep ``row.name`` access, like SQLAlchemy's."""
-    found = _ROW_TYPES.get(columns)
-    if found is None:
-        found = _ROW_TYPES[columns] = namedtuple("Row", columns, rename=True)
-    return found
-
-
-def _compile_sqlite(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Compiled | None:
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(keys))
-    sql = str(compiled)
-    if "POSTCOMPILE" in sql or compiled.positiontup is None:
-        return None
-    processors = compiled._bind_processors or {}
-    names: list[str | None] = []
-    constants: list[Any] = []
-    for name in compiled.positiontup:
-        bind = compiled.binds.get(name)
-        given = name in keys or (bind is not None and bind.key in keys)
-        if not given and (bind is None or bind.required):
-            return None  # let SQLAlchemy report the missing parameter
-        names.append((name if name in keys else bind.key) if given else None)
-        constants.append(None if given or bind is None else bind.effective_value)
-    return _Compiled(
-        sql,
-        tuple(names),
-        tuple(constants),
-        tuple(processors.get(name) for name in compiled.positiontup),
-    )
-
-
 def _one(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
-    return _exec(conn, stmt, params).first()
+    return execute(conn, stmt, params).first()
 
 
 def _all(conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
-    return list(_exec(conn, stmt, params).all())
+    return list(execute(conn, stmt, params).all())
 
 
 class SqlStore:
@@ -422,7 +129,7 @@ class SqlStore:
             return
         await asyncio.to_thread(upgrade, self._url.render_as_string(hide_password=False))
         if self._dialect == "sqlite":
-            self._runner = _SqliteRunner(self._url)
+            self._runner = SqliteRunner(self._url)
         else:
             self._runner = _AsyncRunner(self._url)
 
@@ -457,9 +164,9 @@ class SqlStore:
             "created_at": now,
             "revoked_at": None,
         }
-        _exec(conn, q.INSERT_KEY, values)
+        execute(conn, q.INSERT_KEY, values)
         if credits > 0:
-            _exec(
+            execute(
                 conn,
                 q.INSERT_LEDGER,
                 q.ledger_row(new.id, None, "grant", credits, "key created", now),
@@ -492,20 +199,22 @@ class SqlStore:
 
     def _revoke_key(self, conn: Connection, key_id: str) -> bool:
         params = {"p_key_id": key_id, "p_now": self._now()}
-        return bool(_exec(conn, q.REVOKE, params).rowcount > 0)
+        return bool(execute(conn, q.REVOKE, params).rowcount > 0)
 
     async def add_credits(self, key_id: str, amount: Decimal, note: str = "") -> Decimal:
         return await self._db.write(self._add_credits, key_id, to_milli(amount), note)
 
     def _add_credits(self, conn: Connection, key_id: str, milli: int, note: str) -> Decimal:
-        row = _exec(conn, q.ADD_CREDITS, {"p_key_id": key_id, "p_amount": milli}).first()
+        row = execute(conn, q.ADD_CREDITS, {"p_key_id": key_id, "p_amount": milli}).first()
         if row is None:
-            if _exec(conn, q.BALANCE, {"p_key_id": key_id}).first() is None:
+            if execute(conn, q.BALANCE, {"p_key_id": key_id}).first() is None:
                 raise KeyError(key_id)
             raise ValueError("the balance cannot go below zero")
         if milli != 0:
             kind = "grant" if milli > 0 else "adjust"
-            _exec(conn, q.INSERT_LEDGER, q.ledger_row(key_id, None, kind, milli, note, self._now()))
+            execute(
+                conn, q.INSERT_LEDGER, q.ledger_row(key_id, None, kind, milli, note, self._now())
+            )
         return from_milli(row.balance_milli)
 
     async def ledger(self, key_id: str) -> list[dict[str, object]]:
@@ -555,8 +264,10 @@ class SqlStore:
             "create_time": now,
             "update_time": now,
         }
-        seq = _exec(conn, q.INSERT_TASK, values).scalar_one()
-        _exec(conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now))
+        seq = execute(conn, q.INSERT_TASK, values).scalar_one()
+        execute(
+            conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now)
+        )
         return Task.accepted(
             new, seq=seq, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
         )
@@ -591,7 +302,7 @@ class SqlStore:
         if models is not None:
             params["p_models"] = q.dumps(models) if sqlite else models
         stmt = q.CLAIM[sqlite, models is not None]
-        row = _exec(conn, stmt, params).first()
+        row = execute(conn, stmt, params).first()
         return None if row is None else q.task_from_row(row)
 
     async def start_generating(self, task_id: str, *, worker_id: str) -> bool:
@@ -599,7 +310,7 @@ class SqlStore:
 
     def _guarded(self, conn: Connection, stmt: Any, task_id: str, worker_id: str) -> bool:
         params = {"p_task_id": task_id, "p_worker": worker_id, "p_now": self._now()}
-        return bool(_exec(conn, stmt, params).rowcount > 0)
+        return bool(execute(conn, stmt, params).rowcount > 0)
 
     async def heartbeat(
         self, task_ids: Sequence[str], *, worker_id: str, lease_seconds: float
@@ -616,7 +327,7 @@ class SqlStore:
             "p_worker": worker_id,
             "p_expires": self._now() + round(lease_seconds * 1000),
         }
-        return set(_exec(conn, q.HEARTBEAT, params).scalars())
+        return set(execute(conn, q.HEARTBEAT, params).scalars())
 
     async def set_progress(self, task_id: str, progress: int, *, worker_id: str) -> bool:
         progress = min(100, max(0, progress))
@@ -625,10 +336,10 @@ class SqlStore:
     def _set_progress(self, conn: Connection, task_id: str, progress: int, worker_id: str) -> bool:
         guard = {"p_task_id": task_id, "p_worker": worker_id}
         params = {**guard, "p_progress": progress, "p_now": self._now()}
-        if _exec(conn, q.PROGRESS, params).rowcount > 0:
+        if execute(conn, q.PROGRESS, params).rowcount > 0:
             return True
         # nothing written: either the progress did not grow or the lease is gone
-        return _exec(conn, q.HOLDS, guard).first() is not None
+        return execute(conn, q.HOLDS, guard).first() is not None
 
     async def finish(self, task_id: str, outcome: Outcome, *, worker_id: str | None) -> Task | None:
         if not outcome.state.is_terminal:
@@ -650,14 +361,14 @@ class SqlStore:
     def _finish(self, conn: Connection, params: dict[str, Any], success: bool) -> Task | None:
         now = params["p_now"] = self._now()
         stmt = q.FINISH_OWNED if "p_worker" in params else q.FINISH_ANY
-        row = _exec(conn, stmt, params).first()
+        row = execute(conn, stmt, params).first()
         if row is None:
             return None
         # settle exactly once: only the transaction that closed the task gets here
         key_id, task_id = row.key_id, row.id
         reserved, charge = row.reserved_milli, row.consumed_milli
         settle = {"p_key_id": key_id, "p_reserved": reserved, "p_charge": charge}
-        _exec(conn, q.SETTLE, settle)
+        execute(conn, q.SETTLE, settle)
         entries = []
         if success:
             entries.append(q.ledger_row(key_id, task_id, "charge", charge, "", now))
@@ -694,10 +405,10 @@ class SqlStore:
     def _set_flag(self, conn: Connection, name: str, value: str | None) -> None:
         """Upsert (or, with None, delete) one flag row."""
         if value is None:
-            _exec(conn, q.DELETE_FLAG, {"p_name": name})
+            execute(conn, q.DELETE_FLAG, {"p_name": name})
         else:
             upsert = q.PG_SET_FLAG if self._dialect == "postgresql" else q.SQLITE_SET_FLAG
-            _exec(conn, upsert, {"name": name, "value": value})
+            execute(conn, upsert, {"name": name, "value": value})
 
 
 def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
@@ -710,9 +421,9 @@ def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
     may have made room since, and then the hold is simply tried again.
     """
     for _ in range(3):
-        if _exec(conn, q.HOLD, hold).rowcount == 1:
+        if execute(conn, q.HOLD, hold).rowcount == 1:
             return None
-        row = _exec(conn, q.KEY_STATE, {"p_key_id": hold["p_key_id"]}).first()
+        row = execute(conn, q.KEY_STATE, {"p_key_id": hold["p_key_id"]}).first()
         if row is None or row.revoked_at is not None:
             return "key"
         if row.open_tasks >= hold["p_cap"]:
@@ -723,4 +434,4 @@ def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
 
 
 def _release_leases(conn: Connection, worker_ids: list[str]) -> int:
-    return int(_exec(conn, q.RELEASE_LEASES, {"p_workers": worker_ids}).rowcount)
+    return int(execute(conn, q.RELEASE_LEASES, {"p_workers": worker_ids}).rowcount)
