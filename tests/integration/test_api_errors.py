@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from catalogue_cases import MINIMAL, invalid_cases
 from conftest import FileServer, LiveServer, auth, make_settings, serve_in_thread
 from images_util import bomb_png, png_bytes
 
@@ -289,3 +291,26 @@ def test_input_timeout(tmp_path: Path, files: FileServer) -> None:
     with serve_in_thread(make_settings(tmp_path, fetch_timeout=0.5)) as server:
         data = _fail_case(server, files, files.url("/slow.png"))
         assert "timed out" in data["failMsg"]
+
+
+def test_every_invalid_field_of_every_model_is_422_over_http(server: LiveServer) -> None:
+    """The catalogue's table of bad inputs, each sent to a real server: 422 naming the field."""
+    key, key_id = server.add_key(credits=50)
+    wrong = []
+    for model, fields, field in invalid_cases():
+        raw = json.dumps({"model": model, "input": {**MINIMAL[model], **fields}})
+        response = server.client.post(
+            "/api/v1/jobs/createTask",
+            content=raw,
+            headers={**auth(key), "Content-Type": "application/json"},
+        )
+        body = response.json()
+        expected = "body: not valid JSON" if "NaN" in raw else f"input.{field}: "
+        if (
+            response.status_code != 200
+            or body["code"] != 422
+            or not body["msg"].startswith(expected)
+        ):
+            wrong.append((model, fields, body))
+    assert wrong == []
+    _no_holds(server, key_id, 50)
