@@ -243,7 +243,10 @@ class Worker:
             if percent <= last[1] or (now - last[0] < PROGRESS_INTERVAL and percent < 100):
                 return
             last[0], last[1] = now, percent
-            asyncio.run_coroutine_threadsafe(self._write_progress(task_id, percent), loop)
+            try:
+                asyncio.run_coroutine_threadsafe(self._write_progress(task_id, percent), loop)
+            except RuntimeError:
+                pass  # the loop has closed (shutdown): the task is taken up again later
 
         return report
 
