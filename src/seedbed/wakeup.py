@@ -50,9 +50,13 @@ class Wakeup:
         for peer in self._peers:
             try:
                 self._sender.sendto(b"!", peer)
-            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError, OSError):
-                # Full (already woken), or a stale socket of a dead worker.
-                pass
+            except ConnectionRefusedError:
+                # Nobody listens there any more: a worker that died without cleaning up.
+                with contextlib.suppress(OSError):
+                    os.unlink(peer)
+                self._peers_scanned = -1.0
+            except OSError:
+                pass  # the queue is full (that worker is already woken), or the file just went
 
     def _scan(self) -> list[str]:
         assert self._run_dir is not None

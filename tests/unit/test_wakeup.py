@@ -1,0 +1,55 @@
+"""Wake-ups: in-process, across Wakeup instances through Unix sockets, stale sockets dropped."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seedbed.wakeup import Wakeup
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    # Short path: Unix socket names are limited to about 100 bytes.
+    with tempfile.TemporaryDirectory(prefix="sb-") as tmp:
+        yield Path(tmp)
+
+
+async def test_notify_wakes_the_local_waiter() -> None:
+    wakeup = Wakeup(None)
+    assert await wakeup.wait(0.01) is False
+    wakeup.notify()
+    assert await wakeup.wait(0.01) is True
+    wakeup.clear()
+    assert await wakeup.wait(0.01) is False
+
+
+async def test_notify_reaches_a_listener_through_its_socket(run_dir: Path) -> None:
+    worker = Wakeup(run_dir)
+    worker.listen()
+    api = Wakeup(run_dir)
+    try:
+        assert await worker.wait(0.01) is False
+        api.notify()
+        assert await worker.wait(1.0) is True
+    finally:
+        worker.close()
+        api.close()
+    assert list(run_dir.iterdir()) == []  # the listener removed its socket
+
+
+async def test_a_dead_listeners_socket_is_removed(run_dir: Path) -> None:
+    stale = run_dir / "w-999999.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(stale))
+    sock.close()  # bound then closed: the file stays, nobody listens
+    api = Wakeup(run_dir)
+    try:
+        api.notify()
+    finally:
+        api.close()
+    assert not stale.exists()
