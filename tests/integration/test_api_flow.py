@@ -133,7 +133,7 @@ def test_record_info_has_kie_field_forms(server: LiveServer) -> None:
     key, _ = server.add_key(credits=10)
     body = {
         "model": "seedream/5-lite-text-to-image",
-        "callBackUrl": "https://example.com/hook",
+        "callBackUrl": "http://127.0.0.1:9/hook",
         "input": {"prompt": "mountains", "aspect_ratio": "16:9", "nsfw_checker": False},
     }
     created = server.create(key, body)
@@ -158,7 +158,7 @@ def test_record_info_has_kie_field_forms(server: LiveServer) -> None:
     assert list(param) == ["input", "callBackUrl", "model"]
     assert isinstance(param["input"], str)
     assert json.loads(param["input"]) == body["input"]
-    assert param["callBackUrl"] == "https://example.com/hook"
+    assert param["callBackUrl"] == "http://127.0.0.1:9/hook"
     assert isinstance(data["resultJson"], str)
     assert data["creditsConsumed"] == 5.5
 
