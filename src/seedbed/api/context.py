@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -86,6 +87,18 @@ class FinishedTasks:
 
     def __init__(self) -> None:
         self._tasks: OrderedDict[str, Task] = OrderedDict()
+        #: recordInfo answers already serialised, by (task id, base URL of its result links)
+        self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def body(self, task: Task, base_url: str, render: Callable[[], bytes]) -> bytes:
+        """The finished task's recordInfo answer, rendered once."""
+        key = (task.id, base_url)
+        found = self._bodies.get(key)
+        if found is None:
+            found = self._bodies[key] = render()
+            if len(self._bodies) > self.MAX_ENTRIES:
+                self._bodies.popitem(last=False)
+        return found
 
     async def get(self, task_id: str, store: Store) -> Task | None:
         task = self._tasks.get(task_id)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from seedbed import errors
 
-__all__ = ["error_response", "json_number", "ok"]
+__all__ = ["error_response", "json_number", "ok", "ok_body", "raw"]
 
 _HTTP_STATUS = {404: 404, 405: 405, 413: 413, 429: 429, 500: 500}
 
@@ -37,6 +37,16 @@ def _response(body: dict[str, Any], status: int, headers: dict[str, str] | None 
 
 def ok(data: Any, msg: str = "success") -> Response:
     return _response({"code": 200, "msg": msg, "data": data}, 200)
+
+
+def ok_body(data: Any) -> bytes:
+    """The serialised success envelope, for answers worth keeping (see ``raw``)."""
+    return orjson.dumps({"code": 200, "msg": "success", "data": data}, default=_default)
+
+
+def raw(body: bytes) -> Response:
+    """An envelope serialised earlier."""
+    return Response(body, status_code=200, media_type="application/json")
 
 
 def error_response(exc: errors.SeedbedError) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
 from seedbed.catalogue.base import ModelSpec
 from seedbed.store.base import CreateRefused
-from seedbed.tasks import NewTask, TaskState, new_task_id
+from seedbed.tasks import NewTask, Task, TaskState, new_task_id
 
 __all__ = ["router"]
 
@@ -116,10 +117,19 @@ async def record_info(request: Request) -> Response:
     task = await ctx.finished.get(task_id, ctx.store)
     if task is None or task.key_id != key.id:
         raise errors.TaskNotFound()
+    base_url = ctx.base_url(request)
+    if task.state.is_terminal:
+        # A finished task's answer never changes: serialise it once.
+        render = partial(_record_body, task, base_url, None)
+        return envelope.raw(ctx.finished.body(task, base_url, render))
     position = None
     if task.state in (TaskState.WAITING, TaskState.QUEUING):
         position = await ctx.store.queue_position(task)
-    return envelope.ok(task_record(task, base_url=ctx.base_url(request), queue_position=position))
+    return envelope.raw(_record_body(task, base_url, position))
+
+
+def _record_body(task: Task, base_url: str, position: int | None) -> bytes:
+    return envelope.ok_body(task_record(task, base_url=base_url, queue_position=position))
 
 
 def _param(model: str, raw_input: Any, callback_url: str | None) -> str:
