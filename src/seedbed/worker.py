@@ -36,6 +36,7 @@ __all__ = ["Worker", "WorkerConfig", "new_worker_id"]
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
+CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
 
 
 def new_worker_id() -> str:
@@ -85,7 +86,10 @@ class Worker:
     async def run(self, *, burst: bool = False) -> None:
         """Serve tasks until ``stop()``; with ``burst``, return once no task is left."""
         self.wakeup.listen()
-        await self._release_dead_leases()
+        try:
+            await self._release_dead_leases()
+        except Exception:
+            log.exception("could not check for dead workers' leases; they expire on their own")
         async with asyncio.TaskGroup() as group:
             heartbeat = group.create_task(self._heartbeat_loop())
             try:
@@ -103,9 +107,18 @@ class Worker:
             self.wakeup.clear()
             claimed = False
             while len(self._running) < self.config.concurrency:
-                task = await self.store.claim(
-                    worker_id=self.worker_id, models=served, lease_seconds=self.config.lease_seconds
-                )
+                try:
+                    task = await self.store.claim(
+                        worker_id=self.worker_id,
+                        models=served,
+                        lease_seconds=self.config.lease_seconds,
+                    )
+                except Exception:
+                    # The store is unreachable or busy for too long: keep the worker alive and
+                    # try again after a pause rather than dying with the error.
+                    log.exception("claiming a task failed; retrying in %s s", CLAIM_RETRY)
+                    await asyncio.sleep(CLAIM_RETRY)
+                    break
                 if task is None:
                     break
                 claimed = True
