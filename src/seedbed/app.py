@@ -109,6 +109,7 @@ def build_worker(ctx: Context) -> Worker:
             poll_seconds=settings.poll_seconds,
             fetch_timeout=settings.fetch_timeout,
             net_policy=ctx.net_policy,
+            engine_nice=settings.engine_nice,
         ),
         pricing=ctx.pricing,
     )

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         5.0, description="safety-net poll for expired leases; new tasks wake workers at once"
     )
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU nice increment for the threads that run engines (Linux), so that a "
+        "busy in-process worker leaves the API its CPU; 0 keeps the process's priority",
+    )
 
     # -- fetching user URLs ----------------------------------------------------------------
     allow_network: Annotated[list[str], NoDecode] = Field(

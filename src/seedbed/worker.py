@@ -15,10 +15,14 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -34,6 +38,8 @@ from seedbed.wakeup import Wakeup
 __all__ = ["Worker", "WorkerConfig", "new_worker_id"]
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
 CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
@@ -52,6 +58,8 @@ class WorkerConfig:
     poll_seconds: float = 5.0
     fetch_timeout: float = 30.0
     net_policy: netguard.NetPolicy = field(default_factory=netguard.NetPolicy)
+    #: added to the CPU nice value of the threads that run engines (Linux; 0: unchanged)
+    engine_nice: int = 0
 
 
 Fetcher = Callable[..., Awaitable[netguard.Fetched]]
@@ -80,6 +88,14 @@ class Worker:
         self._pricing = pricing or (lambda spec: spec.pricing)
         self._running: dict[str, threading.Event] = {}
         self._loaded: set[int] = set()
+        # Engines run here, not in asyncio's default pool: their threads get a lower CPU
+        # priority, so in the server's process a busy engine leaves the API its CPU.
+        self._engine_threads = ThreadPoolExecutor(
+            max_workers=max(1, config.concurrency),
+            thread_name_prefix="seedbed-engine",
+            initializer=_lower_priority,
+            initargs=(config.engine_nice,),
+        )
         self._stopping = asyncio.Event()
 
     # -- the loop --------------------------------------------------------------------------
@@ -90,12 +106,19 @@ class Worker:
             await self._release_dead_leases()
         except Exception:
             log.exception("could not check for dead workers' leases; they expire on their own")
-        async with asyncio.TaskGroup() as group:
-            heartbeat = group.create_task(self._heartbeat_loop())
-            try:
-                await self._claim_loop(group, burst=burst)
-            finally:
-                heartbeat.cancel()
+        try:
+            async with asyncio.TaskGroup() as group:
+                heartbeat = group.create_task(self._heartbeat_loop())
+                try:
+                    await self._claim_loop(group, burst=burst)
+                finally:
+                    heartbeat.cancel()
+        finally:
+            # A hard stop: ask engines still running to stop early, without waiting for them
+            # (their tasks are taken up again once the leases lapse).
+            for cancel in self._running.values():
+                cancel.set()
+            self._engine_threads.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -203,14 +226,14 @@ class Worker:
             images=inputs,
         )
         if id(engine) not in self._loaded:
-            await asyncio.to_thread(engine.load)
+            await self._in_engine_thread(engine.load)
             self._loaded.add(id(engine))
         if not await self.store.start_generating(task.id, worker_id=self.worker_id):
             return None  # lease lost: another worker has it now
         cancel = self._running[task.id]
         progress = self._progress_reporter(task.id)
         try:
-            artifacts = await asyncio.to_thread(engine.run, job, progress, cancel)
+            artifacts = await self._in_engine_thread(engine.run, job, progress, cancel)
         except errors.TaskFailure:
             raise
         except Exception as exc:
@@ -221,6 +244,10 @@ class Worker:
         billable = len(artifacts) - 1 if plan.layers else len(artifacts)
         charge = spec.price(inp, billable, self._pricing(spec))
         return Outcome.success(tuple(keys), charge)
+
+    async def _in_engine_thread(self, fn: Callable[..., R], *args: Any) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
 
     async def _fetch_inputs(self, spec: ModelSpec, urls: Sequence[str]) -> list[Image.Image]:
         rule = spec.image_input
@@ -256,10 +283,11 @@ class Worker:
             if percent <= last[1] or (now - last[0] < PROGRESS_INTERVAL and percent < 100):
                 return
             last[0], last[1] = now, percent
+            write = self._write_progress(task_id, percent)
             try:
-                asyncio.run_coroutine_threadsafe(self._write_progress(task_id, percent), loop)
+                asyncio.run_coroutine_threadsafe(write, loop)
             except RuntimeError:
-                pass  # the loop has closed (shutdown): the task is taken up again later
+                write.close()  # the loop has closed (shutdown): the task is taken up again later
 
         return report
 
@@ -295,6 +323,20 @@ def _check_outputs(artifacts: Sequence[Artifact], plan: OutputPlan) -> None:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+def _lower_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by ``increment`` (Linux, where threads have
+    their own; elsewhere the call would renice the whole process, so it is skipped)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        )
+    except OSError:
+        log.warning("could not lower the engine threads' CPU priority", exc_info=True)
 
 
 def _process_alive(pid: int) -> bool:

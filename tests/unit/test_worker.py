@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -232,3 +233,31 @@ async def test_redirect_to_a_private_address_is_refused_before_connecting(tmp_pa
     assert task is not None and task.fail_code == "400"
     assert "192.168.1.1" in (task.fail_msg or "")
     assert len(sent) == 1  # only the first hop, to the (stub) public address
+
+
+class NiceProbeEngine(FailingEngine):
+    """Records the CPU nice value of the thread it runs on, then succeeds."""
+
+    name = "nice-probe"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        image = Image.new("RGB", (job.plan.width, job.plan.height))
+        return [encode(image, job.plan.format)]
+
+
+@pytest.mark.parametrize("increment", [0, 5])
+async def test_engines_run_at_the_configured_lower_cpu_priority(
+    tmp_path: Path, increment: int
+) -> None:
+    engine = NiceProbeEngine()
+    store, _clock, make = await _setup(tmp_path, engine, engine_nice=increment)
+    task_id = await _task(store, image_size="square")
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert engine.seen == [min(19, base + increment)]

@@ -17,7 +17,7 @@ from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
-from seedbed.catalogue.base import ModelSpec
+from seedbed.catalogue.base import ModelSpec, field_value
 from seedbed.store.base import CreateRefused
 from seedbed.tasks import NewTask, Task, TaskState, new_task_id
 
@@ -152,7 +152,7 @@ def _check_engine_limits(ctx: Context, spec: ModelSpec, inp: Any) -> None:
             f"input.{field}: this server's engine for {spec.id} takes at most "
             f"{limits.max_input_images} images"
         )
-    wanted = getattr(inp, "max_images", 1) or 1
+    wanted = field_value(inp, "max_images", 1) or 1
     if limits.max_outputs is not None and wanted > limits.max_outputs:
         raise errors.ValidationFailed(
             f"input.max_images: this server's engine for {spec.id} returns at most "

@@ -150,16 +150,37 @@ def _diagonal() -> Image.Image:
 
 def _background(width: int, height: int, digest: bytes) -> Image.Image:
     black, white = _colours(digest)
+    flip = bool(digest[6] & 1)
+    # Scaling the one-channel mask once per size and colouring it per image costs a fraction
+    # of colouring the small ramp and scaling the result in RGB; masks up to 4 MP are kept.
+    mask = (
+        _mask(width, height, flip) if width * height <= 4_194_304 else _scaled(width, height, flip)
+    )
+    return ImageOps.colorize(mask, black=black, white=white)
+
+
+def _scaled(width: int, height: int, flip: bool) -> Image.Image:
+    """The diagonal ramp at ``width`` x ``height``, mirrored when ``flip``."""
     mask = _diagonal()
-    if digest[6] & 1:
+    if flip:
         mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    small = ImageOps.colorize(mask, black=black, white=white)
-    return small.resize((width, height), Image.Resampling.BILINEAR)
+    return mask.resize((width, height), Image.Resampling.BILINEAR)
+
+
+_mask = functools.lru_cache(maxsize=8)(_scaled)
+
+
+_fonts = threading.local()
 
 
 def _font(size: int) -> Font:
-    # loaded per call: a FreeType face must not be shared by threads rendering at once
-    return ImageFont.load_default(size=size)
+    # One set of faces per thread: a FreeType face must not be shared by threads rendering at
+    # once, and loading Pillow's built-in font decodes it from base64 each time.
+    cache: dict[int, Font] = _fonts.__dict__.setdefault("by_size", {})
+    font = cache.get(size)
+    if font is None:
+        font = cache[size] = ImageFont.load_default(size=size)
+    return font
 
 
 _glyph_lock = threading.Lock()

@@ -18,9 +18,10 @@ import sqlite3
 import threading
 import time
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from operator import itemgetter
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import URL
@@ -243,11 +244,8 @@ class _RawResult:
 
 class _Compiled(NamedTuple):
     sql: str
-    #: per positional parameter: the caller's key, or None for a value fixed in the statement
-    names: tuple[str | None, ...]
-    #: the fixed values (``open_tasks + 1``'s 1), where ``names`` has None
-    constants: tuple[Any, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    #: the caller's parameters → the statement's positional arguments
+    bind: Callable[[dict[str, Any]], Sequence[Any]]
 
 
 #: SQLite: the statements of ``queries`` (module constants, so their ids are stable),
@@ -255,6 +253,8 @@ class _Compiled(NamedTuple):
 _SQLITE_COMPILED: dict[tuple[int, tuple[str, ...]], _Compiled | None] = {}
 _CONSTANTS = frozenset(id(value) for value in vars(q).values())
 _ROW_TYPES: dict[tuple[str, ...], type[tuple[Any, ...]]] = {}
+#: a statement's result row type, by its SQL (a statement's columns never change)
+_ROW_BY_SQL: dict[str, type[tuple[Any, ...]]] = {}
 
 
 def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
@@ -269,17 +269,13 @@ def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
         return conn.execute(stmt, params)
     # An INSERT's SQL depends on which columns are given, so the key names are in the key.
     cache_key = (id(stmt), tuple(params))
-    if cache_key not in _SQLITE_COMPILED:
-        _SQLITE_COMPILED[cache_key] = _compile_sqlite(conn, stmt, cache_key[1])
-    compiled = _SQLITE_COMPILED[cache_key]
+    try:
+        compiled = _SQLITE_COMPILED[cache_key]
+    except KeyError:
+        compiled = _SQLITE_COMPILED[cache_key] = _compile_sqlite(conn, stmt, cache_key[1])
     if compiled is None:
         return conn.execute(stmt, params)
-    args = []
-    for name, constant, processor in zip(
-        compiled.names, compiled.constants, compiled.processors, strict=True
-    ):
-        value = constant if name is None else params[name]
-        args.append(value if processor is None else processor(value))
+    args = compiled.bind(params)
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
     try:
@@ -291,7 +287,12 @@ def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
         ) from exc
     if cursor.description is None:
         return _RawResult(cursor, None)
-    return _RawResult(cursor, _row_type(tuple(column[0] for column in cursor.description)))
+    row = _ROW_BY_SQL.get(compiled.sql)
+    if row is None:
+        row = _ROW_BY_SQL[compiled.sql] = _row_type(
+            tuple(column[0] for column in cursor.description)
+        )
+    return _RawResult(cursor, row)
 
 
 def _row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
@@ -300,6 +301,32 @@ def _row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
     if found is None:
         found = _ROW_TYPES[columns] = namedtuple("Row", columns, rename=True)
     return found
+
+
+def _binder(
+    names: tuple[str | None, ...],
+    constants: tuple[Any, ...],
+    processors: tuple[Callable[[Any], Any] | None, ...],
+) -> Callable[[dict[str, Any]], Sequence[Any]]:
+    """The fastest way to lay out one statement's arguments (this runs on every call)."""
+    if not names:
+        return lambda _params: ()
+    if None not in names and not any(processors):
+        # Every argument is a parameter taken as it is: one C-level itemgetter call.
+        getter = itemgetter(*cast(tuple[str, ...], names))
+        if len(names) == 1:
+            return lambda params: (getter(params),)
+        return cast(Callable[[dict[str, Any]], Sequence[Any]], getter)
+    plan = tuple(zip(names, constants, processors, strict=True))
+
+    def bind(params: dict[str, Any]) -> list[Any]:
+        args = []
+        for name, constant, processor in plan:
+            value = constant if name is None else params[name]
+            args.append(value if processor is None else processor(value))
+        return args
+
+    return bind
 
 
 def _compile_sqlite(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Compiled | None:
@@ -319,7 +346,9 @@ def _compile_sqlite(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Comp
         constants.append(None if given or bind is None else bind.effective_value)
     return _Compiled(
         sql,
-        tuple(names),
-        tuple(constants),
-        tuple(processors.get(name) for name in compiled.positiontup),
+        _binder(
+            tuple(names),
+            tuple(constants),
+            tuple(processors.get(name) for name in compiled.positiontup),
+        ),
     )
