@@ -118,6 +118,12 @@ end
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(
     url: str,
     *,
@@ -127,17 +133,24 @@ def wrk(
     expect: str = '"code":200',
     duration: int,
     conns: int = 32,
+    pid: int | None = None,
 ) -> dict[str, float]:
+    """One wrk run; with ``pid``, also the server's CPU time per request (``cpu_us``), which a
+    busy, shared machine disturbs far less than throughput."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA.format(method=method, body=json.dumps(body), key=key, expect=expect))
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", script.name, url]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu_used = cpu_seconds(pid) - cpu_before if pid else float("nan")
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = int(re.search(r"BAD (\d+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _latency(out, "50%")
     p99 = _latency(out, "99%")
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "bad": bad}
+    cpu_us = cpu_used / max(1, requests) * 1e6
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "bad": bad, "cpu_us": cpu_us}
 
 
 def _latency(out: str, pct: str) -> float:
@@ -213,7 +226,13 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"bare": [], "create": [], "record": []}
         for _ in range(args.rounds):
             results["bare"].append(
-                wrk(f"{base}/healthz", key=key, expect='"status":"ok"', duration=args.duration)
+                wrk(
+                    f"{base}/healthz",
+                    key=key,
+                    expect='"status":"ok"',
+                    duration=args.duration,
+                    pid=proc.pid,
+                )
             )
             results["create"].append(
                 wrk(
@@ -222,10 +241,16 @@ def main() -> None:
                     method="POST",
                     body=json.dumps(BODY),
                     duration=args.duration,
+                    pid=proc.pid,
                 )
             )
             results["record"].append(
-                wrk(f"{base}/api/v1/jobs/recordInfo?taskId={task}", key=key, duration=args.duration)
+                wrk(
+                    f"{base}/api/v1/jobs/recordInfo?taskId={task}",
+                    key=key,
+                    duration=args.duration,
+                    pid=proc.pid,
+                )
             )
         busy_rss = rss_mb(proc.pid)
         stop(proc)
@@ -240,15 +265,24 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; wrk -t2 -c32 -d{args.duration}s x {args.rounds} rounds;"
         f" in-process worker {'on' if args.worker else 'off'}"
     )
-    print(f"{'endpoint':<18}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    bare_cpu = med("bare", "cpu_us")
+    print(
+        f"{'endpoint':<18}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'CPU us/req':>12}{'CPU ratio':>11}"
+    )
     for name in ("bare", "create", "record"):
         rps = med(name, "rps")
         bad = sum(r["bad"] for r in results[name])
         label = f"record ({state})" if name == "record" else name
+        cpu = med(name, "cpu_us")
         print(
             f"{label:<18}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
-            f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}"
+            f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}{cpu:>12.0f}{bare_cpu / cpu:>11.2f}"
         )
+    print(
+        "CPU ratio: the bare endpoint's server CPU per request over this endpoint's (includes "
+        "the in-process worker's CPU when it is on)"
+    )
     print(
         f"createTask answered -> generating: p50 {statistics.median(lat_ms):.1f} ms, "
         f"p90 {lat_ms[int(len(lat_ms) * 0.9)]:.1f} ms (n={len(lat_ms)})"
