@@ -19,7 +19,8 @@ package does not import the server (no FastAPI, no SQLAlchemy).
 
 from __future__ import annotations
 
-from seedbed.client.aio import AsyncClient
+from typing import TYPE_CHECKING, Any
+
 from seedbed.client.errors import (
     ApiError,
     BadRequest,
@@ -53,6 +54,9 @@ from seedbed.client.protocol import (
 )
 from seedbed.client.records import Task, TaskState, UploadedFile
 from seedbed.client.sync import Client, Generation, ProgressCallback
+
+if TYPE_CHECKING:
+    from seedbed.client.aio import AsyncClient
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -92,3 +96,12 @@ __all__ = [
     "WaitTimeout",
     "prepare_input",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient is imported on first use: asyncio is a noticeable share of a CLI's start.
+    if name == "AsyncClient":
+        from seedbed.client.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
