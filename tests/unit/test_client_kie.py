@@ -59,6 +59,7 @@ from seedbed.client import (
 from seedbed.client.inputs import Seedream5LiteInput, Seedream45Input
 from seedbed.client.protocol import SseParser
 
+
 def size_of(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         return image.size
