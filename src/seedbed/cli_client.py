@@ -236,11 +236,11 @@ def _attach_images(client: Client, model: str, images: list[str], body: dict[str
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Callable[[Task], None]]:
     """A live bar of the task's state and progress on stderr (off for --json or a pipe)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     if not enabled or not err.is_terminal:
         yield lambda _task: None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
