@@ -254,7 +254,10 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[Task], None]]:
         def update(task: Task) -> None:
             where = f" (#{task.queue_position + 1})" if task.queue_position is not None else ""
             progress.update(
-                bar, description=f"{task.state.value}{where}", completed=task.progress or 0
+                bar,
+                description=f"{task.state.value}{where}",
+                completed=task.progress or 0,
+                refresh=True,
             )
 
         yield update
