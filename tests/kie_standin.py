@@ -67,6 +67,8 @@ class KieStandIn:
     polls_before_success: int = 2
     #: the events stream drops after its first event on the first connection
     drop_events_once: bool = False
+    #: events carry only taskId, state and progress (not the whole record)
+    partial_events: bool = False
     _polls: dict[str, int] = field(default_factory=dict)
     _canceled: set[str] = field(default_factory=set)
 
@@ -226,7 +228,8 @@ class KieStandIn:
         after = int(request.headers.get("last-event-id", "0"))
         drop = self.drop_events_once and after == 0
         self.drop_events_once = False
-        return StreamingResponse(_event_stream(after, drop), media_type="text/event-stream")
+        stream = _event_stream(after, drop, self.partial_events)
+        return StreamingResponse(stream, media_type="text/event-stream")
 
 
 def _canceled(record: str) -> str:
@@ -241,7 +244,7 @@ def _with_progress(record: str, progress: int) -> dict[str, Any]:
     return data
 
 
-async def _event_stream(after: int, drop: bool) -> AsyncIterator[bytes]:
+async def _event_stream(after: int, drop: bool, partial: bool) -> AsyncIterator[bytes]:
     """Events 1..3: generating 30 %, generating 70 %, success; a heartbeat comment first."""
     events = [
         _with_progress(rec.RECORD_T2I_GENERATING, 30),
@@ -252,6 +255,8 @@ async def _event_stream(after: int, drop: bool) -> AsyncIterator[bytes]:
     for number, data in enumerate(events, start=1):
         if number <= after:
             continue
+        if partial:
+            data = {k: data[k] for k in ("taskId", "state", "progress")}
         payload = json.dumps(data)
         yield f"id: {number}\nevent: state\ndata: {payload}\n\n".encode()
         await asyncio.sleep(0)

@@ -414,6 +414,22 @@ async def test_a_dropped_events_stream_resumes_after_the_last_event_id() -> None
     assert seen == [30, 70, 100]
 
 
+async def test_a_terminal_event_without_the_record_is_completed_by_record_info() -> None:
+    standin = KieStandIn(extensions=True, partial_events=True, polls_before_success=0)
+    transport = httpx.ASGITransport(app=standin.app())
+    async with AsyncClient(KEY, base_url="http://seedbed.test", transport=transport) as client:
+        task = await client.wait(T2I_ID)
+    assert task.result_urls and task.cost_time == 45
+    assert len(standin.seen("/api/v1/jobs/recordInfo")) == 1
+
+
+async def test_a_balance_that_is_not_a_number_is_a_response_error() -> None:
+    standin = KieStandIn(script=[(200, '{"code":200,"msg":"success","data":null}', {})])
+    async with kie_client(standin) as client:
+        with pytest.raises(ResponseError, match="not a number"):
+            await client.credits()
+
+
 async def test_events_stream_errors_leave_it_to_polling_to_report() -> None:
     standin = KieStandIn(extensions=True)
     transport = httpx.ASGITransport(app=standin.app())

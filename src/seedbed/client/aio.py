@@ -132,7 +132,7 @@ class AsyncClient:
 
     async def credits(self) -> Decimal:
         """The key's balance."""
-        return Decimal(str(await self._call("GET", self._api(Endpoint.CREDIT))))
+        return protocol.balance(await self._call("GET", self._api(Endpoint.CREDIT)))
 
     async def download_url(self, url: str) -> str:
         """A temporary (20 minutes) download link for a URL the server issued."""
@@ -194,7 +194,9 @@ class AsyncClient:
                         if task is not None:
                             seen(task)
                             if task.is_terminal:
-                                return task
+                                if protocol.is_full_record(task):
+                                    return task
+                                return await self.get_task(task_id)
             except httpx.HTTPError:
                 continue
         return None

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,7 @@ __all__ = [
     "SseEvent",
     "SseParser",
     "auth_headers",
+    "balance",
     "base64_payload",
     "create_body",
     "created_task_id",
@@ -52,6 +54,7 @@ __all__ = [
     "guess_mime",
     "idempotency_key",
     "is_event_stream",
+    "is_full_record",
     "join",
     "parse_retry_after",
     "read_source",
@@ -278,6 +281,21 @@ def task_from_event(event: SseEvent) -> Task | None:
         return parse_task(payload)
     except ResponseError:
         return None
+
+
+def is_full_record(task: Task) -> bool:
+    """Whether an event carried the whole record (else ``wait`` asks recordInfo for it)."""
+    return "resultJson" in task.raw and "param" in task.raw
+
+
+def balance(data: Any) -> Decimal:
+    """credit's ``data``: a number (kie's balances have decimals: ``5916.25``)."""
+    if isinstance(data, bool) or not isinstance(data, int | float | str):
+        raise ResponseError(f"the balance is not a number: {data!r}", http_status=200)
+    try:
+        return Decimal(str(data))
+    except ArithmeticError:
+        raise ResponseError(f"the balance is not a number: {data!r}", http_status=200) from None
 
 
 def is_event_stream(response: httpx.Response) -> bool:

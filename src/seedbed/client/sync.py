@@ -147,8 +147,7 @@ class Client:
 
     def credits(self) -> Decimal:
         """The key's balance."""
-        data = self._call("GET", self._api(Endpoint.CREDIT))
-        return Decimal(str(data))
+        return protocol.balance(self._call("GET", self._api(Endpoint.CREDIT)))
 
     def download_url(self, url: str) -> str:
         """A temporary (20 minutes) download link for a URL the server issued."""
@@ -215,7 +214,9 @@ class Client:
                         if task is not None:
                             seen(task)
                             if task.is_terminal:
-                                return task
+                                if protocol.is_full_record(task):
+                                    return task
+                                return self.get_task(task_id)
             except httpx.HTTPError:
                 continue  # dropped or silent too long: reconnect where the stream left off
         return None
