@@ -69,6 +69,9 @@ class KieStandIn:
     drop_events_once: bool = False
     #: events carry only taskId, state and progress (not the whole record)
     partial_events: bool = False
+    #: result URLs point at this app's /r/ route instead of kie's file host (for clients that
+    #: reach it over real loopback HTTP, where kie's host must never be contacted)
+    local_results: bool = False
     _polls: dict[str, int] = field(default_factory=dict)
     _canceled: set[str] = field(default_factory=set)
 
@@ -158,6 +161,9 @@ class KieStandIn:
         if not task_id:
             return self._json(rec.MISSING_TASK_ID)
         found = self._record(task_id)
+        if found is not None and self.local_results:
+            here = str(request.base_url).rstrip("/")
+            found = found.replace("https://tempfile.aiquickdraw.com", here)
         return self._json(found if found is not None else rec.RECORD_NULL)
 
     async def credit(self, request: Request) -> Response:

@@ -15,6 +15,7 @@ from proc import SEEDBED, create_key, server
 
 from conftest import FileServer, free_port
 from images_util import png_bytes
+from kie_standin import I2I_ID, KEY, KieStandIn, serve
 
 
 @dataclass
@@ -182,3 +183,46 @@ def test_a_server_that_is_down_is_one_line_and_debug_shows_the_traceback(tmp_pat
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "ConnectError" in debug.stderr
     assert debug.stderr.strip().endswith(f"error: cannot reach {url}: connection refused")
+
+
+def test_generate_against_kie_stand_ins_uploads_the_local_image_to_the_upload_host(
+    tmp_path: Path,
+) -> None:
+    """kie's shape end to end: the local reference goes to the separate upload host, its
+    ``downloadUrl`` into ``image_urls``, the result is downloaded and its path printed."""
+    api, uploads = KieStandIn(local_results=True), KieStandIn()
+    ref = tmp_path / "ref.png"
+    ref.write_bytes(png_bytes(64, 48))
+    with serve(api.app()) as api_url, serve(uploads.app()) as upload_url:
+        done = seedbed(
+            "generate",
+            "Transform the scene",
+            "-m",
+            "seedream/5-lite-image-to-image",
+            "--image",
+            str(ref),
+            "-o",
+            str(tmp_path / "out"),
+            "--url",
+            api_url,
+            "--upload-url",
+            upload_url,
+            "--key",
+            KEY,
+            home=tmp_path,
+        )
+        waited = seedbed(
+            "get", I2I_ID, "--wait", "--json", "--url", api_url, "--key", KEY, home=tmp_path
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(tmp_path / "out" / f"{I2I_ID}_0.png")]
+    sent = uploads.seen("/api/file-stream-upload")
+    assert len(sent) == 1 and b'filename="ref.png"' in sent[0].body
+    assert b'name="uploadPath"\r\n\r\nseedbed-cli' in sent[0].body
+    created = json.loads(api.seen("/api/v1/jobs/createTask")[0].body)
+    assert created["input"]["image_urls"] == [
+        "https://tempfile.redpandaai.co/kieai/136592/images/test-uploads/1776323952044-dtzo7rcrpdj.png"
+    ]
+    assert api.seen("/api/file-stream-upload") == []
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["costTime"] == 112
