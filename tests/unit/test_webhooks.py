@@ -112,3 +112,36 @@ def test_the_signed_id_is_found_where_kies_docs_put_it() -> None:
 def test_bodies_that_are_not_callbacks_are_refused(body: str) -> None:
     with pytest.raises(InvalidSignature):
         verify_callback(body, headers(task_id="t"), KEY, now=NOW)
+
+
+def test_the_documented_receiver_accepts_signed_callbacks_over_loopback() -> None:
+    """The receiver of docs/client.md, served for real; callbacks posted to it over HTTP."""
+    import time
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from kie_standin import serve
+
+    received: list[str] = []
+
+    async def callback(request: Request) -> JSONResponse:
+        try:
+            cb = verify_callback(await request.body(), request.headers, KEY)
+        except InvalidSignature as exc:
+            return JSONResponse({"code": 401, "msg": str(exc)}, status_code=401)
+        received.append(cb.task.task_id)
+        return JSONResponse({"code": 200, "msg": "success"})
+
+    app = Starlette(routes=[Route("/kie-callback", callback, methods=["POST"])])
+    now = int(time.time())
+    body = rec.CALLBACK_SUCCESS.encode()
+    with serve(app) as url, httpx.Client(base_url=url, trust_env=False) as client:
+        good = client.post("/kie-callback", content=body, headers=headers(ts=now))
+        forged = client.post("/kie-callback", content=body, headers=headers(ts=now, key="guess"))
+    assert good.status_code == 200 and good.json() == {"code": 200, "msg": "success"}
+    assert forged.status_code == 401 and "does not match" in forged.json()["msg"]
+    assert received == [TASK_ID]
