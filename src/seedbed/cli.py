@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from seedbed.cli_client import register_client_commands
 from seedbed.config import Settings
 
 __all__ = ["app", "main"]
@@ -419,6 +420,10 @@ def _when(ms: int | None) -> str:
     if ms is None:
         return ""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# The key's side over HTTP (generate, get, balance) lives in cli_client.py.
+register_client_commands(app)
 
 
 def main() -> None:

@@ -1,0 +1,331 @@
+"""``AsyncClient``: ``Client``'s twin for asyncio; the same calls, awaited.
+
+Requests are built and answers read by ``protocol`` for both; only sending and sleeping
+differ, so the two stay in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from seedbed.client import protocol
+from seedbed.client.errors import ClientError, NotFound, ResponseError, TaskFailed, WaitTimeout
+from seedbed.client.inputs import prepare_input
+from seedbed.client.protocol import Endpoint, PollSchedule, RetryPolicy
+from seedbed.client.records import Task, UploadedFile, parse_task, parse_upload
+from seedbed.client.sync import DEFAULT_WAIT, EVENT_RECONNECTS, Generation, ProgressCallback
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """A client of seedbed or of kie.ai itself, for asyncio (see ``Client`` for the calls).
+
+    >>> async with AsyncClient("sb-...", base_url="http://127.0.0.1:8000") as client:
+    ...     task_id = await client.create_task("seedream/4.5-text-to-image", {"prompt": "a fox"})
+    ...     task = await client.wait(task_id)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = protocol.DEFAULT_BASE_URL,
+        upload_url: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        retry: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        use_events: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.upload_url = (upload_url or base_url).rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollSchedule()
+        self.use_events = use_events
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=trust_env)
+
+    @classmethod
+    def for_kie(cls, api_key: str, **kwargs: Any) -> AsyncClient:
+        """A client of kie.ai: its API host, its upload host, polling (kie has no events)."""
+        kwargs.setdefault("base_url", protocol.KIE_BASE_URL)
+        kwargs.setdefault("upload_url", protocol.KIE_UPLOAD_URL)
+        kwargs.setdefault("use_events", False)
+        return cls(api_key, **kwargs)
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _call(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        sent_headers = {**protocol.auth_headers(self.api_key), **(headers or {})}
+        attempt = 0
+        while True:
+            try:
+                try:
+                    response = await self._http.request(method, url, headers=sent_headers, **kwargs)
+                except httpx.HTTPError as exc:
+                    raise protocol.transport_error(exc, url) from exc
+                return protocol.unwrap(response)
+            except ClientError as exc:
+                if not self.retry.should_retry(exc, attempt):
+                    raise
+                await asyncio.sleep(self.retry.delay(exc, attempt))
+                attempt += 1
+
+    def _api(self, path: str) -> str:
+        return protocol.join(self.base_url, path)
+
+    # -- the jobs API ----------------------------------------------------------------------
+    async def create_task(
+        self,
+        model: str,
+        input: Mapping[str, Any] | BaseModel,
+        *,
+        callback_url: str | None = None,
+        validate: bool = True,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Submit a task; its ``taskId``. ``input`` is checked first (``validate=False``: not)."""
+        body = protocol.create_body(
+            model, prepare_input(model, input, validate=validate), callback_url
+        )
+        key = idempotency_key or protocol.idempotency_key()
+        data = await self._call(
+            "POST", self._api(Endpoint.CREATE), json=body, headers={"Idempotency-Key": key}
+        )
+        return protocol.created_task_id(data)
+
+    async def get_task(self, task_id: str) -> Task:
+        """The task's record (recordInfo)."""
+        data = await self._call("GET", self._api(Endpoint.RECORD), params={"taskId": task_id})
+        return parse_task(data)
+
+    async def cancel(self, task_id: str) -> Task | None:
+        """Cancel a task (seedbed's extension); its record when the server returns one."""
+        data = await self._call("POST", self._api(Endpoint.CANCEL), json={"taskId": task_id})
+        return parse_task(data) if isinstance(data, dict) and "taskId" in data else None
+
+    async def credits(self) -> Decimal:
+        """The key's balance."""
+        return protocol.balance(await self._call("GET", self._api(Endpoint.CREDIT)))
+
+    async def download_url(self, url: str) -> str:
+        """A temporary (20 minutes) download link for a URL the server issued."""
+        return str(await self._call("POST", self._api(Endpoint.DOWNLOAD_URL), json={"url": url}))
+
+    # -- waiting ---------------------------------------------------------------------------
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float = DEFAULT_WAIT,
+        on_progress: ProgressCallback | None = None,
+    ) -> Task:
+        """The task once it ends; events stream where the server has one, else polling."""
+        deadline = time.monotonic() + timeout
+        tracker = protocol.ProgressTracker(on_progress)
+        if self.use_events:
+            done = await self._wait_events(task_id, deadline, tracker.seen)
+            if done is not None:
+                return done
+        started = time.monotonic()
+        delay: float | None = None
+        while True:
+            task = await self.get_task(task_id)
+            tracker.seen(task)
+            if task.is_terminal:
+                return task
+            delay = self.poll.next_delay(delay, time.monotonic() - started)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(task_id, timeout, tracker.last)
+            await asyncio.sleep(min(delay, remaining))
+
+    async def _wait_events(
+        self, task_id: str, deadline: float, seen: Callable[[Task], None]
+    ) -> Task | None:
+        parser = protocol.SseParser()
+        url = self._api(Endpoint.EVENTS)
+        for _ in range(1 + EVENT_RECONNECTS):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            headers = protocol.event_headers(self.api_key, parser.last_event_id)
+            try:
+                async with self._http.stream(
+                    "GET",
+                    url,
+                    params={"taskId": task_id},
+                    headers=headers,
+                    timeout=protocol.stream_timeout(remaining),
+                ) as response:
+                    if not protocol.is_event_stream(response):
+                        await response.aread()
+                        self._note_no_events(response)
+                        return None
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        task = protocol.task_from_event(event) if event else None
+                        if task is not None:
+                            seen(task)
+                            if task.is_terminal:
+                                if protocol.is_full_record(task):
+                                    return task
+                                return await self.get_task(task_id)
+            except httpx.HTTPError:
+                continue
+        return None
+
+    def _note_no_events(self, response: httpx.Response) -> None:
+        try:
+            protocol.unwrap(response)
+        except NotFound:
+            self.use_events = False
+        except ClientError:
+            pass
+
+    # -- generate --------------------------------------------------------------------------
+    async def generate(
+        self,
+        model: str,
+        input: Mapping[str, Any] | BaseModel,
+        *,
+        out: str | Path = ".",
+        callback_url: str | None = None,
+        timeout: float = DEFAULT_WAIT,
+        on_progress: ProgressCallback | None = None,
+        on_created: Callable[[str], None] | None = None,
+        validate: bool = True,
+    ) -> Generation:
+        """Create a task, wait for it, download its results into ``out``."""
+        task_id = await self.create_task(model, input, callback_url=callback_url, validate=validate)
+        if on_created is not None:
+            on_created(task_id)
+        task = await self.wait(task_id, timeout=timeout, on_progress=on_progress)
+        if task.state.value == "fail":
+            raise TaskFailed(task)
+        return Generation(task=task, files=await self.download_results(task, out))
+
+    async def download_results(self, task: Task, out: str | Path) -> list[Path]:
+        """Write each result of ``task`` to ``out/<taskId>_<n>.<ext>``; their paths."""
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [
+            await self.download(url, folder, task.task_id, n)
+            for n, url in enumerate(task.result_urls)
+        ]
+
+    async def download(self, url: str, folder: Path, task_id: str, index: int) -> Path:
+        """One result file, without the ``Authorization`` header (see ``Client.download``)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._download_once(url, folder, task_id, index)
+            except ClientError as exc:
+                if not self.retry.should_retry(exc, attempt):
+                    raise
+                await asyncio.sleep(self.retry.delay(exc, attempt))
+                attempt += 1
+
+    async def _download_once(self, url: str, folder: Path, task_id: str, index: int) -> Path:
+        try:
+            async with self._http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    protocol.unwrap(response)
+                    raise ResponseError(
+                        f"download of {url} answered {response.status_code}",
+                        http_status=response.status_code,
+                    )
+                name = protocol.file_name_for(
+                    task_id, index, url, response.headers.get("content-type")
+                )
+                target = folder / name
+                partial = target.with_name(name + ".part")
+                with partial.open("wb") as sink:
+                    async for chunk in response.aiter_bytes():
+                        sink.write(chunk)
+                partial.replace(target)
+                return target
+        except httpx.HTTPError as exc:
+            raise protocol.transport_error(exc, url) from exc
+
+    # -- uploads ---------------------------------------------------------------------------
+    async def upload(
+        self,
+        source: str | Path | bytes,
+        *,
+        upload_path: str = "seedbed",
+        file_name: str | None = None,
+    ) -> UploadedFile:
+        """Upload a local file (path), bytes, a ``data:`` URI or an http(s) URL to fetch."""
+        kind = protocol.upload_kind(source)
+        if kind == "url":
+            assert isinstance(source, str)
+            return await self.upload_url_file(source, upload_path=upload_path, file_name=file_name)
+        if kind == "base64":
+            assert isinstance(source, str)
+            return await self.upload_base64(source, upload_path=upload_path, file_name=file_name)
+        return await self.upload_file(source, upload_path=upload_path, file_name=file_name)
+
+    async def upload_file(
+        self,
+        source: str | Path | bytes,
+        *,
+        upload_path: str = "seedbed",
+        file_name: str | None = None,
+    ) -> UploadedFile:
+        """``file-stream-upload``: a local file (or bytes) as multipart."""
+        content, name = protocol.read_source(source)
+        part_name = file_name or name
+        data = await self._call(
+            "POST",
+            protocol.join(self.upload_url, Endpoint.UPLOAD_STREAM),
+            files={"file": (part_name, content, protocol.guess_mime(part_name))},
+            data=protocol.upload_fields(upload_path, file_name),
+        )
+        return parse_upload(data)
+
+    async def upload_base64(
+        self, data: str | bytes, *, upload_path: str = "seedbed", file_name: str | None = None
+    ) -> UploadedFile:
+        """``file-base64-upload``: base64 text (plain or ``data:`` URI), or bytes to encode."""
+        body = {
+            "base64Data": protocol.base64_payload(data),
+            **protocol.upload_fields(upload_path, file_name),
+        }
+        url = protocol.join(self.upload_url, Endpoint.UPLOAD_BASE64)
+        return parse_upload(await self._call("POST", url, json=body))
+
+    async def upload_url_file(
+        self, url: str, *, upload_path: str = "seedbed", file_name: str | None = None
+    ) -> UploadedFile:
+        """``file-url-upload``: the server fetches ``url`` and keeps a copy."""
+        body = {"fileUrl": url, **protocol.upload_fields(upload_path, file_name)}
+        target = protocol.join(self.upload_url, Endpoint.UPLOAD_URL)
+        return parse_upload(await self._call("POST", target, json=body))

@@ -1,0 +1,90 @@
+"""The client CLI's pieces that a subprocess test cannot see: config precedence, the live bar."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from seedbed import cli_client
+from seedbed.cli_client import CliFailure, build_input, resolve_config
+from seedbed.client import Task, TaskState
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("SEEDBED_URL", "SEEDBED_API_KEY", "SEEDBED_UPLOAD_URL", "SEEDBED_CLIENT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+def test_flags_beat_the_environment_which_beats_the_file(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resolve_config(None, None, None, None) == cli_client.ClientConfig(
+        url="http://127.0.0.1:8000", api_key=None, upload_url=None
+    )
+    file = clean_env / "xdg" / "seedbed" / "client.toml"
+    file.parent.mkdir(parents=True)
+    file.write_text('url = "http://file"\napi_key = "file-key"\nupload_url = "http://up"\n')
+    assert resolve_config(None, None, None, None).api_key == "file-key"
+    monkeypatch.setenv("SEEDBED_API_KEY", "env-key")
+    monkeypatch.setenv("SEEDBED_URL", "http://env")
+    config = resolve_config(None, None, None, None)
+    assert (config.url, config.api_key, config.upload_url) == ("http://env", "env-key", "http://up")
+    assert resolve_config("http://flag", "flag-key", None, None).api_key == "flag-key"
+    other = clean_env / "other.toml"
+    other.write_text('api_key = "other"\n')
+    monkeypatch.setenv("SEEDBED_CLIENT_CONFIG", str(other))
+    monkeypatch.delenv("SEEDBED_API_KEY")
+    assert resolve_config(None, None, None, None).api_key == "other"
+
+
+def test_a_missing_or_broken_config_file_is_reported(clean_env: Path) -> None:
+    with pytest.raises(CliFailure, match="no client config at"):
+        resolve_config(None, None, None, clean_env / "nope.toml")
+    broken = clean_env / "broken.toml"
+    broken.write_text("url = \n")
+    with pytest.raises(CliFailure, match="cannot read the client config"):
+        resolve_config(None, None, None, broken)
+
+
+def test_build_input_keeps_given_fields_and_refuses_foreign_ones() -> None:
+    body = build_input(
+        "seedream/5-flash-text-to-image",
+        "a fox",
+        {"size": "1.5K", "quality": None, "seed": None},
+        {"nsfw_checker": True},
+    )
+    assert body == {"prompt": "a fox", "size": "1.5K", "nsfw_checker": True}
+    with pytest.raises(CliFailure, match="--quality: seedream/5-flash-text-to-image has no"):
+        build_input("seedream/5-flash-text-to-image", "x", {"quality": "high"}, {})
+    assert cli_client._parse_set(["max_images=3", "name=fox"]) == {"max_images": 3, "name": "fox"}
+    with pytest.raises(CliFailure, match="expected name=value"):
+        cli_client._parse_set(["oops"])
+
+
+def test_the_progress_bar_shows_state_and_progress_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(cli_client, "err", console)
+    task = Task(
+        task_id="t", model="m", state=TaskState.GENERATING, progress=50, queue_position=None
+    )
+    with cli_client._progress_bar(True) as update:
+        update(task)
+        update(Task(task_id="t", model="m", state=TaskState.WAITING, queue_position=2))
+        console.file.flush()
+    drawn = screen.getvalue()
+    assert "generating" in drawn and "50%" in drawn
+    assert "waiting (#3)" in drawn
+    quiet = io.StringIO()
+    monkeypatch.setattr(cli_client, "err", Console(file=quiet, force_terminal=False))
+    with cli_client._progress_bar(True) as update:
+        update(task)
+    assert quiet.getvalue() == ""
