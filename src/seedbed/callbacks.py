@@ -109,9 +109,12 @@ class Dispatcher:
         wakeup: Wakeup | None = None,
         post: Poster = netguard.post_json,
         resolver: netguard.Resolver | None = None,
+        client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
+        """``client``: one HTTP client for every delivery (tests pass a mock transport);
+        by default each receiver origin gets its own pooled client."""
         self.store = store
         self.config = config
         self.wakeup = wakeup or Wakeup()
@@ -122,6 +125,7 @@ class Dispatcher:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._clients = _Clients()
+        self._client = client
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -248,7 +252,7 @@ class Dispatcher:
                 timeout=self.config.timeout,
                 headers=headers,
                 resolver=self._resolver,
-                client=self._clients.get(delivery.url),
+                client=self._client or self._clients.get(delivery.url),
             )
         except netguard.NetguardError as exc:
             return None, exc.reason

@@ -16,7 +16,9 @@ from receiver import Receiver
 
 
 def _key_with_hmac(data_dir: Path) -> dict[str, Any]:
-    done = run_cli(["keys", "create", "--name", "hooks", "--credits", "100", "--hmac", "--json"], data_dir)
+    done = run_cli(
+        ["keys", "create", "--name", "hooks", "--credits", "100", "--hmac", "--json"], data_dir
+    )
     assert done.returncode == 0, done.stderr
     created = dict(json.loads(done.stdout))
     assert len(created["hmacKey"]) >= 40 and created["key"].startswith("sb-")
