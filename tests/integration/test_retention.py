@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -109,4 +110,4 @@ async def test_the_sweeper_runs_at_once_then_every_interval_until_stopped(tmp_pa
             await asyncio.sleep(0.01)
     sweeper.stop()
     await asyncio.wait_for(runner, 5)
-    assert all(b - a >= 0.04 for a, b in zip(calls, calls[1:], strict=False))
+    assert all(b - a >= 0.04 for a, b in itertools.pairwise(calls))
