@@ -197,6 +197,7 @@ def worker_command(
             await worker.run(burst=burst)
         finally:
             ctx.wakeup.close()
+            ctx.callback_wakeup.close()
             await ctx.store.close()
 
     asyncio.run(run())
@@ -502,6 +503,7 @@ def _key_json(key: Any) -> dict[str, Any]:
         "limits": key.limits.as_dict(),
         "createdAt": key.created_at,
         "revokedAt": key.revoked_at,
+        "hasHmacKey": key.hmac_key is not None,
     }
 
 

@@ -70,9 +70,14 @@ class Sweeper:
                 expired = await self.store.expired_files(kind, before=before, limit=BATCH)
                 if not expired:
                     break
-                for record in expired:
-                    await self.storage.delete(record.key)  # already gone is fine
-                deleted += await self.store.mark_files_deleted([r.key for r in expired])
+                # Records first, then files: a file stored again under the same key since it
+                # was listed (an upload overwritten by name) is not marked, so not deleted.
+                marked = await self.store.mark_files_deleted(
+                    [r.key for r in expired], before=before
+                )
+                for key in marked:
+                    await self.storage.delete(key)  # already gone is fine
+                deleted += len(marked)
                 if len(expired) < BATCH:
                     break
         if deleted:

@@ -176,8 +176,14 @@ class Store(Protocol):
     async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
         """Records of ``kind`` created before ``before`` (Unix ms) whose file still exists."""
 
-    async def mark_files_deleted(self, keys: Collection[str]) -> int:
-        """Mark files as deleted (their records stay); return how many were marked."""
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
+        """Mark files as deleted (their records stay); return the keys marked.
+
+        With ``before`` (Unix ms), only records still created before it are marked: a file
+        stored again under the same key since it was found expired is left alone.
+        """
 
     # -- deployment switches ---------------------------------------------------------------
     async def flags(self) -> Flags: ...

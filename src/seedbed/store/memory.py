@@ -522,15 +522,20 @@ class MemoryStore:
         ]
         return sorted(found, key=lambda f: f.created_at)[:limit]
 
-    async def mark_files_deleted(self, keys: Collection[str]) -> int:
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
         async with self._lock:
             now = self._now()
-            marked = 0
-            for key in set(keys):
+            marked = []
+            for key in sorted(set(keys)):
                 found = self._files.get(key)
-                if found is not None and found.deleted_at is None:
-                    self._files[key] = dataclasses.replace(found, deleted_at=now)
-                    marked += 1
+                if found is None or found.deleted_at is not None:
+                    continue
+                if before is not None and found.created_at >= before:
+                    continue
+                self._files[key] = dataclasses.replace(found, deleted_at=now)
+                marked.append(key)
             return marked
 
     # -- deployment switches -----------------------------------------------------------------

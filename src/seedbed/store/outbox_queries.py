@@ -133,8 +133,13 @@ EXPIRED_FILES = (
 )
 MARK_FILES_DELETED = (
     update(files)
-    .where(_F.key.in_(bindparam("p_keys", expanding=True)), _F.deleted_at.is_(None))
+    .where(
+        _F.key.in_(bindparam("p_keys", expanding=True)),
+        _F.deleted_at.is_(None),
+        _F.created_at < _p("before", BigInteger()),
+    )
     .values(deleted_at=_p("now", BigInteger()))
+    .returning(_F.key)
 )
 
 

@@ -554,11 +554,22 @@ class SqlStore:
             oq.file_from_row(r) for r in await self._db.read(_all_plain, oq.EXPIRED_FILES, params)
         ]
 
-    async def mark_files_deleted(self, keys: Collection[str]) -> int:
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
         if not keys:
-            return 0
-        params = {"p_keys": list(set(keys)), "p_now": self._now()}
-        return await self._db.write(self._rowcount, oq.MARK_FILES_DELETED, params)
+            return []
+        params = {
+            "p_keys": sorted(set(keys)),
+            "p_now": self._now(),
+            # no bound: any record (2**62 ms is far beyond any clock)
+            "p_before": (1 << 62) if before is None else before,
+        }
+        return sorted(await self._db.write(self._scalars, oq.MARK_FILES_DELETED, params))
+
+    @staticmethod
+    def _scalars(conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        return list(conn.execute(stmt, params).scalars())
 
     # -- deployment switches -----------------------------------------------------------------
     async def flags(self) -> Flags:
