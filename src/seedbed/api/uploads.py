@@ -89,19 +89,51 @@ async def _guarded(request: Request, body: Any) -> Response:
     return result
 
 
-@router.post("/api/file-stream-upload")
+def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_PATH_FIELDS: dict[str, Any] = {
+    "uploadPath": {"type": "string", "description": "folders, e.g. images/user-1"},
+    "fileName": {"type": "string", "description": "optional; the same name overwrites"},
+}
+_STREAM_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "uploadPath"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, **_PATH_FIELDS},
+                }
+            }
+        },
+    }
+}
+_BASE64_BODY = _json_body(
+    {"base64Data": {"type": "string", "description": "base64 or a data: URL"}, **_PATH_FIELDS},
+    ["base64Data", "uploadPath"],
+)
+_URL_BODY = _json_body(
+    {"fileUrl": {"type": "string", "format": "uri"}, **_PATH_FIELDS}, ["fileUrl", "uploadPath"]
+)
+
+
+@router.post("/api/file-stream-upload", openapi_extra=_STREAM_BODY)
 async def file_stream_upload(request: Request) -> Response:
     """Upload a file as ``multipart/form-data``: ``file``, ``uploadPath``, ``fileName``?"""
     return await _guarded(request, _stream(request))
 
 
-@router.post("/api/file-base64-upload")
+@router.post("/api/file-base64-upload", openapi_extra=_BASE64_BODY)
 async def file_base64_upload(request: Request) -> Response:
     """Upload base64 (plain or a ``data:`` URL): ``base64Data``, ``uploadPath``, ``fileName``?"""
     return await _guarded(request, _base64(request))
 
 
-@router.post("/api/file-url-upload")
+@router.post("/api/file-url-upload", openapi_extra=_URL_BODY)
 async def file_url_upload(request: Request) -> Response:
     """Upload the file at ``fileUrl`` (fetched by the server): ``uploadPath``, ``fileName``?"""
     return await _guarded(request, _from_url(request))
