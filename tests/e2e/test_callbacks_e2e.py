@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +31,14 @@ def _callbacks(data_dir: Path, *args: str) -> list[dict[str, Any]]:
     done = run_cli(["callbacks", "list", "--json", *args], data_dir)
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout))
+
+
+def _attempts(db: Path, task_id: str) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        row = conn.execute(
+            "SELECT attempts FROM callbacks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _create(port: int, key: str, callback: str) -> str:
@@ -108,4 +118,35 @@ def test_dead_letters_are_listed_and_redelivered_with_a_rotated_key(tmp_path: Pa
         assert run_cli(["keys", "rotate-hmac", "key_nope"], tmp_path).returncode == 1
     finally:
         stop(worker)
+        receiver.close()
+
+
+def test_a_retry_scheduled_before_a_crash_is_sent_after_the_restart(tmp_path: Path) -> None:
+    """kill -9 after a failed attempt: the retry lives in the database, not in the process."""
+    key = _key_with_hmac(tmp_path)
+    receiver = Receiver([503, 200], hmac_key=key["hmacKey"])
+    port = free_port()
+    settings = {"callback_retry_delays": "4", "callback_poll_seconds": 0.2}
+    try:
+        proc = start_server(tmp_path, port, **settings)
+        try:
+            task_id = _create(port, key["key"], receiver.url)
+            receiver.wait_for(1)
+            deadline = time.monotonic() + 3  # well inside the 4 s (-25 %) retry delay
+            while _attempts(tmp_path / "seedbed.db", task_id) != 1:
+                assert time.monotonic() < deadline, "the failed attempt was not recorded"
+                time.sleep(0.02)
+        finally:
+            proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+        assert len(receiver.hits) == 1
+        with server(tmp_path, port, **settings):
+            hits = receiver.wait_for(2)
+        assert hits[1].answered == 200 and hits[1].signature_ok
+        assert hits[1].json["data"]["taskId"] == task_id and hits[0].body == hits[1].body
+        (row,) = _callbacks(tmp_path)
+        assert (row["state"], row["attempts"]) == ("delivered", 2)
+    finally:
         receiver.close()
