@@ -422,12 +422,8 @@ class SqlStore:
 
     # -- webhook keys ------------------------------------------------------------------------
     async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
-        return (
-            await self._db.write(
-                self._rowcount, oq.SET_HMAC_KEY, {"p_key_id": key_id, "p_hmac_key": hmac_key}
-            )
-            > 0
-        )
+        params = {"p_key_id": key_id, "p_hmac_key": hmac_key}
+        return await self._db.write(self._rowcount, oq.SET_HMAC_KEY, params) > 0
 
     @staticmethod
     def _rowcount(conn: Connection, stmt: Any, params: dict[str, Any]) -> int:
@@ -516,7 +512,7 @@ class SqlStore:
         return await self._db.write(self._rowcount, oq.REDELIVER, params) > 0
 
     async def get_callback(self, task_id: str) -> CallbackRecord | None:
-        row = await self._db.read(_one_plain, oq.CALLBACK, {"p_task_id": task_id})
+        row = await self._db.read(_one, oq.CALLBACK, {"p_task_id": task_id})
         return None if row is None else oq.callback_from_row(row)
 
     async def list_callbacks(
@@ -525,10 +521,10 @@ class SqlStore:
         stmt = oq.LIST_CALLBACKS.limit(limit)
         if state is not None:
             stmt = stmt.where(callbacks.c.state == state.value)
-        return [oq.callback_from_row(r) for r in await self._db.read(_all_plain, stmt, {})]
+        return [oq.callback_from_row(r) for r in await self._db.read(_all, stmt, {})]
 
     async def callback_attempts(self, task_id: str) -> list[CallbackAttempt]:
-        rows = await self._db.read(_all_plain, oq.ATTEMPTS, {"p_task_id": task_id})
+        rows = await self._db.read(_all, oq.ATTEMPTS, {"p_task_id": task_id})
         return [oq.attempt_from_row(r) for r in rows]
 
     # -- file records --------------------------------------------------------------------------
@@ -545,14 +541,12 @@ class SqlStore:
         return oq.PG_UPSERT_FILE if self._dialect == "postgresql" else oq.SQLITE_UPSERT_FILE
 
     async def get_file(self, key: str) -> StoredFile | None:
-        row = await self._db.read(_one_plain, oq.GET_FILE, {"p_key": key})
+        row = await self._db.read(_one, oq.GET_FILE, {"p_key": key})
         return None if row is None else oq.file_from_row(row)
 
     async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
         params = {"p_kind": kind.value, "p_before": before, "p_limit": limit}
-        return [
-            oq.file_from_row(r) for r in await self._db.read(_all_plain, oq.EXPIRED_FILES, params)
-        ]
+        return [oq.file_from_row(r) for r in await self._db.read(_all, oq.EXPIRED_FILES, params)]
 
     async def mark_files_deleted(
         self, keys: Collection[str], *, before: int | None = None
@@ -616,14 +610,6 @@ def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
         if row.balance_milli < hold["p_reserve"]:
             return "credits"
     return "credits"
-
-
-def _one_plain(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
-    return conn.execute(stmt, params).first()
-
-
-def _all_plain(conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
-    return list(conn.execute(stmt, params).all())
 
 
 def _result_file(task: Task, key: str) -> StoredFile:
