@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4, help="worker_concurrency")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker_concurrency")
     asyncio.run(run(parser.parse_args()))
 
 
