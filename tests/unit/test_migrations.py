@@ -115,3 +115,36 @@ def test_offline_mode_emits_sql(tmp_path: Path, capsys: pytest.CaptureFixture[st
     command.upgrade(config, "head", sql=True)
     out = capsys.readouterr().out
     assert "CREATE TABLE tasks" in out and "CREATE INDEX ix_tasks_state_seq" in out
+
+
+def test_0002_records_the_results_of_tasks_finished_before_it(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{db}")
+    command.upgrade(config, "0001")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO api_keys VALUES ('k', 'n', 'h', 0, 0, 0, '{}', 1, NULL)")
+        values = (
+            "(?, 'k', 'm', ?, '{}', '{}', NULL, 100, 1, 0, 0, ?, NULL, NULL, 1, 2, ?, NULL, NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO tasks (id, key_id, model, state, param, input, callback_url, progress,"
+            f" attempts, reserved_milli, consumed_milli, result_keys, fail_code, fail_msg,"
+            f" create_time, update_time, complete_time, lease_owner, lease_expires) VALUES {values}",
+            ("a" * 32, "success", '["results/a_0_x.png", "results/a_1_y.png"]', 5000),
+        )
+        conn.execute(
+            f"INSERT INTO tasks (id, key_id, model, state, param, input, callback_url, progress,"
+            f" attempts, reserved_milli, consumed_milli, result_keys, fail_code, fail_msg,"
+            f" create_time, update_time, complete_time, lease_owner, lease_expires) VALUES {values}",
+            ("b" * 32, "fail", "[]", 6000),
+        )
+    command.upgrade(config, "head")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT key, kind, key_id, task_id, created_at, deleted_at FROM files ORDER BY key"
+        ).fetchall()
+    assert rows == [
+        ("results/a_0_x.png", "result", "k", "a" * 32, 5000, None),
+        ("results/a_1_y.png", "result", "k", "a" * 32, 5000, None),
+    ]

@@ -5,11 +5,13 @@ Revises: 0001
 Create Date: 2026-11-22
 
 Written by hand to match ``seedbed.store.schema``; ``tests/unit/test_migrations.py`` checks that
-the migrated schema and the metadata agree.
+the migrated schema and the metadata agree. Results stored before this revision get their file
+records here (from ``tasks.result_keys``), so retention and download links cover them too.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -79,6 +81,45 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_files_kind_deleted_at_created_at"), "files", ["kind", "deleted_at", "created_at"]
     )
+    _record_existing_results()
+
+
+def _record_existing_results() -> None:
+    """A ``files`` row per result of every successful task, dated when the task completed."""
+    if op.get_context().as_sql:
+        return  # an offline SQL script cannot read rows; run the upgrade online for this step
+    conn = op.get_bind()
+    tasks = sa.table(
+        "tasks",
+        sa.column("id", sa.CHAR(32)),
+        sa.column("key_id", sa.String(64)),
+        sa.column("state", sa.String(16)),
+        sa.column("result_keys", sa.Text()),
+        sa.column("complete_time", sa.BigInteger()),
+    )
+    files = sa.table(
+        "files",
+        sa.column("key", sa.String(400)),
+        sa.column("kind", sa.String(16)),
+        sa.column("key_id", sa.String(64)),
+        sa.column("task_id", sa.CHAR(32)),
+        sa.column("created_at", sa.BigInteger()),
+    )
+    query = sa.select(tasks.c.id, tasks.c.key_id, tasks.c.result_keys, tasks.c.complete_time)
+    rows = []
+    for task in conn.execute(query.where(tasks.c.state == "success")):
+        for key in json.loads(task.result_keys or "[]"):
+            rows.append(
+                {
+                    "key": key,
+                    "kind": "result",
+                    "key_id": task.key_id,
+                    "task_id": task.id,
+                    "created_at": task.complete_time or 0,
+                }
+            )
+    if rows:
+        op.bulk_insert(files, rows)
 
 
 def downgrade() -> None:
