@@ -108,3 +108,36 @@ def test_refused_file_urls_are_an_upload_400(
     assert answer["msg"].startswith("fileUrl: ") and reason in answer["msg"], answer
     assert asked == list(answers)
     assert not (server.settings.files_dir / "uploads").exists()
+
+
+def test_a_file_url_of_this_servers_own_file_is_copied_from_storage(
+    guarded: tuple[LiveServer, dict[str, list[str]], list[str]],
+) -> None:
+    """Loopback is refused here, yet the server's own URL works: it is never fetched."""
+    from images_util import png_bytes
+
+    server, _, asked = guarded
+    key, _ = server.add_key()
+    first = server.client.post(
+        "/api/file-stream-upload",
+        files={"file": ("a.png", png_bytes(), "image/png")},
+        data={"uploadPath": "one"},
+        headers=auth(key),
+    ).json()["data"]
+    copy = server.client.post(
+        "/api/file-url-upload",
+        json={"fileUrl": first["downloadUrl"], "uploadPath": "two", "fileName": "b.png"},
+        headers=auth(key),
+    ).json()
+    assert copy["success"] is True, copy
+    assert server.client.get(copy["data"]["downloadUrl"]).content == png_bytes()
+    missing = first["downloadUrl"].replace(".png", "x.png")
+    gone = server.client.post(
+        "/api/file-url-upload", json={"fileUrl": missing, "uploadPath": "two"}, headers=auth(key)
+    ).json()
+    assert gone == {
+        "success": False,
+        "code": 400,
+        "msg": "fileUrl: no such file on this server (HTTP 404)",
+    }
+    assert asked == []

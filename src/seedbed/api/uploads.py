@@ -32,8 +32,9 @@ from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
 from seedbed.api.views import file_url
-from seedbed.links import UPLOADS
+from seedbed.links import UPLOADS, Links
 from seedbed.outbox import FileKind, StoredFile
+from seedbed.storage.base import StoredFileNotFound
 from seedbed.tasks import ApiKey
 
 __all__ = ["UPLOAD_TYPES", "router"]
@@ -194,12 +195,22 @@ async def _from_url(request: Request) -> Response:
     upload_path = _text_field(body.get("uploadPath"), "uploadPath")
     file_name = _text_field(body.get("fileName"), "fileName", required=False)
     _clean_path(upload_path)  # refuse a bad path before fetching anything
-    limit = ctx.settings.upload_max_bytes
+    own = Links.parse(file_url_value)
+    if own is not None:
+        # one of this server's results or uploads: copied from storage, as task inputs are
+        record = await ctx.store.get_file(own.key)
+        if record is None or record.deleted_at is not None:
+            raise UploadError("fileUrl: no such file on this server (HTTP 404)")
+        try:
+            content = await ctx.storage.read(own.key)
+        except StoredFileNotFound as exc:
+            raise UploadError("fileUrl: no such file on this server (HTTP 404)") from exc
+        return await _store(ctx, request, key, content, upload_path, file_name)
     try:
         fetched = await netguard.fetch(
             file_url_value,
             policy=ctx.net_policy,
-            max_bytes=limit,
+            max_bytes=ctx.settings.upload_max_bytes,
             timeout=ctx.settings.upload_fetch_timeout,
             resolver=ctx.resolver,
         )
