@@ -23,7 +23,6 @@ def fast_server(tmp_path: Path) -> Iterator[LiveServer]:
         tmp_path,
         callback_retry_delays=[0.2, 0.2],
         callback_poll_seconds=0.2,
-        callback_timeout=1.0,
     )
     with serve_in_thread(settings) as live:
         yield live
@@ -105,9 +104,23 @@ def test_failed_task_calls_back_with_501_and_no_signature_without_a_key(
     assert "x-webhook-signature" not in hit.headers and "x-webhook-timestamp" not in hit.headers
 
 
+@pytest.fixture
+def patient_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """Long enough a timeout that the live callback surely lands while the dead one hangs."""
+    settings = make_settings(
+        tmp_path,
+        callback_retry_delays=[0.2, 0.2],
+        callback_poll_seconds=0.2,
+        callback_timeout=2.5,
+    )
+    with serve_in_thread(settings) as live:
+        yield live
+
+
 def test_a_receiver_that_never_answers_goes_dead_without_holding_up_others(
-    fast_server: LiveServer, receivers: list[Receiver]
+    patient_server: LiveServer, receivers: list[Receiver]
 ) -> None:
+    fast_server = patient_server
     dead = Receiver([None])
     live = Receiver([200])
     receivers.extend([dead, live])
@@ -123,11 +136,12 @@ def test_a_receiver_that_never_answers_goes_dead_without_holding_up_others(
 
     record = _callback_state(fast_server, dead_task, CallbackState.DEAD)
     assert record.attempts == 3 and record.next_attempt_at is None
-    assert record.last_error == "timed out after 1 s"
+    assert record.last_error == "timed out after 2.5 s"
     attempts = fast_server.store_call(lambda store: store.callback_attempts(dead_task))
     assert [(a.attempt, a.status, a.error) for a in attempts] == [
-        (n, None, "timed out after 1 s") for n in (1, 2, 3)
+        (n, None, "timed out after 2.5 s") for n in (1, 2, 3)
     ]
+    assert all(a.duration_ms >= 2400 for a in attempts)
     assert len(dead.hits) == 3
 
     # redelivery queues it again from the start; the receiver now answers
