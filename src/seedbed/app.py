@@ -71,6 +71,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             ctx.wakeup.close()
+            ctx.callback_wakeup.close()
             await ctx.store.close()
 
     app = FastAPI(
@@ -140,6 +141,7 @@ def build_worker(ctx: Context) -> Worker:
 
 
 def build_dispatcher(ctx: Context) -> Dispatcher:
+    """The callback dispatcher of a server process, configured from its settings."""
     settings = ctx.settings
     return Dispatcher(
         store=ctx.store,
@@ -159,6 +161,7 @@ def build_dispatcher(ctx: Context) -> Dispatcher:
 
 
 def build_sweeper(ctx: Context) -> Sweeper:
+    """The retention sweeper of a server process, configured from its settings."""
     settings = ctx.settings
     return Sweeper(
         store=ctx.store,

@@ -75,6 +75,8 @@ def signature_headers(hmac_key: str, task_id: str, now: float) -> dict[str, str]
 
 @dataclass(frozen=True, kw_only=True)
 class DispatcherConfig:
+    """How callbacks are delivered (the ``callback_*`` settings)."""
+
     #: seconds one attempt may take, connection to answer
     timeout: float = 15.0
     #: seconds to wait before each retry; attempts in all = len(retry_delays) + 1
@@ -129,6 +131,7 @@ class Dispatcher:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
         self._stopping.set()
         self.wakeup.kick()
 

@@ -87,6 +87,7 @@ class Links:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def signed_url(self, base_url: str, key: str, expires: int) -> str:
+        """``<base>/files/<key>?expires=<Unix s>&signature=<hex>``."""
         return f"{base_url}/files/{key}?expires={expires}&signature={self._signature(key, expires)}"
 
     def signature_valid(self, key: str, expires: int, signature: str, now: float) -> bool:

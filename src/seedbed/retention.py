@@ -28,6 +28,8 @@ BATCH = 500
 
 
 class Sweeper:
+    """Deletes files past their kind's retention, periodically; their records stay."""
+
     def __init__(
         self,
         *,
@@ -47,6 +49,7 @@ class Sweeper:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
+        """Finish ``run()`` (a sweep under way completes first)."""
         self._stopping.set()
 
     async def run(self) -> None:
