@@ -40,6 +40,8 @@ class LiveServer:
     url: str
     settings: Settings
     client: httpx.Client
+    #: the FastAPI app, for tests that reach into its context (a stub resolver)
+    app: Any = None
 
     def add_key(self, credits: Decimal | int | str = 100, **limits: Any) -> tuple[str, str]:
         """Create a key straight in the database; returns (plain key, key id)."""
@@ -126,7 +128,7 @@ def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
         try:
-            yield LiveServer(url=url, settings=settings, client=client)
+            yield LiveServer(url=url, settings=settings, client=client, app=app)
         finally:
             server.should_exit = True
             thread.join(timeout=15)

@@ -14,16 +14,20 @@ from starlette.responses import Response
 
 from seedbed import __version__, errors, netguard
 from seedbed import store as store_module
-from seedbed.api import account, envelope, files, health, jobs, models
+from seedbed.api import account, common, envelope, files, health, jobs, models, uploads
 from seedbed.api.context import Context, FlagsCache, KeyCache
+from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, default_engines
+from seedbed.links import Links, load_or_create_secret
+from seedbed.retention import Sweeper
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
+from seedbed.tasks import Task
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker, WorkerConfig
 
-__all__ = ["build_context", "build_worker", "create_app"]
+__all__ = ["build_context", "build_dispatcher", "build_sweeper", "build_worker", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,13 @@ def create_app(
         if settings.worker:
             worker = build_worker(ctx)
             worker_task = asyncio.create_task(worker.run(), name="seedbed-worker")
+        # Beside the worker, never in its way: callbacks and retention run as their own tasks.
+        background: list[tuple[Dispatcher | Sweeper, asyncio.Task[None]]] = []
+        if settings.callbacks:
+            dispatcher = build_dispatcher(ctx)
+            background.append((dispatcher, asyncio.create_task(dispatcher.run(), name="callbacks")))
+        sweeper = build_sweeper(ctx)
+        background.append((sweeper, asyncio.create_task(sweeper.run(), name="retention")))
         try:
             yield
         finally:
@@ -54,7 +65,13 @@ def create_app(
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+            for service, _ in background:
+                service.stop()
+            for _, task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             ctx.wakeup.close()
+            ctx.callback_wakeup.close()
             await ctx.store.close()
 
     app = FastAPI(
@@ -64,7 +81,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for module in (jobs, account, models, files, health):
+    for module in (jobs, account, common, uploads, models, files, health):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app
@@ -80,6 +97,13 @@ def build_context(
     """The collaborators one process shares between its API and its worker."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = store or store_module.open_store(settings.database)
+    callback_wakeup = Wakeup(settings.run_dir / "callbacks")
+
+    def on_finish(task: Task) -> None:
+        if task.callback_url:
+            callback_wakeup.notify()
+
+    store.on_finish(on_finish)
     return Context(
         settings=settings,
         store=store,
@@ -92,6 +116,8 @@ def build_context(
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),
         keys=KeyCache(store, settings.admin_refresh_seconds),
+        links=Links(load_or_create_secret(settings.data_dir)),
+        callback_wakeup=callback_wakeup,
     )
 
 
@@ -112,6 +138,38 @@ def build_worker(ctx: Context) -> Worker:
             engine_nice=settings.engine_nice,
         ),
         pricing=ctx.pricing,
+    )
+
+
+def build_dispatcher(ctx: Context) -> Dispatcher:
+    """The callback dispatcher of a server process, configured from its settings."""
+    settings = ctx.settings
+    return Dispatcher(
+        store=ctx.store,
+        wakeup=ctx.callback_wakeup,
+        # looked up per call, so a resolver set on the context later (tests' stubs) is used
+        resolver=lambda host, port: ctx.resolver(host, port),
+        config=DispatcherConfig(
+            timeout=settings.callback_timeout,
+            retry_delays=tuple(settings.callback_retry_delays),
+            concurrency=settings.callback_concurrency,
+            poll_seconds=settings.callback_poll_seconds,
+            net_policy=ctx.net_policy,
+            public_url=settings.public_url,
+            fallback_base_url=f"http://{settings.host}:{settings.port}",
+        ),
+    )
+
+
+def build_sweeper(ctx: Context) -> Sweeper:
+    """The retention sweeper of a server process, configured from its settings."""
+    settings = ctx.settings
+    return Sweeper(
+        store=ctx.store,
+        storage=ctx.storage,
+        result_retention=settings.result_retention_days * 86400,
+        upload_retention=settings.upload_retention_days * 86400,
+        interval=settings.retention_sweep_seconds,
     )
 
 

@@ -38,9 +38,11 @@ app = typer.Typer(
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit balances.", no_args_is_help=True)
 models_app = typer.Typer(help="Per-model switches.", no_args_is_help=True)
+callbacks_app = typer.Typer(help="The callback outbox: inspect, redeliver.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
+app.add_typer(callbacks_app, name="callbacks")
 
 err = Console(stderr=True)
 
@@ -196,6 +198,7 @@ def worker_command(
             await worker.run(burst=burst)
         finally:
             ctx.wakeup.close()
+            ctx.callback_wakeup.close()
             await ctx.store.close()
 
     asyncio.run(run())
@@ -212,12 +215,20 @@ def keys_create(
     create_window: Annotated[float | None, typer.Option(help="createTask window, seconds.")] = None,
     record_rate: Annotated[int | None, typer.Option(help="recordInfo calls per second.")] = None,
     open_task_cap: Annotated[int | None, typer.Option(help="Open tasks at most.")] = None,
+    with_hmac: Annotated[
+        bool,
+        typer.Option("--hmac", help="Also make a webhook HMAC key: callbacks get signed."),
+    ] = False,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     config: ConfigFile = None,
 ) -> None:
-    """Create an API key; the key itself is printed once, alone on the last line."""
+    """Create an API key; the key itself is printed once, alone on the last line.
+
+    With --hmac the webhook HMAC key is printed once too, on the line before it (in --json,
+    as "hmacKey").
+    """
     from seedbed import keys
     from seedbed.tasks import KeyLimits, NewKey
 
@@ -238,14 +249,44 @@ def keys_create(
         key_hash=keys.hash_key(plain),
         credits=amount,
         limits=limits,
+        hmac_key=keys.new_hmac_key() if with_hmac else None,
     )
     created = _with_store(settings, lambda store: store.create_key(new))
     if as_json:
-        print(json.dumps({"key": plain, **_key_json(created)}))
+        shown = {"key": plain, **_key_json(created)}
+        if new.hmac_key:
+            shown["hmacKey"] = new.hmac_key
+        print(json.dumps(shown))
         return
     err.print(f"Created key [bold]{created.id}[/bold] ({name}) with {created.balance} credits.")
-    err.print("Store the key now: it is shown only this once.")
+    if new.hmac_key:
+        err.print("Store the key and the webhook HMAC key now: they are shown only this once.")
+        print(new.hmac_key)
+    else:
+        err.print("Store the key now: it is shown only this once.")
     print(plain)
+
+
+@keys_app.command("rotate-hmac")
+def keys_rotate_hmac(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from keys list).")],
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Give a key a new webhook HMAC key (printed once); callbacks are signed with it from now."""
+    from seedbed import keys
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    hmac_key = keys.new_hmac_key()
+    if not _with_store(settings, lambda store: store.set_hmac_key(key_id, hmac_key)):
+        _fail(f"no key {key_id}")
+    if as_json:
+        print(json.dumps({"id": key_id, "hmacKey": hmac_key}))
+        return
+    err.print(f"New webhook HMAC key for {key_id}; it is shown only this once.")
+    print(hmac_key)
 
 
 @keys_app.command("list")
@@ -392,6 +433,56 @@ def models_list(
     Console().print(table)
 
 
+# -- callbacks -------------------------------------------------------------------------------
+@callbacks_app.command("list")
+def callbacks_list(
+    dead: Annotated[bool, typer.Option("--dead", help="Only dead letters.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows at most, newest first.")] = 100,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """List callbacks, newest first: their state, attempts and last answer."""
+    from seedbed.outbox import CallbackState
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    state = CallbackState.DEAD if dead else None
+    rows = _with_store(settings, lambda store: store.list_callbacks(state=state, limit=limit))
+    if as_json:
+        print(json.dumps([_callback_json(row) for row in rows]))
+        return
+    table = Table("task", "state", "attempts", "next attempt", "last answer", "url")
+    for row in rows:
+        last = str(row.last_status) if row.last_status is not None else (row.last_error or "")
+        table.add_row(
+            row.task_id,
+            row.state.value,
+            str(row.attempts),
+            _when(row.next_attempt_at),
+            last,
+            row.url,
+        )
+    Console().print(table)
+
+
+@callbacks_app.command("redeliver")
+def callbacks_redeliver(
+    task_id: Annotated[str, typer.Argument(help="The task whose callback to send again.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Queue a task's callback again (dead or not), with a fresh count of attempts.
+
+    A running server sends it within its callback poll interval.
+    """
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    if not _with_store(settings, lambda store: store.redeliver_callback(task_id)):
+        _fail(f"no callback for task {task_id}")
+    err.print(f"Callback for {task_id} queued.")
+
+
 # -- helpers ---------------------------------------------------------------------------------
 def _decimal(text: str, name: str) -> Decimal:
     try:
@@ -413,6 +504,22 @@ def _key_json(key: Any) -> dict[str, Any]:
         "limits": key.limits.as_dict(),
         "createdAt": key.created_at,
         "revokedAt": key.revoked_at,
+        "hasHmacKey": key.hmac_key is not None,
+    }
+
+
+def _callback_json(row: Any) -> dict[str, Any]:
+    return {
+        "taskId": row.task_id,
+        "keyId": row.key_id,
+        "url": row.url,
+        "state": row.state.value,
+        "attempts": row.attempts,
+        "nextAttemptAt": row.next_attempt_at,
+        "lastStatus": row.last_status,
+        "lastError": row.last_error,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
     }
 
 

@@ -87,6 +87,33 @@ class Settings(BaseSettings):
     )
     fetch_timeout: float = Field(30.0, description="seconds to fetch one input image")
 
+    # -- callbacks -------------------------------------------------------------------------
+    callbacks: bool = Field(True, description="deliver callbacks from this server process")
+    callback_timeout: float = Field(15.0, description="seconds a receiver has to answer 2xx")
+    callback_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [45.0 * 2**i for i in range(9)],
+        description="seconds before each retry (attempts = retries + 1); default 10 attempts "
+        "over about 6 hours; each delay gets ±25% jitter",
+    )
+    callback_concurrency: int = Field(64, description="callbacks in flight at once")
+    callback_poll_seconds: float = Field(
+        1.0, description="safety-net poll for callbacks queued by other processes"
+    )
+
+    # -- files -----------------------------------------------------------------------------
+    upload_max_bytes: int = Field(
+        30 * 1024 * 1024, description="largest file accepted by the upload endpoints"
+    )
+    upload_fetch_timeout: float = Field(30.0, description="seconds to fetch a fileUrl upload")
+    upload_retention_days: float = Field(3.0, description="uploads are deleted after this")
+    result_retention_days: float = Field(14.0, description="results are deleted after this")
+    retention_sweep_seconds: float = Field(
+        600.0, description="how often the retention sweeper looks for old files"
+    )
+    download_link_seconds: int = Field(
+        1200, description="lifetime of links from /api/v1/common/download-url"
+    )
+
     # -- engines ---------------------------------------------------------------------------
     sandbox_steps: int = Field(4, description="progress steps the sandbox engine reports")
     sandbox_step_seconds: float = Field(0.0, description="delay per sandbox step (demos and tests)")
@@ -106,6 +133,17 @@ class Settings(BaseSettings):
             if value.startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("callback_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        # The environment form is a JSON list or comma-separated seconds.
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [float(part) for part in value.split(",") if part.strip()]
         return value
 
     @property

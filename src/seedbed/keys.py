@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-__all__ = ["hash_key", "new_key", "new_key_id"]
+__all__ = ["hash_key", "new_hmac_key", "new_key", "new_key_id"]
 
 KEY_PREFIX = "sb-"
 
@@ -24,3 +24,8 @@ def new_key_id() -> str:
 
 def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode("utf-8")).hexdigest()
+
+
+def new_hmac_key() -> str:
+    """A webhook HMAC key (256 random bits): callbacks of the key's tasks are signed with it."""
+    return secrets.token_urlsafe(32)

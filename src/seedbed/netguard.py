@@ -41,6 +41,7 @@ __all__ = [
     "NetguardError",
     "Resolver",
     "UrlRefused",
+    "check_resolved",
     "check_url",
     "default_resolver",
     "fetch",
@@ -229,6 +230,22 @@ def check_url(url: str, policy: NetPolicy) -> None:
     Host names are not resolved here (DNS answers change); :func:`fetch` checks them.
     """
     _target(url, policy)
+
+
+async def check_resolved(url: str, policy: NetPolicy, *, resolver: Resolver | None = None) -> None:
+    """:func:`check_url`, then resolve a host name and refuse it if any address is refused.
+
+    For URLs kept to be called later (``callBackUrl``): a name that points at a refused
+    network is refused now. A name that does not resolve passes (it may resolve by the time
+    it is called); :func:`post_json` checks it again then.
+    """
+    target = _target(url, policy)
+    if target.literal is not None:
+        return
+    try:
+        await _pinned(target, policy, resolver or default_resolver)
+    except FetchError:
+        return
 
 
 async def default_resolver(host: str, port: int) -> list[str]:

@@ -79,6 +79,8 @@ class NewKey:
     key_hash: str
     credits: Decimal = Decimal(0)
     limits: KeyLimits = field(default_factory=KeyLimits)
+    #: webhook HMAC key: callbacks of this key's tasks are signed with it (kie's scheme)
+    hmac_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +96,8 @@ class ApiKey:
     limits: KeyLimits
     created_at: int  # Unix ms
     revoked_at: int | None  # Unix ms
+    #: webhook HMAC key: callbacks of this key's tasks are signed with it (kie's scheme)
+    hmac_key: str | None = None
 
     @property
     def revoked(self) -> bool:
@@ -114,6 +118,8 @@ class NewTask:
     callback_url: str | None
     #: the most this task can cost; held at create, settled at finish
     reserve: Decimal
+    #: the base URL the task was created through (result links in its callback)
+    origin: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +146,8 @@ class Task:
     complete_time: int | None  # Unix ms
     lease_owner: str | None
     lease_expires: int | None  # Unix ms
+    #: the base URL the task was created through (result links in its callback)
+    origin: str | None = None
 
     @classmethod
     def accepted(
@@ -167,6 +175,7 @@ class Task:
             complete_time=None,
             lease_owner=None,
             lease_expires=None,
+            origin=new.origin,
         )
 
     @property

@@ -30,7 +30,8 @@ from seedbed import catalogue, errors, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, EngineJob, OutputPlan
-from seedbed.storage.base import Storage
+from seedbed.links import Links
+from seedbed.storage.base import Storage, StoredFileNotFound
 from seedbed.store.base import Store
 from seedbed.tasks import Outcome, Task
 from seedbed.wakeup import Wakeup
@@ -257,17 +258,29 @@ class Worker:
 
         async def one(index: int, url: str) -> Image.Image:
             where = f"input.{rule.field}[{index}]" if many else f"input.{rule.field}"
-            try:
-                fetched = await self._fetch(
-                    url,
-                    policy=self.config.net_policy,
-                    max_bytes=rule.max_bytes,
-                    timeout=self.config.fetch_timeout,
-                )
-            except netguard.NetguardError as exc:
-                raise errors.InputImageError(f"{where}: {exc.reason}") from exc
+            own = Links.parse(url)
+            if own is not None:
+                # this server's own upload or result: read from storage, not over HTTP
+                try:
+                    content = await self.storage.read(own.key)
+                except StoredFileNotFound as exc:
+                    raise errors.InputImageError(
+                        f"{where}: no such file on this server (deleted by retention?)"
+                    ) from exc
+            else:
+                try:
+                    fetched = await self._fetch(
+                        url,
+                        policy=self.config.net_policy,
+                        max_bytes=rule.max_bytes,
+                        timeout=self.config.fetch_timeout,
+                    )
+                except netguard.NetguardError as exc:
+                    raise errors.InputImageError(f"{where}: {exc.reason}") from exc
+                content = fetched.content
+            # checked like any other input: size, sniffed format, pixels
             return await asyncio.to_thread(
-                images.decode_input, fetched.content, rule, index=index, field=rule.field
+                images.decode_input, content, rule, index=index, field=rule.field
             )
 
         return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(urls))))

@@ -36,7 +36,7 @@ def _version(db: Path) -> list[str]:
 
 def test_the_packaged_scripts_have_one_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == ["0002"]
 
 
 def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
-    assert _version(db) == ["0001"]
+    assert _version(db) == ["0002"]
 
 
 def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
     upgrade(f"sqlite:///{db}")
     before = _schema(db)
     upgrade(f"sqlite:///{db}")
-    assert _schema(db) == before and _version(db) == ["0001"]
+    assert _schema(db) == before and _version(db) == ["0002"]
 
 
 def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_concurrent_upgrades_of_a_fresh_file_all_succeed(tmp_path: Path) -> None
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and _version(db) == ["0001"]
+    assert errors == [] and _version(db) == ["0002"]
 
 
 def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
@@ -97,7 +97,16 @@ def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
     command.downgrade(config, "base")
     assert _tables(db) == {"alembic_version"}
     command.upgrade(config, "head")
-    assert _tables(db) == {"alembic_version", "api_keys", "credit_ledger", "flags", "tasks"}
+    assert _tables(db) == {
+        "alembic_version",
+        "api_keys",
+        "callback_attempts",
+        "callbacks",
+        "credit_ledger",
+        "files",
+        "flags",
+        "tasks",
+    }
 
 
 def test_offline_mode_emits_sql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +115,36 @@ def test_offline_mode_emits_sql(tmp_path: Path, capsys: pytest.CaptureFixture[st
     command.upgrade(config, "head", sql=True)
     out = capsys.readouterr().out
     assert "CREATE TABLE tasks" in out and "CREATE INDEX ix_tasks_state_seq" in out
+
+
+def test_0002_records_the_results_of_tasks_finished_before_it(tmp_path: Path) -> None:
+    db = tmp_path / "seedbed.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{db}")
+    command.upgrade(config, "0001")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO api_keys VALUES ('k', 'n', 'h', 0, 0, 0, '{}', 1, NULL)")
+        values = (
+            "(?, 'k', 'm', ?, '{}', '{}', NULL, 100, 1, 0, 0, ?, NULL, NULL, 1, 2, ?, NULL, NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO tasks (id, key_id, model, state, param, input, callback_url, progress,"
+            f" attempts, reserved_milli, consumed_milli, result_keys, fail_code, fail_msg,"
+            f" create_time, update_time, complete_time, lease_owner, lease_expires) VALUES {values}",
+            ("a" * 32, "success", '["results/a_0_x.png", "results/a_1_y.png"]', 5000),
+        )
+        conn.execute(
+            f"INSERT INTO tasks (id, key_id, model, state, param, input, callback_url, progress,"
+            f" attempts, reserved_milli, consumed_milli, result_keys, fail_code, fail_msg,"
+            f" create_time, update_time, complete_time, lease_owner, lease_expires) VALUES {values}",
+            ("b" * 32, "fail", "[]", 6000),
+        )
+    command.upgrade(config, "head")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT key, kind, key_id, task_id, created_at, deleted_at FROM files ORDER BY key"
+        ).fetchall()
+    assert rows == [
+        ("results/a_0_x.png", "result", "k", "a" * 32, 5000, None),
+        ("results/a_1_y.png", "result", "k", "a" * 32, 5000, None),
+    ]

@@ -8,6 +8,7 @@ a fake clock that tests advance, so lease expiry needs no sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from seedbed.outbox import CallbackState, FileKind, StoredFile
 from seedbed.store import CreateRefused, Store, open_store
 from seedbed.store.memory import MemoryStore
 from seedbed.store.sql import SqlStore
@@ -649,3 +651,194 @@ def test_open_store_picks_the_implementation(tmp_path: Path) -> None:
         open_store("redis://localhost")
     with pytest.raises(ValueError):
         open_store("sqlite://")  # in-memory SQLite would give each engine its own database
+
+
+# -- the callback outbox (issue 3) ---------------------------------------------------------
+async def _finished_with_callback(
+    store: Store, *, success: bool = True, result_key: str | None = None
+) -> Any:
+    task = await create(store, reserve="2", callback_url="https://example.com/hook")
+    await store.claim(worker_id="w", models=None, lease_seconds=30)
+    result = "results/a.png" if result_key is None else result_key
+    outcome = Outcome.success((result,), D(1)) if success else Outcome.failure("501", "x")
+    done = await store.finish(task.id, outcome, worker_id="w")
+    assert done is not None
+    return done
+
+
+async def test_finish_writes_the_callback_to_the_outbox(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    plain = await create(store, reserve="1")
+    await store.finish(plain.id, Outcome.failure("500", "x"), worker_id=None)
+    assert await store.get_callback(plain.id) is None  # no callBackUrl, no callback
+    done = await _finished_with_callback(store, success=False)
+    record = await store.get_callback(done.id)
+    assert record is not None and record.state is CallbackState.PENDING
+    assert (record.key_id, record.url, record.attempts) == ("k1", "https://example.com/hook", 0)
+    assert record.next_attempt_at == record.created_at == ms(T0)
+    assert (record.last_status, record.last_error) == (None, None)
+    # a second finish settles nothing and queues nothing
+    assert await store.finish(done.id, Outcome.failure("500", "y"), worker_id=None) is None
+    assert [c.task_id for c in await store.list_callbacks()] == [done.id]
+
+
+async def test_finish_listeners_see_every_committed_finish(store: Store) -> None:
+    await add_key(store, "10")
+    seen: list[str] = []
+    store.on_finish(lambda task: seen.append(f"{task.id}:{task.state.value}"))
+    task = await create(store, reserve="1")
+    await store.finish(task.id, Outcome.failure("500", "x"), worker_id=None)
+    await store.finish(task.id, Outcome.failure("500", "x"), worker_id=None)  # not committed
+    assert seen == [f"{task.id}:fail"]
+
+
+async def test_claiming_callbacks_leases_them(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    await store.set_hmac_key("k1", "secret-1")
+    first = await _finished_with_callback(store)
+    clock.advance(1)
+    second = await _finished_with_callback(store, result_key="results/b.png")
+    claimed = await store.claim_callbacks(limit=1, lease_seconds=30)
+    assert [(d.task_id, d.url, d.attempts, d.hmac_key) for d in claimed] == [
+        (first.id, "https://example.com/hook", 0, "secret-1")
+    ]
+    assert [d.task_id for d in await store.claim_callbacks(limit=10, lease_seconds=30)] == [
+        second.id
+    ]
+    assert await store.claim_callbacks(limit=10, lease_seconds=30) == []
+    assert await store.claim_callbacks(limit=0, lease_seconds=30) == []
+    clock.advance(31)  # a dispatcher died mid-attempt: its rows come due again
+    assert len(await store.claim_callbacks(limit=10, lease_seconds=30)) == 2
+    await store.release_callbacks([first.id])
+    again = await store.claim_callbacks(limit=10, lease_seconds=30)
+    assert [d.task_id for d in again] == [first.id]
+
+
+async def test_callback_attempts_move_the_row_on(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    done = await _finished_with_callback(store)
+    (delivery,) = await store.claim_callbacks(limit=5, lease_seconds=30)
+    clock.advance(2)
+    await store.record_callback_attempt(
+        done.id,
+        attempt=1,
+        status=500,
+        error="HTTP 500",
+        duration_ms=12,
+        delivered=False,
+        retry_in=10,
+    )
+    record = await store.get_callback(done.id)
+    assert record is not None and record.state is CallbackState.PENDING
+    assert (record.attempts, record.last_status, record.last_error) == (1, 500, "HTTP 500")
+    assert record.next_attempt_at == ms(T0 + 12)
+    assert await store.claim_callbacks(limit=5, lease_seconds=30) == []
+    clock.advance(10)
+    (delivery,) = await store.claim_callbacks(limit=5, lease_seconds=30)
+    assert delivery.attempts == 1 and delivery.hmac_key is None
+    await store.record_callback_attempt(
+        done.id, attempt=2, status=200, error=None, duration_ms=3, delivered=True, retry_in=None
+    )
+    record = await store.get_callback(done.id)
+    assert record is not None and record.state is CallbackState.DELIVERED
+    assert record.next_attempt_at is None and record.attempts == 2
+    # a late duplicate attempt is logged but does not undo the delivery
+    await store.record_callback_attempt(
+        done.id,
+        attempt=2,
+        status=None,
+        error="timed out",
+        duration_ms=9,
+        delivered=False,
+        retry_in=None,
+    )
+    record = await store.get_callback(done.id)
+    assert record is not None and record.state is CallbackState.DELIVERED
+    attempts = await store.callback_attempts(done.id)
+    assert [(a.attempt, a.status, a.error, a.duration_ms) for a in attempts] == [
+        (1, 500, "HTTP 500", 12),
+        (2, 200, None, 3),
+        (2, None, "timed out", 9),
+    ]
+    assert attempts[0].at == ms(T0 + 2)
+
+
+async def test_dead_callbacks_are_kept_and_can_be_redelivered(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    live = await _finished_with_callback(store)
+    dead = await _finished_with_callback(store, result_key="results/b.png")
+    await store.claim_callbacks(limit=5, lease_seconds=30)
+    await store.record_callback_attempt(
+        dead.id,
+        attempt=3,
+        status=None,
+        error="timed out",
+        duration_ms=1,
+        delivered=False,
+        retry_in=None,
+    )
+    assert [c.task_id for c in await store.list_callbacks(state=CallbackState.DEAD)] == [dead.id]
+    assert {c.task_id for c in await store.list_callbacks()} == {live.id, dead.id}
+    assert await store.claim_callbacks(limit=5, lease_seconds=30) == []
+    clock.advance(1)
+    assert await store.redeliver_callback(dead.id) is True
+    assert await store.redeliver_callback("0" * 32) is False
+    record = await store.get_callback(dead.id)
+    assert record is not None and record.state is CallbackState.PENDING and record.attempts == 0
+    assert [d.task_id for d in await store.claim_callbacks(limit=5, lease_seconds=30)] == [dead.id]
+
+
+async def test_hmac_keys(store: Store) -> None:
+    await store.create_key(NewKey(id="k1", name="n", key_hash="h1", hmac_key="first"))
+    key = await store.get_key("k1")
+    assert key is not None and key.hmac_key == "first"
+    assert await store.set_hmac_key("k1", "second") is True
+    key = await store.key_by_hash("h1")
+    assert key is not None and key.hmac_key == "second"
+    assert await store.set_hmac_key("nope", "x") is False
+    assert await store.set_hmac_key("k1", None) is True
+    key = await store.get_key("k1")
+    assert key is not None and key.hmac_key is None
+
+
+async def test_task_origin_round_trips(store: Store) -> None:
+    await add_key(store, "10")
+    new = dataclasses.replace(new_task(reserve="1"), origin="http://127.0.0.1:8000")
+    task = await store.create_task(new, open_task_cap=5)
+    assert task.origin == "http://127.0.0.1:8000"
+    assert (await store.get_task(task.id)) == task
+
+
+# -- file records (issue 3) ----------------------------------------------------------------
+async def test_results_and_uploads_are_recorded_and_expire(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    done = await _finished_with_callback(store)
+    result = await store.get_file("results/a.png")
+    assert result == StoredFile(
+        key="results/a.png", kind=FileKind.RESULT, key_id="k1", task_id=done.id, created_at=ms(T0)
+    )
+    clock.advance(10)
+    upload = StoredFile(
+        key="uploads/s/x/a.png",
+        kind=FileKind.UPLOAD,
+        key_id="k1",
+        size=70,
+        content_type="image/png",
+    )
+    stored = await store.record_file(upload)
+    assert stored.created_at == ms(T0 + 10) and await store.get_file(upload.key) == stored
+    assert await store.expired_files(FileKind.RESULT, before=ms(T0), limit=10) == []
+    assert await store.expired_files(FileKind.RESULT, before=ms(T0 + 1), limit=10) == [result]
+    assert await store.expired_files(FileKind.UPLOAD, before=ms(T0 + 11), limit=10) == [stored]
+    clock.advance(5)
+    assert await store.mark_files_deleted([upload.key], before=ms(T0 + 10)) == []  # too new
+    assert await store.mark_files_deleted(["results/a.png", "nope"]) == ["results/a.png"]
+    assert await store.mark_files_deleted(["results/a.png"]) == []
+    gone = await store.get_file("results/a.png")
+    assert gone is not None and gone.deleted_at == ms(T0 + 15)
+    assert await store.expired_files(FileKind.RESULT, before=ms(T0 + 99), limit=10) == []
+    # the same key uploaded again replaces the record and is alive again
+    clock.advance(5)
+    again = await store.record_file(dataclasses.replace(upload, size=80))
+    assert again.size == 80 and again.created_at == ms(T0 + 20) and again.deleted_at is None
+    assert await store.get_file(upload.key) == again

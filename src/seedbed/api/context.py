@@ -14,6 +14,7 @@ from seedbed import netguard
 from seedbed.catalogue.base import ModelSpec, Pricing
 from seedbed.config import Settings
 from seedbed.engines import Engines
+from seedbed.links import Links
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
@@ -122,8 +123,14 @@ class Context:
     net_policy: netguard.NetPolicy
     flags: FlagsCache
     keys: KeyCache
+    #: signs download links and names upload folders (from the server secret)
+    links: Links
     limiter: RateLimiter = field(default_factory=RateLimiter)
     finished: FinishedTasks = field(default_factory=FinishedTasks)
+    #: wakes the callback dispatcher (this process's, and those of other processes here)
+    callback_wakeup: Wakeup = field(default_factory=Wakeup)
+    #: how user URLs' host names are resolved (tests put a stub here)
+    resolver: netguard.Resolver = netguard.default_resolver
 
     def pricing(self, spec: ModelSpec) -> Pricing:
         return spec.pricing.with_overrides(self.settings.prices.get(spec.id))

@@ -18,6 +18,7 @@ from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
 from seedbed.catalogue.base import ModelSpec, field_value
+from seedbed.links import Links
 from seedbed.store.base import CreateRefused
 from seedbed.tasks import NewTask, Task, TaskState, new_task_id
 
@@ -68,8 +69,8 @@ async def create_task(request: Request) -> Response:
     raw_input = body["input"]
     inp = catalogue.validate_input(spec, raw_input)
     _check_engine_limits(ctx, spec, inp)
-    _check_image_urls(ctx, spec, inp)
-    callback_url = _callback_url(ctx, body.get("callBackUrl"))
+    await _check_image_urls(ctx, spec, inp)
+    callback_url = await _callback_url(ctx, body.get("callBackUrl"))
 
     pricing = ctx.pricing(spec)
     reserve = spec.max_price(inp, pricing)
@@ -86,6 +87,8 @@ async def create_task(request: Request) -> Response:
         input=normalized,
         callback_url=callback_url,
         reserve=reserve,
+        # result links in the callback use the address the client reached us at
+        origin=ctx.base_url(request) if callback_url else None,
     )
     cap = key.limits.open_task_cap or ctx.settings.open_task_cap
     try:
@@ -169,26 +172,37 @@ def _check_engine_limits(ctx: Context, spec: ModelSpec, inp: Any) -> None:
         )
 
 
-def _check_image_urls(ctx: Context, spec: ModelSpec, inp: Any) -> None:
-    """Refuse now what can be known now (literal private addresses, localhost)."""
+async def _check_image_urls(ctx: Context, spec: ModelSpec, inp: Any) -> None:
+    """Refuse now what can be known now (literal private addresses, localhost, own files that
+    are gone). This server's own files are read from storage, so their host is not judged."""
     if spec.image_input is None:
         return
     many = spec.image_input.field == "image_urls"
     for index, url in enumerate(spec.image_urls(inp)):
+        where = f"input.image_urls[{index}]" if many else f"input.{spec.image_input.field}"
+        own = Links.parse(url)
+        if own is not None:
+            record = await ctx.store.get_file(own.key)
+            if record is None or record.deleted_at is not None:
+                raise errors.ValidationFailed(
+                    f"{where}: no such file on this server (never stored, or deleted by retention)"
+                )
+            continue
         try:
             netguard.check_url(url, ctx.net_policy)
         except netguard.UrlRefused as exc:
-            where = f"input.image_urls[{index}]" if many else f"input.{spec.image_input.field}"
             raise errors.ValidationFailed(f"{where}: {exc.reason}") from exc
 
 
-def _callback_url(ctx: Context, value: Any) -> str | None:
+async def _callback_url(ctx: Context, value: Any) -> str | None:
+    """The callBackUrl, refused when not http(s) or when its host is, or resolves to, a
+    refused network (a name that does not resolve yet is kept; delivery checks it again)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise errors.ValidationFailed("callBackUrl: must be a string")
     try:
-        netguard.check_url(value, ctx.net_policy)
+        await netguard.check_resolved(value, ctx.net_policy, resolver=ctx.resolver)
     except netguard.UrlRefused as exc:
         raise errors.ValidationFailed(f"callBackUrl: {exc.reason}") from exc
     return value

@@ -7,10 +7,18 @@ Each method is one atomic step. Implementations: ``memory.MemoryStore`` (tests) 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
 from typing import Protocol
 
+from seedbed.outbox import (
+    CallbackAttempt,
+    CallbackRecord,
+    CallbackState,
+    Delivery,
+    FileKind,
+    StoredFile,
+)
 from seedbed.tasks import ApiKey, Flags, NewKey, NewTask, Outcome, Task
 
 __all__ = ["CreateRefused", "Store"]
@@ -100,13 +108,82 @@ class Store(Protocol):
         failure releases everything. ``worker_id`` None ends the task whoever holds it (admin,
         attempt limits). Returns None when the task is unknown, already terminal, or leased to
         another worker: a task is settled exactly once.
+
+        The same transaction writes the task's callback to the outbox (when it has a
+        ``callBackUrl``) and a ``StoredFile`` record per result, so every way a task ends gets
+        its callback and its files' retention. Listeners (``on_finish``) run after the commit.
         """
+
+    def on_finish(self, listener: Callable[[Task], None]) -> None:
+        """Call ``listener(task)`` (on the event loop, must not block) after every committed
+        ``finish`` of this store object; the callback dispatcher wakes on it."""
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         """Expire the leases of workers known to be dead, so their tasks are claimable now."""
 
     async def lease_owners(self) -> set[str]:
         """Worker ids that currently hold a lease on an open task."""
+
+    # -- webhook keys ------------------------------------------------------------------------
+    async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
+        """Set (or, with None, remove) a key's webhook HMAC key; False for an unknown key."""
+
+    # -- the callback outbox -----------------------------------------------------------------
+    async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Take up to ``limit`` due callbacks, oldest due first, for one attempt each.
+
+        A claimed row is not due again for ``lease_seconds``: long enough for the attempt to
+        be recorded, short enough that a dispatcher dying mid-attempt only delays it.
+        """
+
+    async def record_callback_attempt(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        duration_ms: int,
+        delivered: bool,
+        retry_in: float | None,
+    ) -> None:
+        """Log attempt number ``attempt`` and move the row on: delivered, due again in
+        ``retry_in`` seconds, or (``retry_in`` None) dead. A row no longer pending is left as is.
+        """
+
+    async def release_callbacks(self, task_ids: Collection[str]) -> None:
+        """Make claimed callbacks due now (a dispatcher stopping before it could try them)."""
+
+    async def redeliver_callback(self, task_id: str) -> bool:
+        """Queue a callback again, whatever its state, with a fresh count of attempts."""
+
+    async def get_callback(self, task_id: str) -> CallbackRecord | None: ...
+
+    async def list_callbacks(
+        self, *, state: CallbackState | None = None, limit: int = 100
+    ) -> list[CallbackRecord]:
+        """Outbox rows, newest first, optionally only those in ``state``."""
+
+    async def callback_attempts(self, task_id: str) -> list[CallbackAttempt]:
+        """Every attempt logged for a task's callback, oldest first."""
+
+    # -- file records --------------------------------------------------------------------------
+    async def record_file(self, file: StoredFile) -> StoredFile:
+        """Record a stored file (created now); a record with the same key is replaced."""
+
+    async def get_file(self, key: str) -> StoredFile | None: ...
+
+    async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
+        """Records of ``kind`` created before ``before`` (Unix ms) whose file still exists."""
+
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
+        """Mark files as deleted (their records stay); return the keys marked.
+
+        With ``before`` (Unix ms), only records still created before it are marked: a file
+        stored again under the same key since it was found expired is left alone.
+        """
 
     # -- deployment switches ---------------------------------------------------------------
     async def flags(self) -> Flags: ...

@@ -18,6 +18,15 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from seedbed.outbox import (
+    CallbackAttempt,
+    CallbackRecord,
+    CallbackState,
+    Delivery,
+    FileKind,
+    StoredFile,
+    after_attempt,
+)
 from seedbed.store.base import CreateRefused
 from seedbed.store.schema import from_milli, to_milli
 from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
@@ -40,6 +49,7 @@ class _Key:
     limits: KeyLimits
     created_at: int
     revoked_at: int | None
+    hmac_key: str | None = None
 
     def public(self) -> ApiKey:
         return ApiKey(
@@ -52,6 +62,7 @@ class _Key:
             limits=self.limits,
             created_at=self.created_at,
             revoked_at=self.revoked_at,
+            hmac_key=self.hmac_key,
         )
 
 
@@ -78,6 +89,10 @@ class MemoryStore:
         self._ledger: list[_Entry] = []
         self._maintenance = False
         self._disabled: set[str] = set()
+        self._finish_listeners: list[Callable[[Task], None]] = []
+        self._callbacks: dict[str, CallbackRecord] = {}
+        self._attempts: list[CallbackAttempt] = []
+        self._files: dict[str, StoredFile] = {}
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -136,6 +151,7 @@ class MemoryStore:
                 limits=KeyLimits.from_dict(new.limits.as_dict()),
                 created_at=self._now(),
                 revoked_at=None,
+                hmac_key=new.hmac_key,
             )
             self._keys[key.id] = key
             self._by_hash[key.key_hash] = key.id
@@ -322,7 +338,33 @@ class MemoryStore:
                 self._record(key.id, task_id, "charge", charge, "")
             if reserved - charge > 0:
                 self._record(key.id, task_id, "release", reserved - charge, "")
-            return self._out(done)
+            if done.callback_url:
+                self._callbacks[task_id] = CallbackRecord(
+                    task_id=task_id,
+                    key_id=key.id,
+                    url=done.callback_url,
+                    state=CallbackState.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    last_status=None,
+                    last_error=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            for result_key in done.result_keys:
+                self._files[result_key] = StoredFile(
+                    key=result_key,
+                    kind=FileKind.RESULT,
+                    key_id=key.id,
+                    task_id=task_id,
+                    created_at=now,
+                )
+        for listener in self._finish_listeners:
+            listener(self._out(done))
+        return self._out(done)
+
+    def on_finish(self, listener: Callable[[Task], None]) -> None:
+        self._finish_listeners.append(listener)
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         owners = set(worker_ids)
@@ -348,6 +390,153 @@ class MemoryStore:
             and t.lease_expires is not None
             and t.lease_expires > 0
         }
+
+    # -- webhook keys ------------------------------------------------------------------------
+    async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                return False
+            key.hmac_key = hmac_key
+            return True
+
+    # -- the callback outbox -----------------------------------------------------------------
+    async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> list[Delivery]:
+        async with self._lock:
+            now = self._now()
+            due = sorted(
+                (
+                    c
+                    for c in self._callbacks.values()
+                    if c.state is CallbackState.PENDING
+                    and c.next_attempt_at is not None
+                    and c.next_attempt_at <= now
+                ),
+                key=lambda c: c.next_attempt_at or 0,
+            )[: max(limit, 0)]
+            lease_until = now + round(lease_seconds * 1000)
+            claimed = []
+            for record in due:
+                self._callbacks[record.task_id] = dataclasses.replace(
+                    record, next_attempt_at=lease_until, updated_at=now
+                )
+                claimed.append(
+                    Delivery(
+                        task_id=record.task_id,
+                        url=record.url,
+                        attempts=record.attempts,
+                        hmac_key=self._keys[record.key_id].hmac_key,
+                    )
+                )
+            return claimed
+
+    async def record_callback_attempt(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        duration_ms: int,
+        delivered: bool,
+        retry_in: float | None,
+    ) -> None:
+        async with self._lock:
+            now = self._now()
+            self._attempts.append(
+                CallbackAttempt(
+                    task_id=task_id,
+                    attempt=attempt,
+                    status=status,
+                    error=error,
+                    duration_ms=duration_ms,
+                    at=now,
+                )
+            )
+            record = self._callbacks.get(task_id)
+            if record is None or record.state is not CallbackState.PENDING:
+                return
+            state, next_at = after_attempt(now, delivered, retry_in)
+            self._callbacks[task_id] = dataclasses.replace(
+                record,
+                state=state,
+                attempts=attempt,
+                next_attempt_at=next_at,
+                last_status=status,
+                last_error=error,
+                updated_at=now,
+            )
+
+    async def release_callbacks(self, task_ids: Collection[str]) -> None:
+        async with self._lock:
+            now = self._now()
+            for task_id in task_ids:
+                record = self._callbacks.get(task_id)
+                if record is not None and record.state is CallbackState.PENDING:
+                    self._callbacks[task_id] = dataclasses.replace(record, next_attempt_at=now)
+
+    async def redeliver_callback(self, task_id: str) -> bool:
+        async with self._lock:
+            record = self._callbacks.get(task_id)
+            if record is None:
+                return False
+            now = self._now()
+            self._callbacks[task_id] = dataclasses.replace(
+                record,
+                state=CallbackState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+            return True
+
+    async def get_callback(self, task_id: str) -> CallbackRecord | None:
+        return self._callbacks.get(task_id)
+
+    async def list_callbacks(
+        self, *, state: CallbackState | None = None, limit: int = 100
+    ) -> list[CallbackRecord]:
+        found = [c for c in self._callbacks.values() if state is None or c.state is state]
+        found.sort(key=lambda c: c.task_id)
+        found.sort(key=lambda c: c.created_at, reverse=True)
+        return found[:limit]
+
+    async def callback_attempts(self, task_id: str) -> list[CallbackAttempt]:
+        return [a for a in self._attempts if a.task_id == task_id]
+
+    # -- file records --------------------------------------------------------------------------
+    async def record_file(self, file: StoredFile) -> StoredFile:
+        async with self._lock:
+            stored = dataclasses.replace(file, created_at=self._now(), deleted_at=None)
+            self._files[file.key] = stored
+            return stored
+
+    async def get_file(self, key: str) -> StoredFile | None:
+        return self._files.get(key)
+
+    async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
+        found = [
+            f
+            for f in self._files.values()
+            if f.kind is kind and f.deleted_at is None and f.created_at < before
+        ]
+        return sorted(found, key=lambda f: f.created_at)[:limit]
+
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
+        async with self._lock:
+            now = self._now()
+            marked = []
+            for key in sorted(set(keys)):
+                found = self._files.get(key)
+                if found is None or found.deleted_at is not None:
+                    continue
+                if before is not None and found.created_at >= before:
+                    continue
+                self._files[key] = dataclasses.replace(found, deleted_at=now)
+                marked.append(key)
+            return marked
 
     # -- deployment switches -----------------------------------------------------------------
     async def flags(self) -> Flags:

@@ -307,6 +307,7 @@ def key_from_row(row: Row[Any]) -> ApiKey:
         limits=KeyLimits.from_dict(orjson.loads(row.limits)),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        hmac_key=row.hmac_key,
     )
 
 
@@ -332,6 +333,7 @@ def task_from_row(row: Row[Any]) -> Task:
         complete_time=row.complete_time,
         lease_owner=row.lease_owner,
         lease_expires=row.lease_expires,
+        origin=row.origin,
     )
 
 

@@ -35,7 +35,10 @@ from sqlalchemy.types import CHAR
 __all__ = [
     "NAMING_CONVENTION",
     "api_keys",
+    "callback_attempts",
+    "callbacks",
     "credit_ledger",
+    "files",
     "flags",
     "from_milli",
     "metadata",
@@ -70,6 +73,9 @@ api_keys = Table(
     Column("limits", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
+    #: the webhook HMAC key callbacks are signed with (kie's scheme); kept in the clear because
+    #: signing needs it, like kie's own ``webhookHmacKey`` (added by migration 0002)
+    Column("hmac_key", Text, nullable=True),
     CheckConstraint("balance_milli >= 0", name="balance_nonneg"),
     CheckConstraint("held_milli >= 0", name="held_nonneg"),
 )
@@ -115,6 +121,9 @@ tasks = Table(
     Column("lease_owner", String(200), nullable=True),
     #: Unix ms; 0 marks a lease released because its owner is known dead
     Column("lease_expires", BigInteger, nullable=True),
+    #: the base URL the task was created through; result links in its callback use it when no
+    #: ``public_url`` is set, as recordInfo's do (added by migration 0002)
+    Column("origin", Text, nullable=True),
     # claiming (oldest open task per state) and queue positions (count by state below seq)
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_key_id_state", "key_id", "state"),
@@ -128,6 +137,58 @@ flags = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+#: the callback outbox: one row per finished task that has a callBackUrl, written by
+#: ``finish`` in the transaction that ends the task (migration 0002)
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("task_id", CHAR(32), primary_key=True),
+    Column("key_id", String(64), ForeignKey("api_keys.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    #: pending | delivered | dead
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    #: Unix ms when the next attempt is due; a claimed row is pushed one lease ahead, so a
+    #: dispatcher that dies mid-attempt only delays it; null once delivered or dead
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_callbacks_state_next_attempt_at", "state", "next_attempt_at"),
+)
+
+#: every attempt to deliver a callback, for inspection (migration 0002)
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("task_id", CHAR(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Index("ix_callback_attempts_task_id", "task_id"),
+)
+
+#: a record of every stored file (results and uploads); retention deletes the file and sets
+#: ``deleted_at``, the record stays (migration 0002)
+files = Table(
+    "files",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    #: result | upload
+    Column("kind", String(16), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("task_id", CHAR(32), nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("content_type", String(100), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+    Index("ix_files_kind_deleted_at_created_at", "kind", "deleted_at", "created_at"),
 )
 
 

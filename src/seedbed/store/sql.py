@@ -19,6 +19,7 @@ How that function is driven depends on the database:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
@@ -30,10 +31,20 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from seedbed.outbox import (
+    CallbackAttempt,
+    CallbackRecord,
+    CallbackState,
+    Delivery,
+    FileKind,
+    StoredFile,
+    after_attempt,
+)
+from seedbed.store import outbox_queries as oq
 from seedbed.store import queries as q
 from seedbed.store.base import CreateRefused
 from seedbed.store.migrate import sqlite_path, upgrade
-from seedbed.store.schema import from_milli, to_milli
+from seedbed.store.schema import callbacks, from_milli, to_milli
 from seedbed.store.sqlite import SqliteRunner, execute
 from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
 
@@ -113,6 +124,7 @@ class SqlStore:
         if self._dialect == "sqlite" and sqlite_path(self._url) is None:
             raise ValueError("SqlStore needs a SQLite file; use memory:// for a throwaway store")
         self._runner: _Runner | None = None
+        self._finish_listeners: list[Callable[[Task], None]] = []
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -163,6 +175,7 @@ class SqlStore:
             "limits": q.dumps(new.limits.as_dict()),
             "created_at": now,
             "revoked_at": None,
+            "hmac_key": new.hmac_key,
         }
         execute(conn, q.INSERT_KEY, values)
         if credits > 0:
@@ -181,6 +194,7 @@ class SqlStore:
             limits=KeyLimits.from_dict(new.limits.as_dict()),
             created_at=now,
             revoked_at=None,
+            hmac_key=new.hmac_key,
         )
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
@@ -263,6 +277,7 @@ class SqlStore:
             "result_keys": "[]",
             "create_time": now,
             "update_time": now,
+            "origin": new.origin,
         }
         seq = execute(conn, q.INSERT_TASK, values).scalar_one()
         execute(
@@ -356,7 +371,14 @@ class SqlStore:
         }
         if worker_id is not None:
             params["p_worker"] = worker_id
-        return await self._db.write(self._finish, params, success)
+        done = await self._db.write(self._finish, params, success)
+        if done is not None:
+            for listener in self._finish_listeners:
+                listener(done)
+        return done
+
+    def on_finish(self, listener: Callable[[Task], None]) -> None:
+        self._finish_listeners.append(listener)
 
     def _finish(self, conn: Connection, params: dict[str, Any], success: bool) -> Task | None:
         now = params["p_now"] = self._now()
@@ -376,7 +398,19 @@ class SqlStore:
             entries.append(q.ledger_row(key_id, task_id, "release", reserved - charge, "", now))
         if entries:
             conn.execute(q.INSERT_LEDGER, entries)  # executemany: the ordinary path
-        return q.task_from_row(row)
+        task = q.task_from_row(row)
+        if task.callback_url:
+            # the outbox row commits with the terminal state: no finished task loses its callback
+            conn.execute(
+                oq.INSERT_CALLBACK, oq.callback_row(task_id, key_id, task.callback_url, now)
+            )
+        if success and task.result_keys:
+            # an upsert: a record must never be the reason a task cannot be settled
+            conn.execute(
+                self._upsert_file,
+                [oq.file_row(_result_file(task, key), now) for key in task.result_keys],
+            )
+        return task
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         if not worker_ids:
@@ -385,6 +419,151 @@ class SqlStore:
 
     async def lease_owners(self) -> set[str]:
         return {row.lease_owner for row in await self._db.read(_all, q.LEASE_OWNERS, {})}
+
+    # -- webhook keys ------------------------------------------------------------------------
+    async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
+        params = {"p_key_id": key_id, "p_hmac_key": hmac_key}
+        return await self._db.write(self._rowcount, oq.SET_HMAC_KEY, params) > 0
+
+    @staticmethod
+    def _rowcount(conn: Connection, stmt: Any, params: dict[str, Any]) -> int:
+        return int(conn.execute(stmt, params).rowcount)
+
+    # -- the callback outbox -----------------------------------------------------------------
+    async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        return await self._db.write(self._claim_callbacks, limit, lease_seconds)
+
+    def _claim_callbacks(
+        self, conn: Connection, limit: int, lease_seconds: float
+    ) -> list[Delivery]:
+        now = self._now()
+        ids = list(conn.execute(oq.DUE_CALLBACKS, {"p_now": now, "p_limit": limit}).scalars())
+        if not ids:
+            return []
+        lease = {"p_ids": ids, "p_now": now, "p_lease_until": now + round(lease_seconds * 1000)}
+        conn.execute(oq.CLAIM_CALLBACKS, lease)
+        rows = conn.execute(oq.DELIVERIES, {"p_ids": ids}).all()
+        return [
+            Delivery(task_id=r.task_id, url=r.url, attempts=r.attempts, hmac_key=r.hmac_key)
+            for r in rows
+        ]
+
+    async def record_callback_attempt(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        duration_ms: int,
+        delivered: bool,
+        retry_in: float | None,
+    ) -> None:
+        await self._db.write(
+            self._record_attempt, task_id, attempt, status, error, duration_ms, delivered, retry_in
+        )
+
+    def _record_attempt(
+        self,
+        conn: Connection,
+        task_id: str,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        duration_ms: int,
+        delivered: bool,
+        retry_in: float | None,
+    ) -> None:
+        now = self._now()
+        state, next_at = after_attempt(now, delivered, retry_in)
+        conn.execute(
+            oq.INSERT_ATTEMPT,
+            {
+                "task_id": task_id,
+                "attempt": attempt,
+                "status": status,
+                "error": error,
+                "duration_ms": duration_ms,
+                "at": now,
+            },
+        )
+        conn.execute(
+            oq.RECORD_ATTEMPT,
+            {
+                "p_task_id": task_id,
+                "p_state": state.value,
+                "p_attempt": attempt,
+                "p_next": next_at,
+                "p_status": status,
+                "p_error": error,
+                "p_now": now,
+            },
+        )
+
+    async def release_callbacks(self, task_ids: Collection[str]) -> None:
+        if task_ids:
+            params = {"p_ids": list(set(task_ids)), "p_now": self._now()}
+            await self._db.write(self._rowcount, oq.RELEASE_CALLBACKS, params)
+
+    async def redeliver_callback(self, task_id: str) -> bool:
+        params = {"p_task_id": task_id, "p_now": self._now()}
+        return await self._db.write(self._rowcount, oq.REDELIVER, params) > 0
+
+    async def get_callback(self, task_id: str) -> CallbackRecord | None:
+        row = await self._db.read(_one, oq.CALLBACK, {"p_task_id": task_id})
+        return None if row is None else oq.callback_from_row(row)
+
+    async def list_callbacks(
+        self, *, state: CallbackState | None = None, limit: int = 100
+    ) -> list[CallbackRecord]:
+        stmt = oq.LIST_CALLBACKS.limit(limit)
+        if state is not None:
+            stmt = stmt.where(callbacks.c.state == state.value)
+        return [oq.callback_from_row(r) for r in await self._db.read(_all, stmt, {})]
+
+    async def callback_attempts(self, task_id: str) -> list[CallbackAttempt]:
+        rows = await self._db.read(_all, oq.ATTEMPTS, {"p_task_id": task_id})
+        return [oq.attempt_from_row(r) for r in rows]
+
+    # -- file records --------------------------------------------------------------------------
+    async def record_file(self, file: StoredFile) -> StoredFile:
+        return await self._db.write(self._record_file, file)
+
+    def _record_file(self, conn: Connection, file: StoredFile) -> StoredFile:
+        now = self._now()
+        conn.execute(self._upsert_file, oq.file_row(file, now))
+        return dataclasses.replace(file, created_at=now, deleted_at=None)
+
+    @property
+    def _upsert_file(self) -> Any:
+        return oq.PG_UPSERT_FILE if self._dialect == "postgresql" else oq.SQLITE_UPSERT_FILE
+
+    async def get_file(self, key: str) -> StoredFile | None:
+        row = await self._db.read(_one, oq.GET_FILE, {"p_key": key})
+        return None if row is None else oq.file_from_row(row)
+
+    async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
+        params = {"p_kind": kind.value, "p_before": before, "p_limit": limit}
+        return [oq.file_from_row(r) for r in await self._db.read(_all, oq.EXPIRED_FILES, params)]
+
+    async def mark_files_deleted(
+        self, keys: Collection[str], *, before: int | None = None
+    ) -> list[str]:
+        if not keys:
+            return []
+        params = {
+            "p_keys": sorted(set(keys)),
+            "p_now": self._now(),
+            # no bound: any record (2**62 ms is far beyond any clock)
+            "p_before": (1 << 62) if before is None else before,
+        }
+        return sorted(await self._db.write(self._scalars, oq.MARK_FILES_DELETED, params))
+
+    @staticmethod
+    def _scalars(conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        return list(conn.execute(stmt, params).scalars())
 
     # -- deployment switches -----------------------------------------------------------------
     async def flags(self) -> Flags:
@@ -431,6 +610,10 @@ def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
         if row.balance_milli < hold["p_reserve"]:
             return "credits"
     return "credits"
+
+
+def _result_file(task: Task, key: str) -> StoredFile:
+    return StoredFile(key=key, kind=FileKind.RESULT, key_id=task.key_id, task_id=task.id)
 
 
 def _release_leases(conn: Connection, worker_ids: list[str]) -> int:

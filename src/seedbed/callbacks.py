@@ -1,0 +1,321 @@
+"""The callback dispatcher: delivers the outbox's callbacks, signed, retried, never lost.
+
+``Store.finish`` writes a finished task's callback to the outbox in the transaction that ends
+the task; this module only reads and updates those rows (CONTRACT §5):
+
+* A 2xx answer within ``timeout`` (15 s) is a delivery; anything else (another status, a
+  timeout, a refused or unreachable address) is retried after the next delay of
+  ``retry_delays`` with ±``jitter`` (default: 10 attempts over about six hours), then the row
+  is marked dead and kept for ``seedbed callbacks redeliver``.
+* Every attempt sends the same body (rendered from the finished task, which never changes)
+  and, when the task's key has a webhook HMAC key, kie's signature headers.
+* Deliveries run concurrently, at most ``concurrency`` at once: a slow or dead receiver holds
+  one slot for at most ``timeout``, never the others, and never the worker (the dispatcher
+  runs beside it, woken by ``Store.on_finish``).
+* Each claim leases its rows for ``timeout`` plus a margin, so a dispatcher that dies
+  mid-attempt delays a callback, never loses it; on a clean stop the rows are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from seedbed import netguard
+from seedbed.api.views import callback_body
+from seedbed.outbox import Delivery
+from seedbed.store.base import Store
+from seedbed.tasks import Task
+from seedbed.wakeup import Wakeup
+
+__all__ = [
+    "DEFAULT_RETRY_DELAYS",
+    "Dispatcher",
+    "DispatcherConfig",
+    "signature",
+    "signature_headers",
+]
+
+log = logging.getLogger(__name__)
+
+#: seconds before attempts 2..10: doubling from 45 s, 6.4 hours in all (before jitter)
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = tuple(45.0 * 2**i for i in range(9))
+#: how long a claimed row stays claimed beyond the attempt's own timeout
+LEASE_MARGIN = 15.0
+#: pause after the store failed a claim (it is down or busy)
+STORE_RETRY = 1.0
+
+
+def signature(hmac_key: str, task_id: str, timestamp: str) -> str:
+    """kie's webhook signature: base64(HMAC-SHA256(key, ``taskId + "." + timestamp``))."""
+    message = f"{task_id}.{timestamp}".encode()
+    digest = hmac.new(hmac_key.encode(), message, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_headers(hmac_key: str, task_id: str, now: float) -> dict[str, str]:
+    """``X-Webhook-Timestamp`` (Unix seconds) and ``X-Webhook-Signature`` for one attempt."""
+    timestamp = str(int(now))
+    return {
+        "X-Webhook-Timestamp": timestamp,
+        "X-Webhook-Signature": signature(hmac_key, task_id, timestamp),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherConfig:
+    """How callbacks are delivered (the ``callback_*`` settings)."""
+
+    #: seconds one attempt may take, connection to answer
+    timeout: float = 15.0
+    #: seconds to wait before each retry; attempts in all = len(retry_delays) + 1
+    retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS
+    #: each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]
+    jitter: float = 0.25
+    #: deliveries in flight at once
+    concurrency: int = 64
+    #: safety-net poll: finishes in other processes and redeliveries from the CLI
+    poll_seconds: float = 1.0
+    net_policy: netguard.NetPolicy = field(default_factory=netguard.NetPolicy)
+    #: the base URL of result links: ``public_url`` if set, else the task's own origin, else this
+    public_url: str | None = None
+    fallback_base_url: str = "http://127.0.0.1:8000"
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays) + 1
+
+
+Poster = Callable[..., Awaitable[int]]
+
+
+class Dispatcher:
+    """Delivers due callbacks until ``stop()``; one per server process (more are safe)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: DispatcherConfig,
+        wakeup: Wakeup | None = None,
+        post: Poster = netguard.post_json,
+        resolver: netguard.Resolver | None = None,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        """``client``: one HTTP client for every delivery (tests pass a mock transport);
+        by default each receiver origin gets its own pooled client."""
+        self.store = store
+        self.config = config
+        self.wakeup = wakeup or Wakeup()
+        self._post = post
+        self._resolver = resolver
+        self._clock = clock
+        self._rng = rng
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._clients = _Clients()
+        self._client = client
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
+        self._stopping.set()
+        self.wakeup.kick()
+
+    def retry_delay(self, attempt: int) -> float | None:
+        """Seconds to wait after failed attempt ``attempt`` (1-based); None: it was the last."""
+        delays = self.config.retry_delays
+        if attempt > len(delays):
+            return None
+        spread = self.config.jitter * (2 * self._rng() - 1)
+        return max(0.0, delays[attempt - 1] * (1 + spread))
+
+    async def run(self) -> None:
+        """Claim due callbacks whenever woken (a finish, a free slot, a retry coming due)."""
+        self.wakeup.listen()
+        try:
+            while not self._stopping.is_set():
+                self.wakeup.clear()
+                free = self.config.concurrency - len(self._inflight)
+                if free > 0 and await self._claim_some(free):
+                    continue  # as many as asked for: more may be due
+                await self.wakeup.wait(self.config.poll_seconds)
+        finally:
+            await self._shutdown()
+
+    async def _claim_some(self, free: int) -> bool:
+        """Start up to ``free`` deliveries; True when exactly ``free`` were due."""
+        try:
+            due = await self.store.claim_callbacks(
+                limit=free, lease_seconds=self.config.timeout + LEASE_MARGIN
+            )
+        except Exception:
+            log.exception("claiming callbacks failed; retrying in %s s", STORE_RETRY)
+            await asyncio.sleep(STORE_RETRY)
+            return False
+        for delivery in due:
+            task = asyncio.create_task(self._deliver(delivery), name=f"callback-{delivery.task_id}")
+            self._inflight[delivery.task_id] = task
+        return len(due) == free
+
+    async def _shutdown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        running = dict(self._inflight)
+        for task in running.values():
+            task.cancel()
+        for task in running.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if running:
+            # not attempted (or cut off): due again at once, for whoever runs next
+            with contextlib.suppress(Exception):
+                await self.store.release_callbacks(list(running))
+        await self._clients.close()
+        self.wakeup.close()
+
+    # -- one attempt ---------------------------------------------------------------------------
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the row stays claimed and comes due again when its lease runs out
+            log.exception("callback for task %s: attempt could not be recorded", delivery.task_id)
+        finally:
+            self._inflight.pop(delivery.task_id, None)
+            self.wakeup.kick()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        attempt = delivery.attempts + 1
+        task = await self.store.get_task(delivery.task_id)
+        status: int | None = None
+        error: str | None = None
+        started = time.monotonic()
+        if task is None or not task.state.is_terminal:
+            error = "the task is missing or not finished"
+        else:
+            status, error = await self._send(delivery, task)
+        duration_ms = round((time.monotonic() - started) * 1000)
+        delivered = status is not None and 200 <= status < 300
+        retry_in = None if delivered or task is None else self.retry_delay(attempt)
+        await self.store.record_callback_attempt(
+            delivery.task_id,
+            attempt=attempt,
+            status=status,
+            error=error,
+            duration_ms=duration_ms,
+            delivered=delivered,
+            retry_in=retry_in,
+        )
+        if delivered:
+            log.info("callback for task %s delivered (attempt %d)", delivery.task_id, attempt)
+        elif retry_in is None:
+            log.warning(
+                "callback for task %s is dead after %d attempts: %s",
+                delivery.task_id,
+                attempt,
+                error,
+            )
+        else:
+            log.info(
+                "callback for task %s: attempt %d failed (%s); retrying in %.0f s",
+                delivery.task_id,
+                attempt,
+                error,
+                retry_in,
+            )
+            self._wake_in(retry_in)
+
+    async def _send(self, delivery: Delivery, task: Task) -> tuple[int | None, str | None]:
+        base_url = self.config.public_url or task.origin or self.config.fallback_base_url
+        body = callback_body(task, base_url=base_url.rstrip("/"))
+        headers: dict[str, str] = {}
+        if delivery.hmac_key:
+            headers.update(signature_headers(delivery.hmac_key, task.id, self._clock()))
+        try:
+            status = await self._post(
+                delivery.url,
+                body,
+                policy=self.config.net_policy,
+                timeout=self.config.timeout,
+                headers=headers,
+                resolver=self._resolver,
+                client=self._client or self._clients.get(delivery.url),
+            )
+        except netguard.NetguardError as exc:
+            return None, exc.reason
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
+
+    def _wake_in(self, seconds: float) -> None:
+        """Wake the loop when a retry comes due (the poll would find it too, only later)."""
+        if seconds > 3600:
+            return  # the poll finds it; no need to hold a timer for hours
+        loop = asyncio.get_running_loop()
+        handles: list[asyncio.TimerHandle] = []
+
+        def fire() -> None:
+            self._timers.difference_update(handles)
+            self.wakeup.kick()
+
+        handles.append(loop.call_later(seconds, fire))
+        self._timers.update(handles)
+
+
+class _Clients:
+    """One pooled HTTP client per receiver origin (scheme, host, port), the last 256 used.
+
+    Keep-alive makes a receiver's next callback cheap; one pool per origin (not one for all)
+    because netguard pins connections by IP address, and a shared pool could carry one
+    host's callback over a TLS connection verified for another name at the same address.
+    """
+
+    MAX = 256
+
+    def __init__(self) -> None:
+        self._clients: OrderedDict[tuple[str, str, int | None], httpx.AsyncClient] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, url: str) -> httpx.AsyncClient | None:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return None  # netguard refuses it with a proper reason
+        origin = (parsed.scheme, parsed.host, parsed.port)
+        client = self._clients.get(origin)
+        if client is not None:
+            self._clients.move_to_end(origin)
+            return client
+        client = httpx.AsyncClient(
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
+        )
+        self._clients[origin] = client
+        if len(self._clients) > self.MAX:
+            _, oldest = self._clients.popitem(last=False)
+            closing = asyncio.create_task(oldest.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        return client
+
+    async def close(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()

@@ -1,0 +1,88 @@
+"""The retention sweeper: deletes results and uploads past their age, keeps their records.
+
+CONTRACT §7: results are kept 14 days and uploads 3 days by default (``result_retention_days``,
+``upload_retention_days``). Every stored file has a record (``Store.record_file``, and
+``Store.finish`` for results); the sweeper deletes the files whose records are older than their
+kind's retention and marks the records deleted. Task records stay: recordInfo still answers,
+and the result URLs answer 404. The clock is injectable so tests move time instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from seedbed.outbox import FileKind
+from seedbed.storage.base import Storage
+from seedbed.store.base import Store
+
+__all__ = ["Sweeper"]
+
+log = logging.getLogger(__name__)
+
+#: records handled per store round trip
+BATCH = 500
+
+
+class Sweeper:
+    """Deletes files past their kind's retention, periodically; their records stay."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        storage: Storage,
+        result_retention: float,
+        upload_retention: float,
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Retentions and ``interval`` in seconds; ``clock`` gives Unix seconds."""
+        self.store = store
+        self.storage = storage
+        self.retention = {FileKind.RESULT: result_retention, FileKind.UPLOAD: upload_retention}
+        self.interval = interval
+        self._clock = clock
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish ``run()`` (a sweep under way completes first)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Sweep at once, then every ``interval`` seconds until ``stop()``."""
+        while not self._stopping.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("retention sweep failed; trying again in %s s", self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
+
+    async def sweep(self) -> int:
+        """Delete every file past its retention now; return how many were deleted."""
+        now_ms = int(self._clock() * 1000)
+        deleted = 0
+        for kind, retention in self.retention.items():
+            before = now_ms - int(retention * 1000)
+            while True:
+                expired = await self.store.expired_files(kind, before=before, limit=BATCH)
+                if not expired:
+                    break
+                # Records first, then files: a file stored again under the same key since it
+                # was listed (an upload overwritten by name) is not marked, so not deleted.
+                marked = await self.store.mark_files_deleted(
+                    [r.key for r in expired], before=before
+                )
+                for key in marked:
+                    await self.storage.delete(key)  # already gone is fine
+                deleted += len(marked)
+                if len(expired) < BATCH:
+                    break
+        if deleted:
+            log.info("retention: deleted %d file(s)", deleted)
+        return deleted

@@ -1,0 +1,142 @@
+"""The callback dispatcher with a memory store: schedule, signing, refusals at delivery time."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from seedbed import netguard
+from seedbed.callbacks import DEFAULT_RETRY_DELAYS, Dispatcher, DispatcherConfig, signature
+from seedbed.outbox import CallbackState
+from seedbed.store.memory import MemoryStore
+from seedbed.tasks import NewKey, NewTask, Outcome, new_task_id
+
+
+def test_the_default_schedule_is_ten_attempts_over_about_six_hours() -> None:
+    config = DispatcherConfig()
+    assert config.max_attempts == 10
+    assert 5.5 * 3600 <= sum(DEFAULT_RETRY_DELAYS) <= 6.5 * 3600
+    assert list(DEFAULT_RETRY_DELAYS) == sorted(DEFAULT_RETRY_DELAYS)  # backing off
+
+
+@pytest.mark.parametrize(("draw", "factor"), [(0.0, 0.75), (0.5, 1.0), (1.0, 1.25)])
+def test_retry_delays_get_jitter_and_end(draw: float, factor: float) -> None:
+    dispatcher = Dispatcher(
+        store=MemoryStore(), config=DispatcherConfig(retry_delays=(10, 20)), rng=lambda: draw
+    )
+    assert dispatcher.retry_delay(1) == pytest.approx(10 * factor)
+    assert dispatcher.retry_delay(2) == pytest.approx(20 * factor)
+    assert dispatcher.retry_delay(3) is None
+
+
+def test_signature_is_kies_scheme() -> None:
+    expected = base64.b64encode(
+        hmac.new(b"k3y", b"0123abcd.1700000000", hashlib.sha256).digest()
+    ).decode()
+    assert signature("k3y", "0123abcd", "1700000000") == expected
+
+
+async def _finished(store: MemoryStore, url: str) -> str:
+    await store.create_key(NewKey(id="k", name="k", key_hash="h", credits=Decimal(5), hmac_key="s"))
+    task_id = new_task_id()
+    new = NewTask(
+        id=task_id,
+        key_id="k",
+        model="bytedance/seedream",
+        param="{}",
+        input={},
+        callback_url=url,
+        reserve=Decimal(1),
+        origin="http://seedbed.test",
+    )
+    await store.create_task(new, open_task_cap=5)
+    await store.finish(task_id, Outcome.success(("results/a.png",), Decimal(1)), worker_id=None)
+    return task_id
+
+
+async def _run_until(
+    dispatcher: Dispatcher, store: MemoryStore, task_id: str, state: CallbackState
+) -> None:
+    runner = asyncio.create_task(dispatcher.run())
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                record = await store.get_callback(task_id)
+                if record is not None and record.state is state:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        dispatcher.stop()
+        await runner
+
+
+async def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery() -> None:
+    """Accepted at create (it resolved publicly then), refused when called: no request is sent."""
+    store = MemoryStore()
+    task_id = await _finished(store, "https://hooks.example/cb")
+    sent: list[httpx.Request] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["10.0.0.7"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    dispatcher = Dispatcher(
+        store=store,
+        config=DispatcherConfig(retry_delays=(0.01,), poll_seconds=0.05),
+        resolver=resolve,
+        client=client,
+    )
+    await _run_until(dispatcher, store, task_id, CallbackState.DEAD)
+    await client.aclose()
+    assert sent == []
+    attempts = await store.callback_attempts(task_id)
+    assert [a.status for a in attempts] == [None, None]
+    assert all("resolves to a refused address" in (a.error or "") for a in attempts)
+
+
+async def test_each_attempt_is_signed_and_links_use_the_tasks_origin() -> None:
+    store = MemoryStore()
+    task_id = await _finished(store, "https://hooks.example/cb")
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503 if len(seen) == 1 else 204)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # allowed below; the mock transport answers, nothing is sent
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    dispatcher = Dispatcher(
+        store=store,
+        config=DispatcherConfig(
+            retry_delays=(0.01, 0.01),
+            poll_seconds=0.05,
+            net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
+        ),
+        resolver=resolve,
+        client=client,
+        clock=lambda: 1_700_000_000.5,
+    )
+    await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
+    await client.aclose()
+    assert len(seen) == 2
+    for request in seen:
+        assert request.headers["x-webhook-timestamp"] == "1700000000"
+        assert request.headers["x-webhook-signature"] == signature("s", task_id, "1700000000")
+        assert request.headers["host"] == "hooks.example"
+        assert (
+            b'"resultJson":"{\\"resultUrls\\":[\\"http://seedbed.test/files/results/a.png\\"]}"'
+            in request.content
+        )
+    assert seen[0].content == seen[1].content
