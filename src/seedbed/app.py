@@ -14,12 +14,15 @@ from starlette.responses import Response
 
 from seedbed import __version__, errors, netguard
 from seedbed import store as store_module
-from seedbed.api import account, envelope, files, health, jobs, models
+from seedbed.api import account, envelope, events, files, health, jobs, models
 from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.config import Settings
 from seedbed.engines import Engines, default_engines
+from seedbed.feed import TaskFeed
+from seedbed.metrics import HttpMetrics
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
+from seedbed.tasks import Task
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker, WorkerConfig
 
@@ -41,19 +44,23 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.store.open()
+        feed_task = asyncio.create_task(ctx.feed.run(), name="seedbed-feed")
+        ctx.shutdown_hooks.append(ctx.feed.close)
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
         if settings.worker:
-            worker = build_worker(ctx)
+            worker = ctx.worker = build_worker(ctx)
+            ctx.shutdown_hooks.append(worker.stop)
             worker_task = asyncio.create_task(worker.run(), name="seedbed-worker")
         try:
             yield
         finally:
+            ctx.begin_shutdown()
             if worker is not None and worker_task is not None:
-                worker.stop()
-                worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
+                await _drain(worker, worker_task, settings.shutdown_grace_seconds)
+            feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed_task
             ctx.wakeup.close()
             await ctx.store.close()
 
@@ -64,10 +71,25 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for module in (jobs, account, models, files, health):
+    for module in (jobs, events, account, models, files, health):
         app.include_router(module.router)
+    app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     _install_error_handlers(app)
     return app
+
+
+async def _drain(worker: Worker, worker_task: asyncio.Task[None], grace: float) -> None:
+    """Let running tasks end within ``grace``, hand the rest back, then stop the worker."""
+    try:
+        await worker.drain(grace)
+    except Exception:
+        log.exception("draining the worker failed")
+    # What was handed back stops at its engine's next step; give it a moment, then cancel.
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(worker_task), timeout=2.0)
+    worker_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker_task
 
 
 def build_context(
@@ -92,6 +114,7 @@ def build_context(
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),
         keys=KeyCache(store, settings.admin_refresh_seconds),
+        feed=TaskFeed(store, interval=settings.events_poll_seconds),
     )
 
 
@@ -111,7 +134,24 @@ def build_worker(ctx: Context) -> Worker:
             net_policy=ctx.net_policy,
         ),
         pricing=ctx.pricing,
+        observer=_WorkerObserver(ctx),
     )
+
+
+class _WorkerObserver:
+    """The in-process worker's changes, passed on to live events and metrics."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def changed(self, task_id: str) -> None:
+        self._ctx.feed.poke(task_id)
+
+    def generated(self, task: Task, seconds: float) -> None:
+        self._ctx.metrics.generated(task, seconds)
+
+    def finished(self, task: Task) -> None:
+        self._ctx.task_ended(task)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

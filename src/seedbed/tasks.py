@@ -114,6 +114,10 @@ class NewTask:
     callback_url: str | None
     #: the most this task can cost; held at create, settled at finish
     reserve: Decimal
+    #: the client's ``Idempotency-Key`` header, if it sent one, and a hash of its request:
+    #: a repeat within a day answers the first task instead of creating another
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -115,10 +115,16 @@ tasks = Table(
     Column("lease_owner", String(200), nullable=True),
     #: Unix ms; 0 marks a lease released because its owner is known dead
     Column("lease_expires", BigInteger, nullable=True),
+    #: the client's ``Idempotency-Key`` header and a SHA-256 of the request it came with
+    #: (migration 0003); a key is honoured for ``IDEMPOTENCY_SECONDS`` after the task's creation
+    Column("idempotency_key", String(200), nullable=True),
+    Column("request_hash", CHAR(64), nullable=True),
     # claiming (oldest open task per state) and queue positions (count by state below seq)
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_key_id_state", "key_id", "state"),
     Index("ix_tasks_lease_owner", "lease_owner"),
+    # one task per (key, Idempotency-Key): concurrent repeats collide here (NULLs never do)
+    Index("uq_tasks_key_id_idempotency_key", "key_id", "idempotency_key", unique=True),
 )
 
 #: deployment switches: ``maintenance`` ("1"/"0") and one ``model_disabled:<model>`` row per
