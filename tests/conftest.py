@@ -21,6 +21,7 @@ import uvicorn
 from seedbed import keys
 from seedbed.app import create_app
 from seedbed.config import Settings
+from seedbed.engines import Engines
 from seedbed.store import open_store
 from seedbed.tasks import KeyLimits, NewKey
 
@@ -77,9 +78,8 @@ class LiveServer:
         return run_async(call())
 
     def create(self, key: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        response = self.client.post(
-            "/api/v1/jobs/createTask", json=body, headers=auth(key), **kwargs
-        )
+        headers = {**auth(key), **kwargs.pop("headers", {})}
+        response = self.client.post("/api/v1/jobs/createTask", json=body, headers=headers, **kwargs)
         return dict(response.json())
 
     def record(self, key: str, task_id: str) -> dict[str, Any]:
@@ -108,9 +108,9 @@ def auth(key: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
+def serve_in_thread(settings: Settings, engines: Engines | None = None) -> Iterator[LiveServer]:
     """A real uvicorn server on 127.0.0.1 in a background thread, stopped on exit."""
-    app = create_app(settings)
+    app = create_app(settings, engines=engines)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -30,7 +30,9 @@ _SECRETS = [
     (re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+"), r"\1 ***"),
     # HMAC keys and signatures given as name=value or "name": "value"
     (
-        re.compile(r"(?i)\b(hmac[_-]?key|webhook[_-]?secret|secret|signature)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"),
+        re.compile(
+            r"(?i)\b(hmac[_-]?key|webhook[_-]?secret|secret|signature)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+        ),
         r"\1\2***",
     ),
     # signed URLs: the query that makes them valid is the secret part
@@ -89,11 +91,17 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        ids = [f"{name}={getattr(record, name)}" for name in ("taskId", "keyId") if hasattr(record, name)]
+        ids = [
+            f"{name}={getattr(record, name)}"
+            for name in ("taskId", "keyId")
+            if hasattr(record, name)
+        ]
         return f"{text} [{' '.join(ids)}]" if ids else text
 
 
-def configure_logging(level: str, *, json: bool | None = None, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str, *, json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Route every logger (uvicorn's too) to one handler on stderr.
 
     ``json`` None chooses by the stream: JSON unless it is a terminal.
@@ -104,7 +112,9 @@ def configure_logging(level: str, *, json: bool | None = None, stream: TextIO | 
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactFilter())
     handler.setFormatter(
-        JsonFormatter() if json else _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter()
+        if json
+        else _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -9,7 +9,7 @@ time with one indexed query, so they are right whichever process queued or took 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,7 +54,10 @@ class Metrics:
             registry=r,
         )
         self.credits_charged = Counter(
-            "seedbed_credits_charged", "Credits charged for successful tasks.", ["model"], registry=r
+            "seedbed_credits_charged",
+            "Credits charged for successful tasks.",
+            ["model"],
+            registry=r,
         )
         self.http_requests = Counter(
             "seedbed_http_requests",
@@ -146,5 +149,3 @@ class HttpMetrics:
             if child is None:
                 child = self._children[key] = self._counter.labels(template, str(status[0]))
             child.inc()
-
-

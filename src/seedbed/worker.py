@@ -27,8 +27,8 @@ from seedbed import catalogue, errors, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, EngineJob, OutputPlan
-from seedbed.storage.base import Storage
 from seedbed.logs import task_extra
+from seedbed.storage.base import Storage
 from seedbed.store.base import Store
 from seedbed.tasks import Outcome, Task
 from seedbed.wakeup import Wakeup

@@ -72,8 +72,8 @@ __all__ = [
     "TASKS_OPEN",
     "dumps",
     "key_from_row",
-    "list_tasks",
     "ledger_row",
+    "list_tasks",
     "task_from_row",
 ]
 
