@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from seedbed.config import Settings
 
@@ -483,7 +483,9 @@ def tasks_list(
     if as_json:
         print(json.dumps([_task_json(t) for t in found]))
         return
-    table = Table("task id", "model", "state", "progress", "key", "created", "fail")
+    # the id is what an operator copies next: never wrapped or cut, whatever the width
+    task_id_column = Column("task id", no_wrap=True, min_width=32)
+    table = Table(task_id_column, "model", "state", "progress", "key", "created", "fail")
     for t in found:
         fail = f"{t.fail_code}: {t.fail_msg}" if t.fail_code else ""
         table.add_row(

@@ -200,4 +200,6 @@ def test_events_for_another_keys_task_are_refused_like_record_info(server: LiveS
     assert refused.json() == {"code": 422, "msg": "recordInfo is null", "data": None}
     missing = server.client.get("/api/v1/jobs/events", headers=auth(owner))
     assert missing.json()["code"] == 400
-    assert server.client.get("/api/v1/jobs/events", params={"taskId": task_id}).json()["code"] == 401
+    assert (
+        server.client.get("/api/v1/jobs/events", params={"taskId": task_id}).json()["code"] == 401
+    )

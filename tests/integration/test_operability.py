@@ -39,9 +39,10 @@ def test_metrics_move_as_tasks_run(server: LiveServer) -> None:
     assert bad["code"] == 422
     after = scrape(server)
 
-    assert value(after, "seedbed_tasks_created_total", model=model) == value(
-        before, "seedbed_tasks_created_total", model=model
-    ) + 3
+    assert (
+        value(after, "seedbed_tasks_created_total", model=model)
+        == value(before, "seedbed_tasks_created_total", model=model) + 3
+    )
     assert value(after, "seedbed_tasks_finished_total", model=model, state="success") == 3
     assert value(after, "seedbed_generation_seconds_count", model=model) == 3
     assert value(after, "seedbed_generation_seconds_sum", model=model) > 0
@@ -77,4 +78,6 @@ def test_queue_gauges_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert live.client.get("/readyz").status_code == 200
         samples = scrape(live)
         assert value(samples, "seedbed_queue_depth", engine="sandbox") == 2
-        assert value(samples, "seedbed_tasks_finished_total", model=BODY["model"], state="fail") == 1
+        assert (
+            value(samples, "seedbed_tasks_finished_total", model=BODY["model"], state="fail") == 1
+        )

@@ -94,7 +94,10 @@ def test_cancel_a_queuing_task_while_it_fetches_its_input(
 
     files.routes["/slow.png"] = (200, {"Content-Type": "image/png"}, slow_image)
     key, _ = server.add_key(credits=50)
-    body = {"model": "seedream/4.5-edit", "input": {"prompt": "x", "image_urls": [files.url("/slow.png")]}}
+    body = {
+        "model": "seedream/4.5-edit",
+        "input": {"prompt": "x", "image_urls": [files.url("/slow.png")]},
+    }
     task_id = server.create(key, body)["data"]["taskId"]
     wait_for(lambda: server.record(key, task_id)["data"]["state"] == "queuing")
     data = cancel(server, key, task_id)["data"]

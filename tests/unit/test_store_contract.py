@@ -480,11 +480,15 @@ async def test_idempotency_key_answers_the_first_task_for_a_day(store: Store, cl
     theirs = await create(store, "k2", reserve="2", idempotency_key="abc", request_hash="h1")
     assert theirs.id != first.id
     clock.advance(IDEMPOTENCY_SECONDS - 1)
-    assert (await create(store, reserve="2", idempotency_key="abc", request_hash="h1")).id == first.id
+    assert (
+        await create(store, reserve="2", idempotency_key="abc", request_hash="h1")
+    ).id == first.id
     clock.advance(2)  # a day later the key is free again, whatever the body
     fresh = await create(store, reserve="2", idempotency_key="abc", request_hash="h2")
     assert fresh.id != first.id
-    assert (await create(store, reserve="2", idempotency_key="abc", request_hash="h2")).id == fresh.id
+    assert (
+        await create(store, reserve="2", idempotency_key="abc", request_hash="h2")
+    ).id == fresh.id
 
 
 async def test_concurrent_idempotent_creates_make_one_task(store: Store) -> None:
@@ -503,7 +507,10 @@ async def test_changed_tasks_since_a_time(store: Store, clock: Clock) -> None:
     clock.advance(1)
     b = await create(store)
     since = ms(clock.now)
-    assert {t.id for t in await store.changed_tasks([a.id, b.id, "0" * 32], since=0)} == {a.id, b.id}
+    assert {t.id for t in await store.changed_tasks([a.id, b.id, "0" * 32], since=0)} == {
+        a.id,
+        b.id,
+    }
     assert [t.id for t in await store.changed_tasks([a.id, b.id], since=since)] == [b.id]
     assert await store.changed_tasks([], since=0) == []
     clock.advance(1)
