@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ def test_events_follow_a_task_to_success_then_the_stream_closes(slow: LiveServer
     progress = [e for e in events if e.event == "progress"]
     assert progress, states
     assert all(e.data["state"] == "generating" for e in progress)
-    gaps = [b.received - a.received for a, b in zip(progress, progress[1:], strict=False)]
+    gaps = [b.received - a.received for a, b in itertools.pairwise(progress)]
     assert all(gap >= 0.4 for gap in gaps), gaps
     values = [e.data["progress"] for e in events]
     assert values == sorted(values)
