@@ -143,6 +143,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # Tests poll fast; the limits themselves are tested with per-key settings.
         "record_rate_limit": 1000,
         "create_rate_limit": 1000,
+        # A stopping test server hands running tasks back after this, instead of waiting 30 s.
+        "shutdown_grace_seconds": 1.0,
     }
     values.update(overrides)
     return Settings(**values)

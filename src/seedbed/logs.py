@@ -20,8 +20,13 @@ import orjson
 
 __all__ = ["JsonFormatter", "RedactFilter", "configure_logging", "redact", "task_extra"]
 
-#: record attributes a ``LogRecord`` always has; anything else came in through ``extra``
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+#: record attributes a ``LogRecord`` always has; anything else came in through ``extra``.
+#: uvicorn's ``color_message`` (the message again, with terminal colours) is left out too.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 _SECRETS = [
     # plain API keys (keys.KEY_PREFIX + 48 hex characters)
@@ -80,7 +85,7 @@ class JsonFormatter(logging.Formatter):
         }
         for name, value in record.__dict__.items():
             if name not in _STANDARD and not name.startswith("_"):
-                entry[name] = value
+                entry[name] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = redact("".join(traceback.format_exception(*record.exc_info)))
         return orjson.dumps(entry, default=str).decode()

@@ -47,6 +47,7 @@ def test_secrets_never_reach_the_output(captured: io.StringIO) -> None:
     log.warning("key %s leaked", plain)
     log.info('config {"hmac_key": "s3cr3t-value", "webhook_secret": "abc123"}')
     log.info("GET /files/x.png?expires=1700000000&sig=deadbeefcafe HTTP/1.1")
+    log.info("access", extra={"color_message": f"Bearer {plain}", "path": f"/x?token={plain}"})
     try:
         raise ValueError(f"bad key {plain}")
     except ValueError:
@@ -55,7 +56,8 @@ def test_secrets_never_reach_the_output(captured: io.StringIO) -> None:
     for secret in (plain, plain[3:], "s3cr3t-value", "abc123", "deadbeefcafe", "1700000000"):
         assert secret not in out
     assert "Bearer ***" in out and "sig=***" in out
-    assert len(lines(captured)) == 5
+    assert len(lines(captured)) == 6
+    assert all("color_message" not in line for line in lines(captured))
 
 
 def test_text_form_on_a_terminal() -> None:
