@@ -9,14 +9,13 @@ time with one indexed query, so they are right whichever process queued or took 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seedbed.store.base import QueueStat
+from seedbed.store.base import QueueSummary
 from seedbed.tasks import Task
 
 __all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "Metrics"]
@@ -94,21 +93,13 @@ class Metrics:
         self.generation_seconds.labels(task.model).observe(seconds)
 
     # -- scraping --------------------------------------------------------------------------
-    def set_queue(
-        self, stats: Iterable[QueueStat], engine_of: Callable[[str], str | None], engines: list[str]
-    ) -> None:
-        """Queue gauges per engine from the store's per-model figures (``now`` in Unix s)."""
-        now_ms = time.time() * 1000
-        depth = dict.fromkeys(engines, 0)
-        oldest: dict[str, float] = {}
-        for stat in stats:
-            engine = engine_of(stat.model) or "none"
-            depth[engine] = depth.get(engine, 0) + stat.depth
-            age = max(0.0, (now_ms - stat.oldest_create_time) / 1000)
-            oldest[engine] = max(oldest.get(engine, 0.0), age)
-        for engine, count in depth.items():
-            self.queue_depth.labels(engine).set(count)
-            self.queue_oldest_seconds.labels(engine).set(oldest.get(engine, 0.0))
+    def set_queue(self, engine: str, queue: QueueSummary) -> None:
+        """The queue gauges of one engine, from the store's summary of its models."""
+        self.queue_depth.labels(engine).set(queue.depth)
+        age = 0.0
+        if queue.oldest_create_time is not None:
+            age = max(0.0, time.time() - queue.oldest_create_time / 1000)
+        self.queue_oldest_seconds.labels(engine).set(age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from seedbed.store.base import (
     IDEMPOTENCY_SECONDS,
     IdempotencyConflict,
     QueueStat,
+    QueueSummary,
     TaskFilter,
     TaskStats,
 )
@@ -549,6 +550,10 @@ async def test_queue_and_task_stats(store: Store, clock: Clock) -> None:
     claimed = await store.claim(worker_id="w", models=["m2"], lease_seconds=30)
     assert claimed is not None
     await store.start_generating(claimed.id, worker_id="w")
+    assert await store.queue_summary() == QueueSummary(depth=3, oldest_create_time=a.create_time)
+    m2 = QueueSummary(depth=1, oldest_create_time=ms(T0 + 5))
+    assert await store.queue_summary(["m2"]) == m2
+    assert await store.queue_summary(["m2", "other"]) == m2
     assert await store.queue_stats() == [
         QueueStat(model="m1", depth=2, oldest_create_time=a.create_time),
         QueueStat(model="m2", depth=1, oldest_create_time=ms(T0 + 5)),
@@ -560,6 +565,8 @@ async def test_queue_and_task_stats(store: Store, clock: Clock) -> None:
         finished_by_state={"success": 1, "fail": 1},
         failures_by_code={"501": 1},
     )
+    assert await store.queue_summary() == QueueSummary(depth=2, oldest_create_time=a.create_time)
+    assert await store.queue_summary(["m2", "m3"]) == QueueSummary(depth=0, oldest_create_time=None)
     clock.advance(60)
     later = await store.task_stats(since=ms(clock.now))
     assert later.finished_by_state == {} and later.open_by_state == {"waiting": 2, "generating": 1}

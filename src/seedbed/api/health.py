@@ -9,8 +9,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from seedbed import catalogue
 from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
+from seedbed.engines import Engines
 from seedbed.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["router"]
@@ -37,7 +39,7 @@ async def readyz(request: Request) -> Response:
     queued = 0
     try:
         await ctx.store.ping()
-        queued = sum(stat.depth for stat in await ctx.store.queue_stats())
+        queued = (await ctx.store.queue_summary()).depth
         checks["store"] = "ok"
     except Exception as exc:
         log.warning("readiness: the store is unreachable: %r", exc)
@@ -57,14 +59,19 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text format: this process's counters and the store's queue per engine."""
     ctx = context(request)
-    names = [engine.name for engine in ctx.engines]
-
-    def engine_of(model: str) -> str | None:
-        engine = ctx.engines.for_model(model)
-        return None if engine is None else engine.name
-
     try:
-        ctx.metrics.set_queue(await ctx.store.queue_stats(), engine_of, names)
+        for engine, models in _models_by_engine(ctx.engines):
+            ctx.metrics.set_queue(engine, await ctx.store.queue_summary(models))
     except Exception as exc:  # the counters are still worth serving
         log.warning("metrics: could not read the queue: %r", exc)
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _models_by_engine(engines: Engines) -> list[tuple[str, list[str] | None]]:
+    """Each engine's name and the models it runs; None when it runs every model (the usual
+    single-engine deployment), which lets the store count the queue on its index alone."""
+    out: list[tuple[str, list[str] | None]] = []
+    for engine in engines:
+        models = [m for m in catalogue.CATALOGUE if engines.for_model(m) is engine]
+        out.append((engine.name, None if len(models) == len(catalogue.CATALOGUE) else models))
+    return out

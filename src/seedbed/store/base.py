@@ -19,6 +19,7 @@ __all__ = [
     "CreateRefused",
     "IdempotencyConflict",
     "QueueStat",
+    "QueueSummary",
     "Store",
     "TaskFilter",
     "TaskStats",
@@ -48,6 +49,14 @@ class QueueStat:
     model: str
     depth: int
     oldest_create_time: int  # Unix ms
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueSummary:
+    """Waiting and queuing tasks of a set of models: how many, and the oldest's creation."""
+
+    depth: int
+    oldest_create_time: int | None  # Unix ms; None when the queue is empty
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +141,15 @@ class Store(Protocol):
         """Tasks matching ``where``, newest first, at most ``where.limit``."""
 
     async def queue_stats(self) -> list[QueueStat]:
-        """Waiting and queuing tasks per model (only models with some); cheap: indexed."""
+        """Waiting and queuing tasks per model (only models with some); reads only their
+        index entries, and each one's row (fine for the admin CLI, not for every scrape)."""
+
+    async def queue_summary(self, models: Collection[str] | None = None) -> QueueSummary:
+        """Waiting and queuing tasks of ``models`` (None: all), for metrics and readiness.
+
+        With None it counts index entries only (no row is read) and finds the oldest with two
+        index seeks: a few milliseconds even with 100,000 tasks queued.
+        """
 
     async def task_stats(self, *, since: int) -> TaskStats:
         """Open tasks by state, and what ended since ``since`` (Unix ms)."""

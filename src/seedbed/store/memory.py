@@ -23,6 +23,7 @@ from seedbed.store.base import (
     CreateRefused,
     IdempotencyConflict,
     QueueStat,
+    QueueSummary,
     TaskFilter,
     TaskStats,
 )
@@ -281,6 +282,15 @@ class MemoryStore:
             QueueStat(model=model, depth=depth, oldest_create_time=oldest)
             for model, (depth, oldest) in sorted(by_model.items())
         ]
+
+    async def queue_summary(self, models: Collection[str] | None = None) -> QueueSummary:
+        queued = [
+            t
+            for t in self._tasks.values()
+            if t.state in _QUEUED and (models is None or t.model in models)
+        ]
+        oldest = min(queued, key=lambda t: t.seq).create_time if queued else None
+        return QueueSummary(depth=len(queued), oldest_create_time=oldest)
 
     async def task_stats(self, *, since: int) -> TaskStats:
         stats = TaskStats()

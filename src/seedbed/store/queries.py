@@ -61,8 +61,11 @@ __all__ = [
     "PG_SET_FLAG",
     "PING",
     "PROGRESS",
+    "QUEUE_DEPTH",
+    "QUEUE_OLDEST",
     "QUEUE_POSITION",
     "QUEUE_STATS",
+    "QUEUE_SUMMARY",
     "RELEASE_LEASES",
     "REVOKE",
     "SETTLE",
@@ -190,6 +193,40 @@ QUEUE_STATS = (
     .group_by(_T.model)
     .order_by(_T.model)
 )
+_QUEUED = _states(S.WAITING.value, S.QUEUING.value)
+#: the whole queue: counted on the covering (state, seq) index, no row read
+QUEUE_DEPTH = select(func.count()).select_from(tasks).where(_QUEUED)
+#: the oldest queued task: the smallest seq of each queued state (an index seek each)
+QUEUE_OLDEST = (
+    select(_T.create_time)
+    .where(
+        _T.seq.in_(
+            union_all(
+                *(
+                    select(func.min(_T.seq)).where(_T.state == state)
+                    for state in (S.WAITING.value, S.QUEUING.value)
+                )
+            )
+        )
+    )
+    .order_by(_T.seq)
+    .limit(1)
+)
+
+
+def _queue_summary(*, for_sqlite: bool) -> Any:
+    models = (
+        _T.model.in_(select(literal_column("value")).select_from(func.json_each(_p("models"))))
+        if for_sqlite
+        else _T.model.in_(bindparam("p_models", expanding=True))
+    )
+    return select(func.count().label("depth"), func.min(_T.create_time).label("oldest")).where(
+        _QUEUED, models
+    )
+
+
+#: part of the queue (some models), by dialect is SQLite
+QUEUE_SUMMARY = {sqlite_: _queue_summary(for_sqlite=sqlite_) for sqlite_ in (True, False)}
 TASKS_OPEN = (
     select(_T.state, func.count().label("n")).where(_IS_OPEN).group_by(_T.state).order_by(_T.state)
 )

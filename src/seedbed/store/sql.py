@@ -36,6 +36,7 @@ from seedbed.store.base import (
     CreateRefused,
     IdempotencyConflict,
     QueueStat,
+    QueueSummary,
     TaskFilter,
     TaskStats,
 )
@@ -333,6 +334,20 @@ class SqlStore:
             QueueStat(model=row.model, depth=int(row.depth), oldest_create_time=int(row.oldest))
             for row in rows
         ]
+
+    async def queue_summary(self, models: Collection[str] | None = None) -> QueueSummary:
+        if models is None:
+            depth = (await self._db.read(_one, q.QUEUE_DEPTH, {}))[0]
+            oldest = await self._db.read(_one, q.QUEUE_OLDEST, {})
+            return QueueSummary(
+                depth=int(depth), oldest_create_time=None if oldest is None else int(oldest[0])
+            )
+        sqlite = self._dialect == "sqlite"
+        params = {"p_models": q.dumps(list(models)) if sqlite else list(models)}
+        row = await self._db.read(_one, q.QUEUE_SUMMARY[sqlite], params)
+        return QueueSummary(
+            depth=int(row.depth), oldest_create_time=None if row.oldest is None else int(row.oldest)
+        )
 
     async def task_stats(self, *, since: int) -> TaskStats:
         stats = TaskStats()
