@@ -4,9 +4,9 @@ Figures, each against a baseline measured in the same run:
 
 * the server's resident memory with the streams open, against the same server without them;
 * createTask throughput (wrk, 32 connections) while the streams are open, as a ratio to the
-  same measurement without them. Runs alternate without / with / without (A-B-A), and the
-  ratio uses the mean of the two runs without, so drift on the machine (and the table growing
-  with the created tasks) hits both sides alike.
+  same measurement without them. Runs alternate without / with / without / ... (``--rounds``
+  runs with the streams, one more without) and the ratio is of the medians, so drift on the
+  machine (and the table growing with the created tasks) hits both sides alike.
 
 The streams follow 1,000 distinct waiting tasks (worker off: nothing moves, as in a queue that
 waits on its GPU), so the server pays what idle streams cost: the shared change feed polls
@@ -14,7 +14,7 @@ their tasks every ``events_poll_seconds`` and each stream holds a connection and
 A helper process holds the streams (``--hold``), so the client's work is not in the server's
 process. Only 127.0.0.1 is contacted.
 
-Usage: ``python bench/sse_bench.py [--streams 1000] [--duration 8]``.
+Usage: ``python bench/sse_bench.py [--streams 1000] [--duration 6] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -39,6 +40,19 @@ from api_bench import BODY, create_key, free_port, rss_mb, start, stop, wrk
 def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(pid: int, seconds: float = 5.0) -> float:
+    """Share of one core the process uses while nobody sends it requests."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
 
 
 def create_tasks(base: str, key: str, count: int) -> list[str]:
@@ -94,7 +108,8 @@ async def hold(base: str, key: str, ids: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs with the streams open")
     parser.add_argument(
         "--hold", nargs=3, metavar=("URL", "KEY", "IDS_FILE"), help=argparse.SUPPRESS
     )
@@ -120,6 +135,7 @@ def main() -> None:
         ids_file.write_text(json.dumps(ids))
         time.sleep(1)
         rss_without = rss_mb(proc.pid)
+        cpu_without = idle_cpu(proc.pid)
 
         def create_rps() -> float:
             body = json.dumps(BODY)
@@ -128,53 +144,75 @@ def main() -> None:
             assert result["bad"] == 0, result
             return result["rps"]
 
-        before = create_rps()
-        t0 = time.perf_counter()
-        holder = subprocess.Popen(
-            [sys.executable, __file__, "--hold", base, key, str(ids_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert holder.stdout is not None and holder.stdin is not None
-        line = holder.stdout.readline().strip()
-        if not line.startswith("OPEN"):
-            raise SystemExit(f"the stream holder failed: {line!r}")
-        open_s = time.perf_counter() - t0
-        time.sleep(2)
-        rss_with = rss_mb(proc.pid)
-        during = create_rps()
+        def open_streams() -> tuple[subprocess.Popen[str], float]:
+            t0 = time.perf_counter()
+            holder = subprocess.Popen(
+                [sys.executable, __file__, "--hold", base, key, str(ids_file)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert holder.stdout is not None
+            line = holder.stdout.readline().strip()
+            if not line.startswith("OPEN"):
+                holder.kill()
+                raise SystemExit(f"the stream holder failed: {line!r}")
+            return holder, time.perf_counter() - t0
+
+        def close_streams(holder: subprocess.Popen[str]) -> str:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.close()
+            closed = holder.stdout.readline().strip()
+            holder.wait(timeout=30)
+            time.sleep(1)
+            return closed
+
+        # A (without) and B (with) alternate: A B A B ... A, so drift hits both alike
+        without = [create_rps()]
+        with_streams: list[float] = []
+        for round_ in range(args.rounds):
+            holder, open_s = open_streams()
+            time.sleep(2)
+            if round_ == 0:
+                rss_with = rss_mb(proc.pid)
+                cpu_with = idle_cpu(proc.pid)
+                metrics = httpx.get(f"{base}/metrics", trust_env=False).text
+                streams = next(
+                    float(m.split()[-1])
+                    for m in metrics.splitlines()
+                    if m.startswith("seedbed_event_streams ")
+                )
+            with_streams.append(create_rps())
+            closed = close_streams(holder)
+            holder = None
+            without.append(create_rps())
         rss_after_load = rss_mb(proc.pid)
-        metrics = httpx.get(f"{base}/metrics", trust_env=False).text
-        streams = next(
-            float(m.split()[-1])
-            for m in metrics.splitlines()
-            if m.startswith("seedbed_event_streams ")
-        )
-        holder.stdin.close()
-        closed = holder.stdout.readline().strip()
-        holder.wait(timeout=30)
-        holder = None
-        time.sleep(1)
-        after = create_rps()
         stop(proc)
     finally:
         if holder is not None:
             holder.kill()
         shutil.rmtree(root, ignore_errors=True)
 
-    baseline = statistics.mean([before, after])
+    baseline = statistics.median(without)
+    during = statistics.median(with_streams)
     print(
         f"streams: {args.streams} open in {open_s:.1f} s (server counted {streams:.0f}); {closed}"
     )
     print(
         f"server RSS: {rss_without:.0f} MB without streams, {rss_with:.0f} MB with them "
         f"(+{rss_with - rss_without:.0f} MB, {(rss_with - rss_without) * 1024 / args.streams:.0f}"
-        f" KB a stream); {rss_after_load:.0f} MB after the createTask run"
+        f" KB a stream); {rss_after_load:.0f} MB at the end"
     )
     print(
-        f"createTask req/s: without streams {before:.0f} / {after:.0f} (mean {baseline:.0f}); "
-        f"with {args.streams} streams {during:.0f}; ratio {during / baseline:.2f} (goal >= 0.70)"
+        f"server CPU while idle: {cpu_without * 100:.1f} % of a core without streams, "
+        f"{cpu_with * 100:.1f} % with them (the shared feed's poll, heartbeats)"
+    )
+    print(
+        "createTask req/s without streams: "
+        + " / ".join(f"{x:.0f}" for x in without)
+        + f" (median {baseline:.0f}); with {args.streams} streams: "
+        + " / ".join(f"{x:.0f}" for x in with_streams)
+        + f" (median {during:.0f}); ratio {during / baseline:.2f} (goal >= 0.70)"
     )
 
 
