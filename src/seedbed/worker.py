@@ -132,11 +132,6 @@ class Worker:
         event.set()
         return True
 
-    @property
-    def running(self) -> list[str]:
-        """Ids of the tasks this worker holds right now."""
-        return list(self._running)
-
     async def drain(self, grace: float) -> list[str]:
         """Graceful shutdown: stop claiming, let running tasks end for up to ``grace`` seconds
         from the first ``stop()``, then hand the rest back to the queue (their leases are

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from proc import create_key, server, start_server
+from proc import SEEDBED, create_key, env, server, start_server
 
 from conftest import free_port
 from seedbed.store import open_store
@@ -157,3 +157,28 @@ def test_sigterm_past_the_grace_period_hands_running_tasks_back(tmp_path: Path) 
     final = tasks_in(tmp_path)
     assert {task.state for task in final.values()} == {TaskState.SUCCESS}
     assert all(final[t].attempts == 2 for t in running)
+
+
+def test_sigterm_on_a_separate_worker_hands_its_task_back(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    key = create_key(tmp_path)
+    settings = {"sandbox_steps": 10, "sandbox_step_seconds": 2, "shutdown_grace_seconds": 0.5}
+    worker = subprocess.Popen(
+        [*SEEDBED, "worker", "--data-dir", str(tmp_path)],
+        env=env(**settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with server(tmp_path, port, "--no-worker"):
+            (task_id,) = create_tasks(url, key["key"], 1)
+            wait_generating(url, key["key"], [task_id], 1)
+            code, elapsed, logs = terminate(worker)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert code == 0 and elapsed < 5
+    task = tasks_in(tmp_path)[task_id]
+    assert task.state is TaskState.GENERATING and task.lease_expires == 0
+    assert any("handed 1 running task(s) back" in line["msg"] for line in logs)
