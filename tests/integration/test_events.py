@@ -105,12 +105,14 @@ def test_events_follow_a_task_to_success_then_the_stream_closes(slow: LiveServer
     ids = [e.id for e in events]
     assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))  # type: ignore[type-var]
     assert events[-1].data == slow.record(key, task_id)["data"]
-    # progress-only events, at most two a second (0.5 s apart; 0.1 s allowed for delivery)
+    # progress-only events, at most two a second. The worker writes progress every 0.25 s,
+    # so unthrottled they would come 0.25 s apart. On average they are 0.5 s apart or more
+    # (delivery jitter only moves the two ends), and no gap is near 0.25 s.
     progress = [e for e in events if e.event == "progress"]
-    assert progress, states
+    assert len(progress) >= 2, states
     assert all(e.data["state"] == "generating" for e in progress)
     gaps = [b.received - a.received for a, b in itertools.pairwise(progress)]
-    assert all(gap >= 0.4 for gap in gaps), gaps
+    assert sum(gaps) / len(gaps) >= 0.45 and min(gaps) >= 0.3, gaps
     values = [e.data["progress"] for e in events]
     assert values == sorted(values)
 
