@@ -21,6 +21,7 @@ import uvicorn
 from seedbed import keys
 from seedbed.app import create_app
 from seedbed.config import Settings
+from seedbed.engines import Engines
 from seedbed.store import open_store
 from seedbed.tasks import KeyLimits, NewKey
 
@@ -79,9 +80,8 @@ class LiveServer:
         return run_async(call())
 
     def create(self, key: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        response = self.client.post(
-            "/api/v1/jobs/createTask", json=body, headers=auth(key), **kwargs
-        )
+        headers = {**auth(key), **kwargs.pop("headers", {})}
+        response = self.client.post("/api/v1/jobs/createTask", json=body, headers=headers, **kwargs)
         return dict(response.json())
 
     def record(self, key: str, task_id: str) -> dict[str, Any]:
@@ -110,9 +110,9 @@ def auth(key: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
+def serve_in_thread(settings: Settings, engines: Engines | None = None) -> Iterator[LiveServer]:
     """A real uvicorn server on 127.0.0.1 in a background thread, stopped on exit."""
-    app = create_app(settings)
+    app = create_app(settings, engines=engines)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -145,6 +145,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # Tests poll fast; the limits themselves are tested with per-key settings.
         "record_rate_limit": 1000,
         "create_rate_limit": 1000,
+        # A stopping test server hands running tasks back after this, instead of waiting 30 s.
+        "shutdown_grace_seconds": 1.0,
     }
     values.update(overrides)
     return Settings(**values)

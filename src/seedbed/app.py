@@ -14,12 +14,14 @@ from starlette.responses import Response
 
 from seedbed import __version__, errors, netguard
 from seedbed import store as store_module
-from seedbed.api import account, common, envelope, files, health, jobs, models, uploads
+from seedbed.api import account, common, envelope, events, files, health, jobs, models, uploads
 from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, default_engines
+from seedbed.feed import TaskFeed
 from seedbed.links import Links, load_or_create_secret
+from seedbed.metrics import HttpMetrics
 from seedbed.retention import Sweeper
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
@@ -45,13 +47,17 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.store.open()
+        feed_task = asyncio.create_task(ctx.feed.run(), name="seedbed-feed")
+        ctx.shutdown_hooks.append(ctx.feed.close)
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
         if settings.worker:
-            worker = build_worker(ctx)
+            worker = ctx.worker = build_worker(ctx)
+            ctx.shutdown_hooks.append(worker.stop)
             worker_task = asyncio.create_task(worker.run(), name="seedbed-worker")
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
         background: list[tuple[Dispatcher | Sweeper, asyncio.Task[None]]] = []
+        dispatcher: Dispatcher | None = None
         if settings.callbacks:
             dispatcher = build_dispatcher(ctx)
             background.append((dispatcher, asyncio.create_task(dispatcher.run(), name="callbacks")))
@@ -60,16 +66,23 @@ def create_app(
         try:
             yield
         finally:
+            ctx.begin_shutdown()
             if worker is not None and worker_task is not None:
-                worker.stop()
-                worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
+                await _drain(worker, worker_task, settings.shutdown_grace_seconds)
+            if dispatcher is not None:
+                # Callbacks of the tasks that just ended go out before the process does; what
+                # cannot be delivered in time stays in the outbox for the next start.
+                await dispatcher.flush(
+                    min(settings.callback_timeout, settings.shutdown_grace_seconds)
+                )
             for service, _ in background:
                 service.stop()
             for _, task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed_task
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
             await ctx.store.close()
@@ -81,10 +94,25 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for module in (jobs, account, common, uploads, models, files, health):
+    for module in (jobs, events, account, common, uploads, models, files, health):
         app.include_router(module.router)
+    app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     _install_error_handlers(app)
     return app
+
+
+async def _drain(worker: Worker, worker_task: asyncio.Task[None], grace: float) -> None:
+    """Let running tasks end within ``grace``, hand the rest back, then stop the worker."""
+    try:
+        await worker.drain(grace)
+    except Exception:
+        log.exception("draining the worker failed")
+    # What was handed back stops at its engine's next step; give it a moment, then cancel.
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(worker_task), timeout=2.0)
+    worker_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker_task
 
 
 def build_context(
@@ -118,6 +146,7 @@ def build_context(
         keys=KeyCache(store, settings.admin_refresh_seconds),
         links=Links(load_or_create_secret(settings.data_dir)),
         callback_wakeup=callback_wakeup,
+        feed=TaskFeed(store, interval=settings.events_poll_seconds),
     )
 
 
@@ -138,6 +167,7 @@ def build_worker(ctx: Context) -> Worker:
             engine_nice=settings.engine_nice,
         ),
         pricing=ctx.pricing,
+        observer=_WorkerObserver(ctx),
     )
 
 
@@ -149,6 +179,7 @@ def build_dispatcher(ctx: Context) -> Dispatcher:
         wakeup=ctx.callback_wakeup,
         # looked up per call, so a resolver set on the context later (tests' stubs) is used
         resolver=lambda host, port: ctx.resolver(host, port),
+        on_outcome=lambda outcome: ctx.metrics.callback_deliveries.labels(outcome).inc(),
         config=DispatcherConfig(
             timeout=settings.callback_timeout,
             retry_delays=tuple(settings.callback_retry_delays),
@@ -171,6 +202,22 @@ def build_sweeper(ctx: Context) -> Sweeper:
         upload_retention=settings.upload_retention_days * 86400,
         interval=settings.retention_sweep_seconds,
     )
+
+
+class _WorkerObserver:
+    """The in-process worker's changes, passed on to live events and metrics."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def changed(self, task_id: str) -> None:
+        self._ctx.feed.poke(task_id)
+
+    def generated(self, task: Task, seconds: float) -> None:
+        self._ctx.metrics.generated(task, seconds)
+
+    def finished(self, task: Task) -> None:
+        self._ctx.task_ended(task)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -114,9 +114,11 @@ class Dispatcher:
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        on_outcome: Callable[[str], None] = lambda _outcome: None,
     ) -> None:
         """``client``: one HTTP client for every delivery (tests pass a mock transport);
-        by default each receiver origin gets its own pooled client."""
+        by default each receiver origin gets its own pooled client. ``on_outcome`` hears each
+        attempt's outcome: "delivered", "retry" or "dead" (the server's metrics)."""
         self.store = store
         self.config = config
         self.wakeup = wakeup or Wakeup()
@@ -124,6 +126,7 @@ class Dispatcher:
         self._resolver = resolver
         self._clock = clock
         self._rng = rng
+        self._on_outcome = on_outcome
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._clients = _Clients()
@@ -134,6 +137,22 @@ class Dispatcher:
         """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
         self._stopping.set()
         self.wakeup.kick()
+
+    async def flush(self, timeout: float) -> None:
+        """At shutdown, before ``stop()``: deliver what is due now (the callbacks of tasks that
+        just ended) for up to ``timeout`` seconds. Retries scheduled for later, and what is not
+        delivered in time, stay in the outbox for the next start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (left := deadline - loop.time()) > 0:
+            free = self.config.concurrency - len(self._inflight)
+            if free > 0:
+                await self._claim_some(free)
+            if not self._inflight:
+                return
+            await asyncio.wait(
+                list(self._inflight.values()), timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
 
     def retry_delay(self, attempt: int) -> float | None:
         """Seconds to wait after failed attempt ``attempt`` (1-based); None: it was the last."""
@@ -222,6 +241,7 @@ class Dispatcher:
             delivered=delivered,
             retry_in=retry_in,
         )
+        self._on_outcome("delivered" if delivered else "dead" if retry_in is None else "retry")
         if delivered:
             log.info("callback for task %s delivered (attempt %d)", delivery.task_id, attempt)
         elif retry_in is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from seedbed.cli_client import register_client_commands
 from seedbed.config import Settings
@@ -39,7 +38,9 @@ keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=T
 credits_app = typer.Typer(help="Credit balances.", no_args_is_help=True)
 models_app = typer.Typer(help="Per-model switches.", no_args_is_help=True)
 callbacks_app = typer.Typer(help="The callback outbox: inspect, redeliver.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Tasks: list and inspect.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(tasks_app, name="tasks")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
 app.add_typer(callbacks_app, name="callbacks")
@@ -101,12 +102,10 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(settings: Settings) -> None:
+    from seedbed.logs import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json, stream=sys.stderr)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -143,22 +142,29 @@ def serve(
         allow_network=allow_network,
         worker=worker,
     )
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     _tune_gc()
     try:
         application = create_app(settings)
     except ValueError as exc:
         _fail(str(exc))
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=access_log,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=30,
+    from seedbed.server import GracefulServer
+
+    server = GracefulServer(
+        uvicorn.Config(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,  # uvicorn's records go through seedbed's handler (JSON, redacted)
+            access_log=access_log,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=30,
+        ),
+        on_signal=application.state.ctx.begin_shutdown,
     )
+    server.run()
 
 
 @app.command("worker")
@@ -184,7 +190,7 @@ def worker_command(
         worker_concurrency=concurrency,
         allow_network=allow_network,
     )
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     _tune_gc()
 
     async def run() -> None:
@@ -192,8 +198,15 @@ def worker_command(
         await ctx.store.open()
         worker = build_worker(ctx)
         loop = asyncio.get_running_loop()
+        draining: list[asyncio.Task[list[str]]] = []
+
+        def on_signal() -> None:
+            # Stop claiming; running tasks get the grace period, then go back to the queue.
+            if not draining:
+                draining.append(loop.create_task(worker.drain(settings.shutdown_grace_seconds)))
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await worker.run(burst=burst)
         finally:
@@ -481,6 +494,164 @@ def callbacks_redeliver(
     if not _with_store(settings, lambda store: store.redeliver_callback(task_id)):
         _fail(f"no callback for task {task_id}")
     err.print(f"Callback for {task_id} queued.")
+
+
+# -- tasks and stats -------------------------------------------------------------------------
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since_ms(text: str) -> int:
+    """``--since``: a duration back from now (``90s``, ``30m``, ``1h``, ``2d``) or an ISO time."""
+    import time
+
+    value = text.strip()
+    unit = _DURATION_UNITS.get(value[-1:].lower())
+    if unit is not None and value[:-1].replace(".", "", 1).isdigit():
+        return int((time.time() - float(value[:-1]) * unit) * 1000)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--since: {text!r} is neither a duration (30m, 1h, 2d) nor an ISO date-time")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _task_json(task: Any) -> dict[str, Any]:
+    return {
+        "taskId": task.id,
+        "keyId": task.key_id,
+        "model": task.model,
+        "state": task.state.value,
+        "progress": task.progress,
+        "attempts": task.attempts,
+        "failCode": task.fail_code,
+        "failMsg": task.fail_msg,
+        "reserved": str(task.reserved),
+        "creditsConsumed": str(task.credits_consumed),
+        "resultKeys": list(task.result_keys),
+        "createTime": task.create_time,
+        "updateTime": task.update_time,
+        "completeTime": task.complete_time,
+        "costTime": task.cost_time,
+        "leaseOwner": task.lease_owner,
+        "param": task.param,
+    }
+
+
+@tasks_app.command("list")
+def tasks_list(
+    state: Annotated[
+        str | None, typer.Option(help="waiting, queuing, generating, success or fail.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Key id (from keys list).")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: 30m, 1h, 2d or an ISO date-time.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """List tasks, newest first."""
+    from seedbed.store.base import TaskFilter
+    from seedbed.tasks import TaskState
+
+    try:
+        wanted = None if state is None else TaskState(state)
+    except ValueError:
+        _fail(f"--state must be one of {', '.join(s.value for s in TaskState)}")
+    where = TaskFilter(
+        state=wanted,
+        model=model,
+        key_id=key,
+        since=None if since is None else _since_ms(since),
+        limit=limit,
+    )
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    found = _with_store(settings, lambda store: store.list_tasks(where))
+    if as_json:
+        print(json.dumps([_task_json(t) for t in found]))
+        return
+    # the id is what an operator copies next: never wrapped or cut, whatever the width
+    task_id_column = Column("task id", no_wrap=True, min_width=32)
+    table = Table(task_id_column, "model", "state", "progress", "key", "created", "fail")
+    for t in found:
+        fail = f"{t.fail_code}: {t.fail_msg}" if t.fail_code else ""
+        table.add_row(
+            t.id, t.model, t.state.value, f"{t.progress}%", t.key_id, _when(t.create_time), fail
+        )
+    Console().print(table)
+
+
+@tasks_app.command("get")
+def tasks_get(
+    task_id: Annotated[str, typer.Argument(help="The taskId.")],
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Show one task in full."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    task = _with_store(settings, lambda store: store.get_task(task_id))
+    if task is None:
+        _fail(f"no task {task_id}")
+    shown = _task_json(task)
+    if as_json:
+        print(json.dumps(shown))
+        return
+    table = Table("field", "value", show_header=False)
+    for name, value in shown.items():
+        text = _when(value) if name.endswith("Time") and name != "costTime" else value
+        table.add_row(name, "" if text is None else str(text))
+    Console().print(table)
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option(help="Window for throughput and failures.")] = "1h",
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Queue depth, throughput and failures by code over a window (default: the last hour)."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    start = _since_ms(since)
+
+    async def read(store: Any) -> Any:
+        return await store.task_stats(since=start), await store.queue_stats()
+
+    figures, queue = _with_store(settings, read)
+    finished = sum(figures.finished_by_state.values())
+    hours = max(1e-9, (datetime.now(tz=UTC).timestamp() * 1000 - start) / 3_600_000)
+    shown = {
+        "since": start,
+        "open": figures.open_by_state,
+        "queueDepth": sum(q.depth for q in queue),
+        "queueByModel": {q.model: q.depth for q in queue},
+        "finished": figures.finished_by_state,
+        "throughputPerHour": round(finished / hours, 2),
+        "failuresByCode": figures.failures_by_code,
+    }
+    if as_json:
+        print(json.dumps(shown))
+        return
+    console = Console()
+    console.print(f"since {_when(start)} UTC")
+    table = Table("figure", "value")
+    for state_name in ("waiting", "queuing", "generating"):
+        table.add_row(f"open: {state_name}", str(figures.open_by_state.get(state_name, 0)))
+    table.add_row("queue depth (waiting + queuing)", str(shown["queueDepth"]))
+    for state_name in ("success", "fail"):
+        table.add_row(f"finished: {state_name}", str(figures.finished_by_state.get(state_name, 0)))
+    table.add_row("throughput (tasks/hour)", str(shown["throughputPerHour"]))
+    for code, count in sorted(figures.failures_by_code.items()):
+        table.add_row(f"failures: code {code or '-'}", str(count))
+    console.print(table)
 
 
 # -- helpers ---------------------------------------------------------------------------------

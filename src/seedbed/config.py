@@ -52,6 +52,23 @@ class Settings(BaseSettings):
         1_048_576, description="largest JSON request body accepted (413 above)"
     )
     log_level: str = "info"
+    log_json: bool | None = Field(
+        None, description="JSON log lines; default: JSON unless stderr is a terminal"
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        description="on SIGTERM, how long generating tasks may run on before they are handed "
+        "back to the queue",
+    )
+    events_heartbeat_seconds: float = Field(
+        15.0, description="comment lines on idle live-event streams, so proxies keep them open"
+    )
+    events_poll_seconds: float = Field(
+        0.25, description="how often the live-event feed reads tasks changed by other processes"
+    )
+    ready_queue_limit: int = Field(
+        10_000, description="/readyz reports not ready while this many tasks wait or more"
+    )
 
     # -- limits (per key; each key may override) -------------------------------------------
     create_rate_limit: int = Field(20, description="createTask calls per window per key")

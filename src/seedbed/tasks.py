@@ -121,6 +121,11 @@ class NewTask:
     #: the base URL the task was created through (result links in its callback)
     origin: str | None = None
 
+    #: the client's ``Idempotency-Key`` header, if it sent one, and a hash of its request:
+    #: a repeat within a day answers the first task instead of creating another
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
 
 @dataclass(frozen=True, kw_only=True)
 class Task:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
@@ -31,12 +31,13 @@ from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, EngineJob, OutputPlan
 from seedbed.links import Links
+from seedbed.logs import task_extra
 from seedbed.storage.base import Storage, StoredFileNotFound
 from seedbed.store.base import Store
 from seedbed.tasks import Outcome, Task
 from seedbed.wakeup import Wakeup
 
-__all__ = ["Worker", "WorkerConfig", "new_worker_id"]
+__all__ = ["Worker", "WorkerConfig", "WorkerObserver", "new_worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,19 @@ class WorkerConfig:
 Fetcher = Callable[..., Awaitable[netguard.Fetched]]
 
 
+class WorkerObserver(Protocol):
+    """What the rest of the process learns from a worker: live events and metrics."""
+
+    def changed(self, task_id: str) -> None:
+        """The worker has just written a change to this task (state or progress)."""
+
+    def generated(self, task: Task, seconds: float) -> None:
+        """The engine produced the task's images in ``seconds``."""
+
+    def finished(self, task: Task) -> None:
+        """The worker ended the task (the store's final record of it)."""
+
+
 class Worker:
     def __init__(
         self,
@@ -78,6 +92,7 @@ class Worker:
         worker_id: str | None = None,
         fetch: Fetcher = netguard.fetch,
         pricing: Callable[[ModelSpec], catalogue.Pricing] | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -98,6 +113,10 @@ class Worker:
             initargs=(config.engine_nice,),
         )
         self._stopping = asyncio.Event()
+        self._stopped_at: float | None = None
+        self._observer = observer
+        #: tasks handed back to the queue at shutdown: never finished by this worker
+        self._abandoned: set[str] = set()
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
@@ -122,8 +141,43 @@ class Worker:
             self._engine_threads.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
+        """Claim nothing more; what is running goes on (see ``drain``)."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self._stopping.set()
         self.wakeup.kick()
+
+    def cancel(self, task_id: str) -> bool:
+        """Interrupt a task this worker runs (its engine stops at its next step)."""
+        event = self._running.get(task_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def drain(self, grace: float) -> list[str]:
+        """Graceful shutdown: stop claiming, let running tasks end for up to ``grace`` seconds
+        from the first ``stop()``, then hand the rest back to the queue (their leases are
+        released, so the next worker to look takes them at once). Returns the ids handed back.
+        """
+        self.stop()
+        assert self._stopped_at is not None
+        deadline = self._stopped_at + grace
+        while self._running and time.monotonic() < deadline:
+            self.wakeup.clear()
+            await self.wakeup.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        left = list(self._running)
+        if not left:
+            return []
+        self._abandoned.update(left)
+        for task_id in left:
+            self.cancel(task_id)
+        try:
+            await self.store.release_leases([self.worker_id])
+        except Exception:
+            log.exception("could not release leases at shutdown; they expire on their own")
+        log.info("shutdown: handed %d running task(s) back to the queue", len(left))
+        return left
 
     async def _claim_loop(self, group: asyncio.TaskGroup, *, burst: bool) -> None:
         served = [m for m in catalogue.CATALOGUE if self.engines.serves(m)]
@@ -147,6 +201,8 @@ class Worker:
                     break
                 claimed = True
                 self._running[task.id] = threading.Event()
+                log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))
+                self._changed(task.id)
                 group.create_task(self._process(task))
             if burst and not claimed and not self._running:
                 return
@@ -189,19 +245,42 @@ class Worker:
             count = await self.store.release_leases(dead)
             log.info("took back %d task(s) from %d dead worker(s)", count, len(dead))
 
+    def _changed(self, task_id: str) -> None:
+        if self._observer is not None:
+            self._observer.changed(task_id)
+
     # -- one task --------------------------------------------------------------------------
     async def _process(self, task: Task) -> None:
+        extra = task_extra(task)
         try:
             outcome = await self._attempt(task)
         except errors.TaskFailure as exc:
             outcome = Outcome.failure(exc.fail_code, exc.fail_msg)
         except Exception:
-            log.exception("task %s: unexpected error", task.id)
+            log.exception("unexpected error while processing the task", extra=extra)
             outcome = Outcome.failure("500", "internal error while processing the task")
         try:
+            if task.id in self._abandoned:
+                outcome = None  # handed back at shutdown: the next worker runs it
+            elif self._running[task.id].is_set() and outcome is not None:
+                # Canceled (by the API, which already ended it) or taken by another worker:
+                # the guarded finish below then changes nothing.
+                log.info("task interrupted", extra=extra)
             if outcome is not None:
                 # Shielded: a stop must not leave a task half-settled.
-                await asyncio.shield(self.store.finish(task.id, outcome, worker_id=self.worker_id))
+                done = await asyncio.shield(
+                    self.store.finish(task.id, outcome, worker_id=self.worker_id)
+                )
+                if done is not None:
+                    log.info(
+                        "task finished: %s%s",
+                        done.state.value,
+                        f" ({done.fail_code}: {done.fail_msg})" if done.fail_code else "",
+                        extra=extra,
+                    )
+                    self._changed(task.id)
+                    if self._observer is not None:
+                        self._observer.finished(done)
         finally:
             self._running.pop(task.id, None)
             self.wakeup.kick()
@@ -230,16 +309,21 @@ class Worker:
             await self._in_engine_thread(engine.load)
             self._loaded.add(id(engine))
         if not await self.store.start_generating(task.id, worker_id=self.worker_id):
-            return None  # lease lost: another worker has it now
+            return None  # lease lost (another worker has it now) or the task was canceled
+        self._changed(task.id)
         cancel = self._running[task.id]
         progress = self._progress_reporter(task.id)
+        started = time.monotonic()
         try:
             artifacts = await self._in_engine_thread(engine.run, job, progress, cancel)
         except errors.TaskFailure:
             raise
         except Exception as exc:
-            log.warning("task %s: engine %s failed: %r", task.id, engine.name, exc)
+            if not cancel.is_set():
+                log.warning("engine %s failed: %r", engine.name, exc, extra=task_extra(task))
             raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
+        if self._observer is not None:
+            self._observer.generated(task, time.monotonic() - started)
         _check_outputs(artifacts, plan)
         keys = await self._store_results(task.id, artifacts)
         billable = len(artifacts) - 1 if plan.layers else len(artifacts)
@@ -306,9 +390,17 @@ class Worker:
 
     async def _write_progress(self, task_id: str, percent: int) -> None:
         try:
-            await self.store.set_progress(task_id, percent, worker_id=self.worker_id)
+            held = await self.store.set_progress(task_id, percent, worker_id=self.worker_id)
         except Exception:
-            log.exception("task %s: progress write failed", task_id)
+            log.exception("progress write failed", extra={"taskId": task_id})
+            return
+        if not held:
+            # The task was canceled (another process ended it) or another worker took it: the
+            # engine stops at its next step. This is how a separate worker process learns of a
+            # cancel within one step.
+            self.cancel(task_id)
+        else:
+            self._changed(task_id)
 
     async def _store_results(self, task_id: str, artifacts: Sequence[Artifact]) -> list[str]:
         keys = []

@@ -114,3 +114,55 @@ def test_separate_worker_process_is_woken_by_notification(tmp_path: Path) -> Non
                 time.sleep(0.05)
     finally:
         stop(worker)
+
+
+def test_tasks_list_get_and_stats(tmp_path: Path) -> None:
+    port = free_port()
+    key = create_key(tmp_path, credits=100)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    body = {"model": "bytedance/seedream", "input": {"prompt": "x", "image_size": "square"}}
+    with server(tmp_path, port, "--no-worker"):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            ids = [
+                client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()["data"][
+                    "taskId"
+                ]
+                for _ in range(3)
+            ]
+            client.post("/api/v1/jobs/cancelTask", json={"taskId": ids[0]}, headers=headers)
+
+    listed = run_cli(["tasks", "list", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["taskId"] for r in rows] == ids[::-1]  # newest first
+    waiting = json.loads(
+        run_cli(["tasks", "list", "--state", "waiting", "--json"], tmp_path).stdout
+    )
+    assert {r["taskId"] for r in waiting} == set(ids[1:])
+    failed = run_cli(
+        ["tasks", "list", "--state", "fail", "--key", key["id"], "--since", "1h", "--json"],
+        tmp_path,
+    )
+    assert [r["taskId"] for r in json.loads(failed.stdout)] == [ids[0]]
+    other_model = run_cli(["tasks", "list", "--model", "seedream/4.5-edit", "--json"], tmp_path)
+    assert json.loads(other_model.stdout) == []
+    assert run_cli(["tasks", "list", "--state", "lost"], tmp_path).returncode == 1
+    assert run_cli(["tasks", "list", "--since", "yesterday"], tmp_path).returncode == 1
+    table = run_cli(["tasks", "list"], tmp_path)
+    assert table.returncode == 0 and ids[0] in table.stdout
+
+    got = run_cli(["tasks", "get", ids[0], "--json"], tmp_path)
+    shown = json.loads(got.stdout)
+    assert shown["state"] == "fail" and shown["failMsg"] == "canceled"
+    assert shown["keyId"] == key["id"] and shown["model"] == "bytedance/seedream"
+    assert run_cli(["tasks", "get", ids[0]], tmp_path).returncode == 0
+    missing = run_cli(["tasks", "get", "0" * 32], tmp_path)
+    assert missing.returncode == 1 and "no task" in missing.stderr
+
+    stats = json.loads(run_cli(["stats", "--json"], tmp_path).stdout)
+    assert stats["open"] == {"waiting": 2}
+    assert stats["queueDepth"] == 2 and stats["queueByModel"] == {"bytedance/seedream": 2}
+    assert stats["finished"] == {"fail": 1} and stats["failuresByCode"] == {"400": 1}
+    assert stats["throughputPerHour"] == 1.0
+    text = run_cli(["stats", "--since", "30m"], tmp_path)
+    assert text.returncode == 0 and "queue depth" in text.stdout

@@ -23,6 +23,14 @@ import pytest
 
 from seedbed.outbox import CallbackState, FileKind, StoredFile
 from seedbed.store import CreateRefused, Store, open_store
+from seedbed.store.base import (
+    IDEMPOTENCY_SECONDS,
+    IdempotencyConflict,
+    QueueStat,
+    QueueSummary,
+    TaskFilter,
+    TaskStats,
+)
 from seedbed.store.memory import MemoryStore
 from seedbed.store.sql import SqlStore
 from seedbed.tasks import Flags, KeyLimits, NewKey, NewTask, Outcome, TaskState, new_task_id
@@ -108,6 +116,8 @@ def new_task(key_id: str = "k1", reserve: str = "1", model: str = "m", **kw: Any
         input=kw.pop("input", {"prompt": "a cat", "n": 1, "nested": {"a": [1, 2]}}),
         callback_url=kw.pop("callback_url", None),
         reserve=D(reserve),
+        idempotency_key=kw.pop("idempotency_key", None),
+        request_hash=kw.pop("request_hash", None),
     )
 
 
@@ -456,6 +466,112 @@ async def test_finish_without_a_worker_ends_any_open_task(store: Store) -> None:
     assert await holdings(store) == (D(9), D(0), 0)
     with pytest.raises(ValueError):
         await store.finish(leased.id, Outcome(state=TaskState.GENERATING), worker_id=None)
+
+
+# -- idempotency (migration 0003) ----------------------------------------------------------
+async def test_idempotency_key_answers_the_first_task_for_a_day(store: Store, clock: Clock) -> None:
+    await add_key(store, "10")
+    first = await create(store, reserve="2", idempotency_key="abc", request_hash="h1")
+    again = await create(store, reserve="2", idempotency_key="abc", request_hash="h1")
+    assert again.id == first.id and again.state is TaskState.WAITING
+    assert await holdings(store) == (D(8), D(2), 1)  # held once
+    with pytest.raises(IdempotencyConflict):
+        await create(store, reserve="2", idempotency_key="abc", request_hash="h2")
+    other = await create(store, reserve="2", idempotency_key="xyz", request_hash="h1")
+    assert other.id != first.id
+    await add_key(store, "10", key_id="k2")
+    theirs = await create(store, "k2", reserve="2", idempotency_key="abc", request_hash="h1")
+    assert theirs.id != first.id
+    clock.advance(IDEMPOTENCY_SECONDS - 1)
+    assert (
+        await create(store, reserve="2", idempotency_key="abc", request_hash="h1")
+    ).id == first.id
+    clock.advance(2)  # a day later the key is free again, whatever the body
+    fresh = await create(store, reserve="2", idempotency_key="abc", request_hash="h2")
+    assert fresh.id != first.id
+    assert (
+        await create(store, reserve="2", idempotency_key="abc", request_hash="h2")
+    ).id == fresh.id
+
+
+async def test_concurrent_idempotent_creates_make_one_task(store: Store) -> None:
+    await add_key(store, "100")
+    made = await asyncio.gather(
+        *(create(store, reserve="1", idempotency_key="same", request_hash="h") for _ in range(10))
+    )
+    assert len({t.id for t in made}) == 1
+    assert await holdings(store) == (D(99), D(1), 1)
+
+
+# -- reading for live events, metrics and the admin CLI ------------------------------------
+async def test_changed_tasks_since_a_time(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    a = await create(store)
+    clock.advance(1)
+    b = await create(store)
+    since = ms(clock.now)
+    assert {t.id for t in await store.changed_tasks([a.id, b.id, "0" * 32], since=0)} == {
+        a.id,
+        b.id,
+    }
+    assert [t.id for t in await store.changed_tasks([a.id, b.id], since=since)] == [b.id]
+    assert await store.changed_tasks([], since=0) == []
+    clock.advance(1)
+    claimed = await store.claim(worker_id="w", models=None, lease_seconds=30)
+    assert claimed is not None and claimed.id == a.id
+    changed = await store.changed_tasks([a.id, b.id], since=ms(clock.now))
+    assert [(t.id, t.state) for t in changed] == [(a.id, TaskState.QUEUING)]
+
+
+async def test_list_tasks_filters_newest_first(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    await add_key(store, key_id="k2")
+    a = await create(store, model="m1")
+    clock.advance(10)
+    b = await create(store, "k2", model="m2")
+    c = await create(store, model="m2")
+    await store.finish(c.id, Outcome.failure("500", "x"), worker_id=None)
+    assert [t.id for t in await store.list_tasks(TaskFilter())] == [c.id, b.id, a.id]
+    assert [t.id for t in await store.list_tasks(TaskFilter(limit=2))] == [c.id, b.id]
+    assert [t.id for t in await store.list_tasks(TaskFilter(model="m2"))] == [c.id, b.id]
+    assert [t.id for t in await store.list_tasks(TaskFilter(key_id="k2"))] == [b.id]
+    assert [t.id for t in await store.list_tasks(TaskFilter(state=TaskState.FAIL))] == [c.id]
+    since = TaskFilter(since=ms(T0 + 5))
+    assert [t.id for t in await store.list_tasks(since)] == [c.id, b.id]
+
+
+async def test_queue_and_task_stats(store: Store, clock: Clock) -> None:
+    await add_key(store)
+    a = await create(store, model="m1")
+    clock.advance(5)
+    await create(store, model="m1")
+    await create(store, model="m2")
+    done = await create(store, model="m2")
+    failed = await create(store, model="m2")
+    await store.finish(failed.id, Outcome.failure("501", "x"), worker_id=None)
+    claimed = await store.claim(worker_id="w", models=["m2"], lease_seconds=30)
+    assert claimed is not None
+    await store.start_generating(claimed.id, worker_id="w")
+    assert await store.queue_summary() == QueueSummary(depth=3, oldest_create_time=a.create_time)
+    m2 = QueueSummary(depth=1, oldest_create_time=ms(T0 + 5))
+    assert await store.queue_summary(["m2"]) == m2
+    assert await store.queue_summary(["m2", "other"]) == m2
+    assert await store.queue_stats() == [
+        QueueStat(model="m1", depth=2, oldest_create_time=a.create_time),
+        QueueStat(model="m2", depth=1, oldest_create_time=ms(T0 + 5)),
+    ]
+    await store.finish(done.id, Outcome.success(("r",), D(1)), worker_id=None)
+    stats = await store.task_stats(since=ms(T0))
+    assert stats == TaskStats(
+        open_by_state={"waiting": 2, "generating": 1},
+        finished_by_state={"success": 1, "fail": 1},
+        failures_by_code={"501": 1},
+    )
+    assert await store.queue_summary() == QueueSummary(depth=2, oldest_create_time=a.create_time)
+    assert await store.queue_summary(["m2", "m3"]) == QueueSummary(depth=0, oldest_create_time=None)
+    clock.advance(60)
+    later = await store.task_stats(since=ms(clock.now))
+    assert later.finished_by_state == {} and later.open_by_state == {"waiting": 2, "generating": 1}
 
 
 # -- flags and lifecycle -------------------------------------------------------------------

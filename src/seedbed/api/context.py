@@ -14,12 +14,15 @@ from seedbed import netguard
 from seedbed.catalogue.base import ModelSpec, Pricing
 from seedbed.config import Settings
 from seedbed.engines import Engines
+from seedbed.feed import TaskFeed
 from seedbed.links import Links
+from seedbed.metrics import Metrics
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
 from seedbed.tasks import ApiKey, Flags, Task
 from seedbed.wakeup import Wakeup
+from seedbed.worker import Worker
 
 __all__ = ["Context", "FinishedTasks", "FlagsCache", "KeyCache", "context"]
 
@@ -125,12 +128,29 @@ class Context:
     keys: KeyCache
     #: signs download links and names upload folders (from the server secret)
     links: Links
+    feed: TaskFeed
     limiter: RateLimiter = field(default_factory=RateLimiter)
     finished: FinishedTasks = field(default_factory=FinishedTasks)
     #: wakes the callback dispatcher (this process's, and those of other processes here)
     callback_wakeup: Wakeup = field(default_factory=Wakeup)
     #: how user URLs' host names are resolved (tests put a stub here)
     resolver: netguard.Resolver = netguard.default_resolver
+    metrics: Metrics = field(default_factory=Metrics)
+    #: the worker running in this process, if any (cancels reach it directly)
+    worker: Worker | None = None
+    #: called once when the process is told to stop (SIGTERM), before connections drain
+    shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def begin_shutdown(self) -> None:
+        """Stop taking work: no new claims, live-event streams end (so connections close)."""
+        hooks, self.shutdown_hooks = self.shutdown_hooks, []
+        for hook in hooks:
+            hook()
+
+    def task_ended(self, task: Task) -> None:
+        """A task was just ended in this process: count it and tell its live-event streams."""
+        self.metrics.finished(task)
+        self.feed.publish(task)
 
     def pricing(self, spec: ModelSpec) -> Pricing:
         return spec.pricing.with_overrides(self.settings.prices.get(spec.id))

@@ -1,13 +1,23 @@
-"""Liveness: the process is up and answering."""
+"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``)."""
 
 from __future__ import annotations
 
+import logging
+
+import orjson
 from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
+from seedbed import catalogue
+from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
+from seedbed.engines import Engines
+from seedbed.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"], route_class=LeanRoute)
 
@@ -18,3 +28,50 @@ _OK = b'{"status":"ok"}'
 async def healthz() -> Response:
     """The process is up (no store access: a cheap, constant answer)."""
     return Response(_OK, media_type="application/json")
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready for traffic: the store answers, an engine is configured, the queue is below
+    ``ready_queue_limit``. 200 when all hold, else 503; the body names each check."""
+    ctx = context(request)
+    checks: dict[str, str] = {}
+    queued = 0
+    try:
+        await ctx.store.ping()
+        queued = (await ctx.store.queue_summary()).depth
+        checks["store"] = "ok"
+    except Exception as exc:
+        log.warning("readiness: the store is unreachable: %r", exc)
+        checks["store"] = "unreachable"
+    engines = [engine.name for engine in ctx.engines]
+    checks["engines"] = "ok" if engines else "none configured"
+    limit = ctx.settings.ready_queue_limit
+    checks["queue"] = "ok" if queued < limit else f"{queued} queued (limit {limit})"
+    ready = all(value == "ok" for value in checks.values())
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "queued": queued}
+    return Response(
+        orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: this process's counters and the store's queue per engine."""
+    ctx = context(request)
+    try:
+        for engine, models in _models_by_engine(ctx.engines):
+            ctx.metrics.set_queue(engine, await ctx.store.queue_summary(models))
+    except Exception as exc:  # the counters are still worth serving
+        log.warning("metrics: could not read the queue: %r", exc)
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _models_by_engine(engines: Engines) -> list[tuple[str, list[str] | None]]:
+    """Each engine's name and the models it runs; None when it runs every model (the usual
+    single-engine deployment), which lets the store count the queue on its index alone."""
+    out: list[tuple[str, list[str] | None]] = []
+    for engine in engines:
+        models = [m for m in catalogue.CATALOGUE if engines.for_model(m) is engine]
+        out.append((engine.name, None if len(models) == len(catalogue.CATALOGUE) else models))
+    return out

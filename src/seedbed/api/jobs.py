@@ -1,7 +1,9 @@
-"""The kie Market jobs API: ``createTask`` and ``recordInfo``."""
+"""The kie Market jobs API: ``createTask`` and ``recordInfo``, and the ``cancelTask`` extension."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import random
 from functools import partial
 from typing import Any
@@ -19,10 +21,19 @@ from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
 from seedbed.catalogue.base import ModelSpec, field_value
 from seedbed.links import Links
-from seedbed.store.base import CreateRefused
-from seedbed.tasks import NewTask, Task, TaskState, new_task_id
+from seedbed.logs import task_extra
+from seedbed.store.base import CreateRefused, IdempotencyConflict
+from seedbed.tasks import NewTask, Outcome, Task, TaskState, new_task_id
 
-__all__ = ["router"]
+__all__ = ["CANCELED_FAIL_CODE", "CANCELED_FAIL_MSG", "router"]
+
+log = logging.getLogger(__name__)
+
+#: how a canceled task ends (CONTRACT §9): ``failMsg`` "canceled"; the code says "by request"
+CANCELED_FAIL_CODE = "400"
+CANCELED_FAIL_MSG = "canceled"
+#: longest ``Idempotency-Key`` accepted (the column's width)
+MAX_IDEMPOTENCY_KEY = 200
 
 router = APIRouter(tags=["jobs"], route_class=LeanRoute)
 
@@ -53,6 +64,7 @@ async def create_task(request: Request) -> Response:
     ctx = context(request)
     raw = await read_body(request, ctx.settings.max_body_bytes)
     key = await auth.authenticate(request, ctx)
+    idempotency_key = _idempotency_key(request)
     flags = await ctx.flags.get()
     if flags.maintenance:
         raise errors.Maintenance()
@@ -89,14 +101,84 @@ async def create_task(request: Request) -> Response:
         reserve=reserve,
         # result links in the callback use the address the client reached us at
         origin=ctx.base_url(request) if callback_url else None,
+        idempotency_key=idempotency_key,
+        # the request as parsed, keys sorted: the same body however its keys were ordered
+        request_hash=None
+        if idempotency_key is None
+        else hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
     cap = key.limits.open_task_cap or ctx.settings.open_task_cap
     try:
-        await ctx.store.create_task(new, open_task_cap=cap)
+        task = await ctx.store.create_task(new, open_task_cap=cap)
     except CreateRefused as exc:
         raise _refusal(exc, reserve, key.balance, cap) from exc
-    ctx.wakeup.notify()
-    return envelope.ok({"taskId": task_id, "recordId": task_id})
+    except IdempotencyConflict as exc:
+        raise errors.ValidationFailed(
+            "Idempotency-Key: already used with a different request body in the last 24 hours"
+        ) from exc
+    if task.id == task_id:  # not a repeat answered with an earlier task
+        ctx.wakeup.notify()
+        ctx.metrics.created(spec.id)
+    return envelope.ok({"taskId": task.id, "recordId": task.id})
+
+
+def _idempotency_key(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY or not value.isprintable():
+        raise errors.ValidationFailed(
+            f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+        )
+    return value
+
+
+@router.post(
+    "/api/v1/jobs/cancelTask",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["taskId"],
+                        "properties": {"taskId": {"type": "string"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def cancel_task(request: Request) -> Response:
+    """Cancel a task: waiting or queuing ones end at once, a generating one at its engine's
+    next step. It ends ``fail`` with ``failMsg`` "canceled" and its credits released. A
+    finished task is left as it is. ``data`` is the task's recordInfo record afterwards.
+    """
+    ctx = context(request)
+    raw = await read_body(request, ctx.settings.max_body_bytes)
+    key = await auth.authenticate(request, ctx)
+    body = parse_json_object(raw)
+    task_id = body.get("taskId")
+    if not isinstance(task_id, str) or not task_id:
+        raise errors.ValidationFailed("taskId: is required and must be a string")
+    task = await ctx.store.get_task(task_id)
+    if task is None or task.key_id != key.id:
+        raise errors.TaskNotFound()
+    if task.state.is_open:
+        outcome = Outcome.failure(CANCELED_FAIL_CODE, CANCELED_FAIL_MSG)
+        # finish settles the credits (and, with callbacks, writes the outbox row) exactly once,
+        # whoever holds the lease; None means the task ended first by itself.
+        ended = await ctx.store.finish(task.id, outcome, worker_id=None)
+        if ended is not None:
+            log.info("task canceled (was %s)", task.state.value, extra=task_extra(task))
+            ctx.task_ended(ended)
+            if ctx.worker is not None:
+                ctx.worker.cancel(task.id)  # the in-process engine stops at its next step
+            task = ended
+        else:
+            task = await ctx.store.get_task(task_id) or task
+    return envelope.raw(_record_body(task, ctx.base_url(request), None))
 
 
 _TASK_ID_PARAM = {

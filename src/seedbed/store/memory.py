@@ -27,7 +27,15 @@ from seedbed.outbox import (
     StoredFile,
     after_attempt,
 )
-from seedbed.store.base import CreateRefused
+from seedbed.store.base import (
+    IDEMPOTENCY_SECONDS,
+    CreateRefused,
+    IdempotencyConflict,
+    QueueStat,
+    QueueSummary,
+    TaskFilter,
+    TaskStats,
+)
 from seedbed.store.schema import from_milli, to_milli
 from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
 
@@ -87,6 +95,8 @@ class MemoryStore:
         self._tasks: dict[str, Task] = {}
         self._seq = 0
         self._ledger: list[_Entry] = []
+        #: (key id, Idempotency-Key) -> (task id, request hash)
+        self._idempotency: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._maintenance = False
         self._disabled: set[str] = set()
         self._finish_listeners: list[Callable[[Task], None]] = []
@@ -214,6 +224,9 @@ class MemoryStore:
         # the same encoding as the SQL column, so both stores hand back equal inputs
         stored_input = json.loads(json.dumps(dict(new.input), separators=(",", ":")))
         async with self._lock:
+            replay = self._replay(new)
+            if replay is not None:
+                return self._out(replay)
             key = self._keys.get(new.key_id)
             if key is None or key.revoked_at is not None:
                 raise CreateRefused("key")
@@ -232,8 +245,25 @@ class MemoryStore:
                 new, seq=self._seq, now=now, input=stored_input, reserved=from_milli(reserve)
             )
             self._tasks[task.id] = task
+            if new.idempotency_key is not None:
+                self._idempotency[key.id, new.idempotency_key] = (task.id, new.request_hash)
             self._record(key.id, task.id, "reserve", reserve, "")
             return self._out(task)
+
+    def _replay(self, new: NewTask) -> Task | None:
+        """The task an earlier request with ``new``'s idempotency key created, still in force."""
+        if new.idempotency_key is None:
+            return None
+        found = self._idempotency.get((new.key_id, new.idempotency_key))
+        if found is None:
+            return None
+        task = self._tasks[found[0]]
+        if task.create_time <= self._now() - IDEMPOTENCY_SECONDS * 1000:
+            del self._idempotency[new.key_id, new.idempotency_key]  # expired: free the key
+            return None
+        if found[1] != new.request_hash:
+            raise IdempotencyConflict(new.idempotency_key)
+        return task
 
     async def get_task(self, task_id: str) -> Task | None:
         task = self._tasks.get(task_id)
@@ -241,6 +271,55 @@ class MemoryStore:
 
     async def queue_position(self, task: Task) -> int:
         return sum(1 for t in self._tasks.values() if t.state in _QUEUED and t.seq < task.seq)
+
+    async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
+        found = (self._tasks.get(task_id) for task_id in task_ids)
+        return [self._out(t) for t in found if t is not None and t.update_time >= since]
+
+    async def list_tasks(self, where: TaskFilter) -> list[Task]:
+        matches = [
+            t
+            for t in self._tasks.values()
+            if (where.state is None or t.state is where.state)
+            and (where.model is None or t.model == where.model)
+            and (where.key_id is None or t.key_id == where.key_id)
+            and (where.since is None or t.create_time >= where.since)
+        ]
+        matches.sort(key=lambda t: t.seq, reverse=True)
+        return [self._out(t) for t in matches[: max(0, where.limit)]]
+
+    async def queue_stats(self) -> list[QueueStat]:
+        by_model: dict[str, tuple[int, int]] = {}
+        for t in self._tasks.values():
+            if t.state in _QUEUED:
+                depth, oldest = by_model.get(t.model, (0, t.create_time))
+                by_model[t.model] = (depth + 1, min(oldest, t.create_time))
+        return [
+            QueueStat(model=model, depth=depth, oldest_create_time=oldest)
+            for model, (depth, oldest) in sorted(by_model.items())
+        ]
+
+    async def queue_summary(self, models: Collection[str] | None = None) -> QueueSummary:
+        queued = [
+            t
+            for t in self._tasks.values()
+            if t.state in _QUEUED and (models is None or t.model in models)
+        ]
+        oldest = min(queued, key=lambda t: t.seq).create_time if queued else None
+        return QueueSummary(depth=len(queued), oldest_create_time=oldest)
+
+    async def task_stats(self, *, since: int) -> TaskStats:
+        stats = TaskStats()
+        for t in self._tasks.values():
+            if t.state.is_open:
+                stats.open_by_state[t.state.value] = stats.open_by_state.get(t.state.value, 0) + 1
+            elif t.complete_time is not None and t.complete_time >= since:
+                finished = stats.finished_by_state
+                finished[t.state.value] = finished.get(t.state.value, 0) + 1
+                if t.state is TaskState.FAIL:
+                    code = t.fail_code or ""
+                    stats.failures_by_code[code] = stats.failures_by_code.get(code, 0) + 1
+        return stats
 
     # -- tasks: the worker side --------------------------------------------------------------
     async def claim(

@@ -35,16 +35,19 @@ from seedbed.tasks import TaskState as S
 __all__ = [
     "ADD_CREDITS",
     "BALANCE",
+    "CHANGED_TASKS",
     "CLAIM",
     "DELETE_FLAG",
     "DISABLED",
     "FINISH_ANY",
     "FINISH_OWNED",
     "FLAGS",
+    "FORGET_IDEMPOTENCY",
     "GET_TASK",
     "HEARTBEAT",
     "HOLD",
     "HOLDS",
+    "IDEMPOTENT_TASK",
     "INSERT_KEY",
     "INSERT_LEDGER",
     "INSERT_TASK",
@@ -58,15 +61,22 @@ __all__ = [
     "PG_SET_FLAG",
     "PING",
     "PROGRESS",
+    "QUEUE_DEPTH",
+    "QUEUE_OLDEST",
     "QUEUE_POSITION",
+    "QUEUE_STATS",
+    "QUEUE_SUMMARY",
     "RELEASE_LEASES",
     "REVOKE",
     "SETTLE",
     "SQLITE_SET_FLAG",
     "START",
+    "TASKS_FINISHED_SINCE",
+    "TASKS_OPEN",
     "dumps",
     "key_from_row",
     "ledger_row",
+    "list_tasks",
     "task_from_row",
 ]
 
@@ -99,6 +109,7 @@ _BIND_TYPES: dict[str, Any] = {
     "floor": Integer(),
     "progress": Integer(),
     "cap": Integer(),
+    "since": BigInteger(),
 }
 
 
@@ -154,6 +165,92 @@ QUEUE_POSITION = (
     .select_from(tasks)
     .where(_states(S.WAITING.value, S.QUEUING.value), _T.seq < _p("seq"))
 )
+
+
+IDEMPOTENT_TASK = select(tasks).where(
+    _T.key_id == _p("key_id"), _T.idempotency_key == _p("idempotency_key")
+)
+#: an expired idempotency key is cleared so that the (key, idempotency key) index frees it
+FORGET_IDEMPOTENCY = update(tasks).where(_T.seq == _p("seq")).values(idempotency_key=None)
+
+
+def _changed_tasks(*, for_sqlite: bool) -> Any:
+    # SQLite: the ids arrive as one JSON text bind (compiled once, like CLAIM's model list)
+    ids = (
+        _T.id.in_(select(literal_column("value")).select_from(func.json_each(_p("ids"))))
+        if for_sqlite
+        else _T.id.in_(bindparam("p_ids", expanding=True))
+    )
+    return select(tasks).where(ids, _T.update_time >= _p("since"))
+
+
+#: by dialect is SQLite
+CHANGED_TASKS = {sqlite_: _changed_tasks(for_sqlite=sqlite_) for sqlite_ in (True, False)}
+#: walks only the (state, seq) index entries of the two queued states
+QUEUE_STATS = (
+    select(_T.model, func.count().label("depth"), func.min(_T.create_time).label("oldest"))
+    .where(_states(S.WAITING.value, S.QUEUING.value))
+    .group_by(_T.model)
+    .order_by(_T.model)
+)
+_QUEUED = _states(S.WAITING.value, S.QUEUING.value)
+#: the whole queue: counted on the covering (state, seq) index, no row read
+QUEUE_DEPTH = select(func.count()).select_from(tasks).where(_QUEUED)
+#: the oldest queued task: the smallest seq of each queued state (an index seek each)
+QUEUE_OLDEST = (
+    select(_T.create_time)
+    .where(
+        _T.seq.in_(
+            union_all(
+                *(
+                    select(func.min(_T.seq)).where(_T.state == state)
+                    for state in (S.WAITING.value, S.QUEUING.value)
+                )
+            )
+        )
+    )
+    .order_by(_T.seq)
+    .limit(1)
+)
+
+
+def _queue_summary(*, for_sqlite: bool) -> Any:
+    models = (
+        _T.model.in_(select(literal_column("value")).select_from(func.json_each(_p("models"))))
+        if for_sqlite
+        else _T.model.in_(bindparam("p_models", expanding=True))
+    )
+    return select(func.count().label("depth"), func.min(_T.create_time).label("oldest")).where(
+        _QUEUED, models
+    )
+
+
+#: part of the queue (some models), by dialect is SQLite
+QUEUE_SUMMARY = {sqlite_: _queue_summary(for_sqlite=sqlite_) for sqlite_ in (True, False)}
+TASKS_OPEN = (
+    select(_T.state, func.count().label("n")).where(_IS_OPEN).group_by(_T.state).order_by(_T.state)
+)
+TASKS_FINISHED_SINCE = (
+    select(_T.state, _T.fail_code, func.count().label("n"))
+    .where(_states(S.SUCCESS.value, S.FAIL.value), _T.complete_time >= _p("since"))
+    .group_by(_T.state, _T.fail_code)
+)
+
+
+def list_tasks(
+    *, state: str | None, model: str | None, key_id: str | None, since: int | None, limit: int
+) -> Any:
+    """The admin listing; built per call (an operator's command, not a hot path)."""
+    stmt = select(tasks)
+    if state is not None:
+        stmt = stmt.where(_T.state == state)
+    if model is not None:
+        stmt = stmt.where(_T.model == model)
+    if key_id is not None:
+        stmt = stmt.where(_T.key_id == key_id)
+    if since is not None:
+        stmt = stmt.where(_T.create_time >= since)
+    return stmt.order_by(_T.seq.desc()).limit(max(0, limit))
 
 
 def _claimable_seq(*, by_model: bool, for_sqlite: bool) -> Any:

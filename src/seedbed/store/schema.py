@@ -124,10 +124,16 @@ tasks = Table(
     #: the base URL the task was created through; result links in its callback use it when no
     #: ``public_url`` is set, as recordInfo's do (added by migration 0002)
     Column("origin", Text, nullable=True),
+    #: the client's ``Idempotency-Key`` header and a SHA-256 of the request it came with
+    #: (migration 0003); a key is honoured for ``IDEMPOTENCY_SECONDS`` after the task's creation
+    Column("idempotency_key", String(200), nullable=True),
+    Column("request_hash", CHAR(64), nullable=True),
     # claiming (oldest open task per state) and queue positions (count by state below seq)
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_key_id_state", "key_id", "state"),
     Index("ix_tasks_lease_owner", "lease_owner"),
+    # one task per (key, Idempotency-Key): concurrent repeats collide here (NULLs never do)
+    Index("uq_tasks_key_id_idempotency_key", "key_id", "idempotency_key", unique=True),
 )
 
 #: deployment switches: ``maintenance`` ("1"/"0") and one ``model_disabled:<model>`` row per

@@ -42,7 +42,15 @@ from seedbed.outbox import (
 )
 from seedbed.store import outbox_queries as oq
 from seedbed.store import queries as q
-from seedbed.store.base import CreateRefused
+from seedbed.store.base import (
+    IDEMPOTENCY_SECONDS,
+    CreateRefused,
+    IdempotencyConflict,
+    QueueStat,
+    QueueSummary,
+    TaskFilter,
+    TaskStats,
+)
 from seedbed.store.migrate import sqlite_path, upgrade
 from seedbed.store.schema import callbacks, from_milli, to_milli
 from seedbed.store.sqlite import SqliteRunner, execute
@@ -253,11 +261,31 @@ class SqlStore:
         try:
             return await self._db.write(self._create_task, new, reserve, input_json, open_task_cap)
         except IntegrityError as exc:
+            if new.idempotency_key is not None:
+                # A concurrent repeat committed first (PostgreSQL): answer with its task.
+                replay = await self._db.write(self._replay, new)
+                if replay is not None:
+                    return replay
             raise ValueError("a task with this id already exists") from exc
+
+    def _replay(self, conn: Connection, new: NewTask) -> Task | None:
+        """The task an earlier request with ``new``'s idempotency key created, still in force."""
+        params = {"p_key_id": new.key_id, "p_idempotency_key": new.idempotency_key}
+        row = execute(conn, q.IDEMPOTENT_TASK, params).first()
+        if row is None:
+            return None
+        if row.create_time <= self._now() - IDEMPOTENCY_SECONDS * 1000:
+            execute(conn, q.FORGET_IDEMPOTENCY, {"p_seq": row.seq})  # expired: free the key
+            return None
+        if row.request_hash != new.request_hash:
+            raise IdempotencyConflict(new.idempotency_key)
+        return q.task_from_row(row)
 
     def _create_task(
         self, conn: Connection, new: NewTask, reserve: int, input_json: str, cap: int
     ) -> Task:
+        if new.idempotency_key is not None and (replay := self._replay(conn, new)) is not None:
+            return replay
         refused = _hold(conn, {"p_key_id": new.key_id, "p_reserve": reserve, "p_cap": cap})
         if refused is not None:
             raise CreateRefused(refused)
@@ -278,6 +306,8 @@ class SqlStore:
             "create_time": now,
             "update_time": now,
             "origin": new.origin,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash,
         }
         seq = execute(conn, q.INSERT_TASK, values).scalar_one()
         execute(
@@ -294,6 +324,57 @@ class SqlStore:
     async def queue_position(self, task: Task) -> int:
         row = await self._db.read(_one, q.QUEUE_POSITION, {"p_seq": task.seq})
         return 0 if row is None else int(row[0])
+
+    async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
+        if not task_ids:
+            return []
+        sqlite = self._dialect == "sqlite"
+        ids = q.dumps(list(task_ids)) if sqlite else list(task_ids)
+        rows = await self._db.read(_all, q.CHANGED_TASKS[sqlite], {"p_ids": ids, "p_since": since})
+        return [q.task_from_row(row) for row in rows]
+
+    async def list_tasks(self, where: TaskFilter) -> list[Task]:
+        stmt = q.list_tasks(
+            state=None if where.state is None else where.state.value,
+            model=where.model,
+            key_id=where.key_id,
+            since=where.since,
+            limit=where.limit,
+        )
+        return [q.task_from_row(row) for row in await self._db.read(_all, stmt, {})]
+
+    async def queue_stats(self) -> list[QueueStat]:
+        rows = await self._db.read(_all, q.QUEUE_STATS, {})
+        return [
+            QueueStat(model=row.model, depth=int(row.depth), oldest_create_time=int(row.oldest))
+            for row in rows
+        ]
+
+    async def queue_summary(self, models: Collection[str] | None = None) -> QueueSummary:
+        if models is None:
+            depth = (await self._db.read(_one, q.QUEUE_DEPTH, {}))[0]
+            oldest = await self._db.read(_one, q.QUEUE_OLDEST, {})
+            return QueueSummary(
+                depth=int(depth), oldest_create_time=None if oldest is None else int(oldest[0])
+            )
+        sqlite = self._dialect == "sqlite"
+        params = {"p_models": q.dumps(list(models)) if sqlite else list(models)}
+        row = await self._db.read(_one, q.QUEUE_SUMMARY[sqlite], params)
+        return QueueSummary(
+            depth=int(row.depth), oldest_create_time=None if row.oldest is None else int(row.oldest)
+        )
+
+    async def task_stats(self, *, since: int) -> TaskStats:
+        stats = TaskStats()
+        for row in await self._db.read(_all, q.TASKS_OPEN, {}):
+            stats.open_by_state[row.state] = int(row.n)
+        for row in await self._db.read(_all, q.TASKS_FINISHED_SINCE, {"p_since": since}):
+            finished = stats.finished_by_state
+            finished[row.state] = finished.get(row.state, 0) + int(row.n)
+            if row.state == TaskState.FAIL.value:
+                code = row.fail_code or ""
+                stats.failures_by_code[code] = stats.failures_by_code.get(code, 0) + int(row.n)
+        return stats
 
     # -- tasks: the worker side --------------------------------------------------------------
     async def claim(

@@ -1,0 +1,142 @@
+"""Prometheus metrics: counters kept in process, the queue read from the store per scrape.
+
+Each app owns its ``CollectorRegistry`` (no module globals: tests build many apps). Counters
+count what *this process* did (the API's creates and cancels, the in-process worker's runs),
+as Prometheus expects of a scraped process; the queue gauges are read from the store at scrape
+time with one indexed query, so they are right whichever process queued or took the tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from seedbed.store.base import QueueSummary
+from seedbed.tasks import Task
+
+__all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "Metrics"]
+
+#: generation times run from a sandbox's milliseconds to a large model's minutes
+_GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
+
+
+class Metrics:
+    """The metrics of one seedbed process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tasks_created = Counter(
+            "seedbed_tasks_created", "Tasks accepted by createTask.", ["model"], registry=r
+        )
+        self.tasks_finished = Counter(
+            "seedbed_tasks_finished",
+            "Tasks ended by this process, by final state.",
+            ["model", "state"],
+            registry=r,
+        )
+        self.generation_seconds = Histogram(
+            "seedbed_generation_seconds",
+            "Time an engine took to generate a task's images.",
+            ["model"],
+            buckets=_GENERATION_BUCKETS,
+            registry=r,
+        )
+        self.callback_deliveries = Counter(
+            "seedbed_callback_deliveries",
+            "Callback delivery attempts, by outcome (delivered, retry, dead).",
+            ["outcome"],
+            registry=r,
+        )
+        self.credits_charged = Counter(
+            "seedbed_credits_charged",
+            "Credits charged for successful tasks.",
+            ["model"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "seedbed_http_requests",
+            "HTTP requests answered, by route template and HTTP status.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "seedbed_queue_depth",
+            "Tasks waiting or queuing (not yet generating), by engine.",
+            ["engine"],
+            registry=r,
+        )
+        self.queue_oldest_seconds = Gauge(
+            "seedbed_queue_oldest_age_seconds",
+            "Age of the oldest waiting or queuing task, by engine (0 when none).",
+            ["engine"],
+            registry=r,
+        )
+        self.event_streams = Gauge(
+            "seedbed_event_streams", "Open live-event (SSE) streams.", registry=r
+        )
+
+    # -- recording -------------------------------------------------------------------------
+    def created(self, model: str) -> None:
+        self.tasks_created.labels(model).inc()
+
+    def finished(self, task: Task) -> None:
+        self.tasks_finished.labels(task.model, task.state.value).inc()
+        if task.credits_consumed:
+            self.credits_charged.labels(task.model).inc(float(task.credits_consumed))
+
+    def generated(self, task: Task, seconds: float) -> None:
+        self.generation_seconds.labels(task.model).observe(seconds)
+
+    # -- scraping --------------------------------------------------------------------------
+    def set_queue(self, engine: str, queue: QueueSummary) -> None:
+        """The queue gauges of one engine, from the store's summary of its models."""
+        self.queue_depth.labels(engine).set(queue.depth)
+        age = 0.0
+        if queue.oldest_create_time is not None:
+            age = max(0.0, time.time() - queue.oldest_create_time / 1000)
+        self.queue_oldest_seconds.labels(engine).set(age)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HttpMetrics:
+    """ASGI middleware counting answers by route template and status.
+
+    The label is the matched route's path template (``/files/{key:path}``), never the raw
+    path, so unknown URLs and file names cannot blow up the number of series; unmatched
+    requests count as ``"unmatched"``. Children are cached: the hot path is a dict look-up
+    and an increment.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self._counter = metrics.http_requests
+        self._children: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            key = (template, status[0])
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._counter.labels(template, str(status[0]))
+            child.inc()

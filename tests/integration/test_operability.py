@@ -1,0 +1,83 @@
+"""/readyz and /metrics through a real server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import LiveServer, auth, make_settings, serve_in_thread
+
+BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
+
+
+def scrape(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by (name, sorted labels)."""
+    response = server.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_move_as_tasks_run(server: LiveServer) -> None:
+    model = BODY["model"]
+    before = scrape(server)
+    key, _ = server.add_key(credits=100)
+    ids = [server.create(key, BODY)["data"]["taskId"] for _ in range(3)]
+    for task_id in ids:
+        assert server.wait(key, task_id)["state"] == "success"
+    bad = server.create(key, {"model": "nope", "input": {}})
+    assert bad["code"] == 422
+    after = scrape(server)
+
+    assert (
+        value(after, "seedbed_tasks_created_total", model=model)
+        == value(before, "seedbed_tasks_created_total", model=model) + 3
+    )
+    assert value(after, "seedbed_tasks_finished_total", model=model, state="success") == 3
+    assert value(after, "seedbed_generation_seconds_count", model=model) == 3
+    assert value(after, "seedbed_generation_seconds_sum", model=model) > 0
+    charged = value(after, "seedbed_credits_charged_total", model=model)
+    records = [server.record(key, task_id)["data"] for task_id in ids]
+    assert charged == sum(r["creditsConsumed"] for r in records) > 0
+    route = "/api/v1/jobs/createTask"
+    assert value(after, "seedbed_http_requests_total", route=route, code="200") >= 3
+    # unknown URLs are counted under one label, not one series each
+    server.client.get("/no/such/path/123")
+    server.client.get("/no/such/path/456")
+    again = scrape(server)
+    assert value(again, "seedbed_http_requests_total", route="unmatched", code="404") == 2
+    assert value(again, "seedbed_queue_depth", engine="sandbox") == 0
+    assert ("seedbed_callback_deliveries_total", ()) not in again  # no outcome yet: no series
+
+
+def test_queue_gauges_and_readiness_follow_the_store(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, worker=False, ready_queue_limit=3)
+    with serve_in_thread(settings) as live:
+        ready = live.client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"store": "ok", "engines": "ok", "queue": "ok"}
+        key, _ = live.add_key(credits=100)
+        ids = [live.create(key, BODY)["data"]["taskId"] for _ in range(3)]
+        samples = scrape(live)
+        assert value(samples, "seedbed_queue_depth", engine="sandbox") == 3
+        assert value(samples, "seedbed_queue_oldest_age_seconds", engine="sandbox") >= 0
+        full = live.client.get("/readyz")
+        assert full.status_code == 503
+        assert full.json()["checks"]["queue"] == "3 queued (limit 3)"
+        live.client.post("/api/v1/jobs/cancelTask", json={"taskId": ids[0]}, headers=auth(key))
+        assert live.client.get("/readyz").status_code == 200
+        samples = scrape(live)
+        assert value(samples, "seedbed_queue_depth", engine="sandbox") == 2
+        assert (
+            value(samples, "seedbed_tasks_finished_total", model=BODY["model"], state="fail") == 1
+        )
