@@ -17,7 +17,7 @@ from seedbed import store as store_module
 from seedbed.api import account, envelope, files, health, jobs, models
 from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.config import Settings
-from seedbed.engines import Engines, default_engines
+from seedbed.engines import Engines, build_engines
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
 from seedbed.wakeup import Wakeup
@@ -84,10 +84,7 @@ def build_context(
         settings=settings,
         store=store,
         storage=storage or LocalStorage(settings.files_dir),
-        engines=engines
-        or default_engines(
-            sandbox_steps=settings.sandbox_steps, sandbox_step_seconds=settings.sandbox_step_seconds
-        ),
+        engines=engines if engines is not None else build_engines(settings),
         wakeup=Wakeup(settings.run_dir),
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),

@@ -25,7 +25,7 @@ from PIL import Image
 from seedbed import catalogue, errors, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, EngineJob, OutputPlan
+from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan
 from seedbed.storage.base import Storage
 from seedbed.store.base import Store
 from seedbed.tasks import Outcome, Task
@@ -80,12 +80,17 @@ class Worker:
         self._pricing = pricing or (lambda spec: spec.pricing)
         self._running: dict[str, threading.Event] = {}
         self._loaded: set[int] = set()
+        #: engines whose load failed, by id, with the message their tasks fail with
+        self._load_errors: dict[int, str] = {}
         self._stopping = asyncio.Event()
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
         """Serve tasks until ``stop()``; with ``burst``, return once no task is left."""
         self.wakeup.listen()
+        # Warm before claiming: a task is claimed by a worker that has its pipeline loaded.
+        for engine in self.engines:
+            await self._ensure_loaded(engine, raising=False)
         try:
             await self._release_dead_leases()
         except Exception:
@@ -202,9 +207,7 @@ class Worker:
             plan=plan,
             images=inputs,
         )
-        if id(engine) not in self._loaded:
-            await asyncio.to_thread(engine.load)
-            self._loaded.add(id(engine))
+        await self._ensure_loaded(engine)
         if not await self.store.start_generating(task.id, worker_id=self.worker_id):
             return None  # lease lost: another worker has it now
         cancel = self._running[task.id]
@@ -221,6 +224,19 @@ class Worker:
         billable = len(artifacts) - 1 if plan.layers else len(artifacts)
         charge = spec.price(inp, billable, self._pricing(spec))
         return Outcome.success(tuple(keys), charge)
+
+    async def _ensure_loaded(self, engine: Engine, *, raising: bool = True) -> None:
+        """Load ``engine`` once; a load that failed fails its tasks (501) rather than the worker."""
+        key = id(engine)
+        if key not in self._loaded and key not in self._load_errors:
+            try:
+                await asyncio.to_thread(engine.load)
+                self._loaded.add(key)
+            except Exception as exc:
+                log.exception("engine %s failed to load", engine.name)
+                self._load_errors[key] = f"engine {engine.name} failed to load: {_short(exc)}"
+        if raising and key in self._load_errors:
+            raise errors.EngineFailure(self._load_errors[key])
 
     async def _fetch_inputs(self, spec: ModelSpec, urls: Sequence[str]) -> list[Image.Image]:
         rule = spec.image_input

@@ -1,0 +1,208 @@
+"""Tiny random-weight diffusers pipelines, built offline and saved like a downloaded model.
+
+The configs follow diffusers' own fast tests (``tests/pipelines/<family>/``), with two changes
+for a machine with no network: the tokenizers are generated here instead of downloaded, and the
+text encoders' vocabularies match them. Each builder writes a folder that
+``DiffusionPipeline.from_pretrained(folder)`` loads, which is the path an operator's config takes.
+
+- :func:`build_sd`: Stable Diffusion (UNet, VAE, CLIP). Text-to-image, and image-to-image
+  through ``StableDiffusionImg2ImgPipeline`` on the same folder.
+- :func:`build_flux2_klein`: FLUX.2 [klein] (Flux2 transformer, Flux2 VAE, Qwen3 text encoder):
+  a production family that does text-to-image and multi-reference editing in one pipeline.
+
+Importing this module imports torch, diffusers and transformers: only tests that need them do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLFlux2,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2TokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+__all__ = ["KLEIN_CALL", "build_flux2_klein", "build_sd"]
+
+#: klein's pipeline reads text-encoder layers 9, 18 and 27 by default; the tiny encoder has 2
+KLEIN_CALL = {"text_encoder_out_layers": [1], "max_sequence_length": 32}
+
+_QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-printable-character table, which CLIP's BPE vocabulary is written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    # Every byte, alone and word-final: any prompt tokenizes, with no merges to learn.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in _bytes_to_unicode().values():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    # transformers 5 ignores vocab_file=/merges_file= arguments: load from the folder.
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def build_sd(folder: Path, *, channels: int = 32) -> Path:
+    """A tiny Stable Diffusion pipeline saved to ``folder``; ``channels`` sets its width."""
+    tokenizer = _clip_tokenizer(folder.parent / f"{folder.name}-tokenizer-source")
+    groups = min(32, channels)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(channels, channels * 2),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=groups,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[channels, channels * 2],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=groups,
+        # Full attention over every latent pixel: at 256 px it alone takes seconds on a CPU.
+        mid_block_add_attention=False,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _qwen_tokenizer() -> Qwen2TokenizerFast:
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["a dog is dancing in the sahara desert", "make the cat blue and put it on the hat"],
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False,
+    )
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+    )
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_flux2_klein(folder: Path) -> Path:
+    """A tiny FLUX.2 [klein] pipeline saved to ``folder`` (call it with :data:`KLEIN_CALL`)."""
+    tokenizer = _qwen_tokenizer()
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    )
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            intermediate_size=16,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+        )
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+    )
+    pipe.save_pretrained(folder)
+    return folder
