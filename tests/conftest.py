@@ -25,6 +25,23 @@ from seedbed.store import open_store
 from seedbed.tasks import KeyLimits, NewKey
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``gpu`` tests where no CUDA device is present (they run where one is lent)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu or _cuda_available():
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,6 +163,18 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight diffusers pipelines saved to folders, built once per session."""
+    import tiny_pipelines  # torch and diffusers: only for the tests that ask
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {
+        "sd": tiny_pipelines.build_sd(root / "sd", channels=16),
+        "klein": tiny_pipelines.build_flux2_klein(root / "klein"),
+    }
 
 
 @pytest.fixture

@@ -36,15 +36,6 @@ BROKEN = "seedream/5-lite-text-to-image"
 UNMAPPED = "seedream/5-pro-text-to-image"
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pipelines")
-    return {
-        "sd": tiny.build_sd(root / "sd", channels=16),
-        "klein": tiny.build_flux2_klein(root / "klein"),
-    }
-
-
 def _engines(models: dict[str, Path]) -> dict[str, dict[str, Any]]:
     small = {"steps": 2, "native_area": 64 * 64, "device": "cpu"}
     return {
