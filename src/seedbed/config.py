@@ -29,7 +29,9 @@ class _RenderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: PositiveInt | None = Field(None, description="denoising steps (num_inference_steps)")
-    guidance_scale: float | None = Field(None, description="CFG scale; the pipeline's default if unset")
+    guidance_scale: float | None = Field(
+        None, description="CFG scale; the pipeline's default if unset"
+    )
     true_cfg_scale: float | None = Field(None, description="Qwen-Image's true CFG scale")
     negative_prompt: str | None = None
     scheduler: str | None = Field(

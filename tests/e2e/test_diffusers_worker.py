@@ -10,8 +10,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from conftest import make_settings, serve_in_thread
 from proc import SEEDBED, env
+
+from conftest import make_settings, serve_in_thread
 
 SD_MODEL = "bytedance/seedream"
 KLEIN_MODEL = "bytedance/seedream-v4-text-to-image"

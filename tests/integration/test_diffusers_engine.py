@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tiny_pipelines as tiny
 from PIL import Image
 
+import tiny_pipelines as tiny
 from conftest import FileServer, LiveServer, auth, make_settings, serve_in_thread
 from images_util import image_size, png_bytes
 from seedbed import catalogue

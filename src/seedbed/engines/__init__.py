@@ -116,9 +116,8 @@ def build_engines(
             )
             engines.append(_Only(sandbox, frozenset(models)))
             continue
-        engines.append(
-            DiffusersEngine(name, settings.engines[name], models, device=device, available=installed)
-        )
+        config = settings.engines[name]
+        engines.append(DiffusersEngine(name, config, models, device=device, available=installed))
     if not installed:
         lost = sorted(m for n, ms in routes.items() if n != SANDBOX for m in ms)
         if lost:

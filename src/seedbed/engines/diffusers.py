@@ -177,7 +177,7 @@ class DiffusersEngine:
         self.settings = settings
         self.device = device or settings.device
         self.available = extra_installed() if available is None else available
-        self._render = {model: RenderSettings.merge(settings, route) for model, route in models.items()}
+        self._render = {model: RenderSettings.merge(settings, r) for model, r in models.items()}
         self.limits = EngineLimits(
             max_input_images=settings.max_input_images, max_outputs=settings.max_outputs
         )
