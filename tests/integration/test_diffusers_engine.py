@@ -8,10 +8,12 @@ the same folder) and FLUX.2 [klein] (text-to-image and multi-reference editing).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,15 @@ from conftest import FileServer, LiveServer, auth, make_settings, serve_in_threa
 from images_util import image_size, png_bytes
 from seedbed import catalogue
 from seedbed.config import DiffusersEngineSettings, ModelRoute
+from seedbed.engines import Engines
 from seedbed.engines.base import EngineJob
 from seedbed.engines.diffusers import DiffusersEngine
 from seedbed.errors import EngineFailure
+from seedbed.storage.local import LocalStorage
+from seedbed.store.memory import MemoryStore
+from seedbed.tasks import NewKey, NewTask, TaskState
+from seedbed.wakeup import Wakeup
+from seedbed.worker import Worker, WorkerConfig
 
 SD_T2I = "bytedance/seedream"
 KLEIN_T2I = "bytedance/seedream-v4-text-to-image"
@@ -325,4 +333,45 @@ def test_klein_renders_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None
     again = engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event())
     assert engine.device.startswith("cuda")
     assert first[0].data == again[0].data
+    engine.close()
+
+
+async def test_a_cancel_through_the_worker_stops_the_pipeline_and_releases_credits(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    store = MemoryStore()
+    await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
+    spec = catalogue.CATALOGUE[SD_T2I]
+    validated = catalogue.validate_input(spec, {"prompt": "a cat", "image_size": "square"})
+    await store.create_task(
+        NewTask(
+            id="task1",
+            key_id="k1",
+            model=SD_T2I,
+            param="{}",
+            input={**validated.model_dump(mode="json"), "seed": 7},
+            callback_url=None,
+            reserve=spec.max_price(validated),
+        ),
+        open_task_cap=100,
+    )
+    engine = _engine(tiny_models["sd"], steps=1000)
+    worker = Worker(
+        store=store,
+        storage=LocalStorage(tmp_path),
+        engines=Engines([engine]),
+        wakeup=Wakeup(None),
+        config=WorkerConfig(poll_seconds=0.05),
+    )
+    runner = asyncio.create_task(worker.run(burst=True))
+    while (task := await store.get_task("task1")) is None or task.progress == 0:
+        await asyncio.sleep(0.02)
+    # what cancelTask and a lost lease do: set the task's cancel event in its worker
+    worker._running["task1"].set()
+    await asyncio.wait_for(runner, timeout=60)
+    task = await store.get_task("task1")
+    assert task is not None and task.state is TaskState.FAIL
+    assert task.fail_msg == "canceled" and task.progress < 50
+    key = await store.get_key("k1")
+    assert key is not None and key.balance == 100 and key.held == 0
     engine.close()
