@@ -174,6 +174,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "sd": tiny_pipelines.build_sd(root / "sd", channels=16),
         "klein": tiny_pipelines.build_flux2_klein(root / "klein"),
+        "upscaler": tiny_pipelines.build_sd_upscaler(root / "upscaler"),
     }
 
 

@@ -7,6 +7,7 @@ text encoders' vocabularies match them. Each builder writes a folder that
 
 - :func:`build_sd`: Stable Diffusion (UNet, VAE, CLIP). Text-to-image, and image-to-image
   through ``StableDiffusionImg2ImgPipeline`` on the same folder.
+- :func:`build_sd_upscaler`: Stable Diffusion's x4 super-resolution pipeline.
 - :func:`build_flux2_klein`: FLUX.2 [klein] (Flux2 transformer, Flux2 VAE, Qwen3 text encoder):
   a production family that does text-to-image and multi-reference editing in one pipeline.
 
@@ -22,11 +23,14 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderKLFlux2,
+    DDIMScheduler,
+    DDPMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
 )
 from tokenizers import ByteLevelBPETokenizer
@@ -39,7 +43,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-__all__ = ["KLEIN_CALL", "build_flux2_klein", "build_sd"]
+__all__ = ["KLEIN_CALL", "build_flux2_klein", "build_sd", "build_sd_upscaler"]
 
 #: klein's pipeline reads text-encoder layers 9, 18 and 27 by default; the tiny encoder has 2
 KLEIN_CALL = {"text_encoder_out_layers": [1], "max_sequence_length": 32}
@@ -132,6 +136,64 @@ def build_sd(folder: Path, *, channels: int = 32) -> Path:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sd_upscaler(folder: Path) -> Path:
+    """A tiny ``StableDiffusionUpscalePipeline`` (4x) saved to ``folder``."""
+    tokenizer = _clip_tokenizer(folder.parent / f"{folder.name}-tokenizer-source")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        only_cross_attention=(True, True, False),
+        num_class_embeds=100,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        mid_block_add_attention=False,
+        scaling_factor=0.08333,  # the x4 upscaler's (diffusers warns about SD's default)
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            hidden_act="gelu",
+            projection_dim=512,
+        )
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        max_noise_level=350,
     )
     pipe.save_pretrained(folder)
     return folder

@@ -76,6 +76,12 @@ class DiffusersEngineSettings(_RenderSettings):
     batch_window_ms: float = Field(
         20.0, ge=0, description="how long the first task of a batch waits for companions"
     )
+    upscale_pipeline: str | None = Field(
+        None,
+        description="a super-resolution pipeline (repo id or folder) run before the exact "
+        "resize when the contract's size is larger than the render size; default: Lanczos only",
+    )
+    upscale_steps: PositiveInt = Field(20, description="denoising steps of the upscaler")
 
 
 class ModelRoute(_RenderSettings):

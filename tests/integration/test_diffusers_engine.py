@@ -312,6 +312,23 @@ def test_a_scheduler_named_per_model_is_used(tiny_models: dict[str, Path]) -> No
     other.close()
 
 
+def test_an_upscaler_enlarges_renders_smaller_than_the_contract(
+    tiny_models: dict[str, Path],
+) -> None:
+    plain = _engine(tiny_models["sd"])
+    upscaling = _engine(
+        tiny_models["sd"], upscale_pipeline=str(tiny_models["upscaler"]), upscale_steps=2
+    )
+    seen: list[int] = []
+    [a] = plain.run(_job(4), lambda p: None, threading.Event())
+    [b] = upscaling.run(_job(4), seen.append, threading.Event())
+    assert (b.width, b.height) == (512, 512) and upscaling.upscaled == 1
+    assert np.abs(_pixels(a.data) - _pixels(b.data)).mean() > 1, "not a plain Lanczos resize"
+    assert seen == sorted(seen) and seen[-1] == 100 and any(38 < p < 95 for p in seen)
+    plain.close()
+    upscaling.close()
+
+
 def test_a_call_argument_the_pipeline_lacks_fails_at_load(tiny_models: dict[str, Path]) -> None:
     engine = _engine(tiny_models["sd"], call={"no_such_argument": 1})
     with pytest.raises(EngineFailure, match="no_such_argument"):

@@ -9,7 +9,9 @@ How a task becomes images, and why:
 - The pipeline renders at its *native* size nearest the requested aspect ratio (its trained
   pixel budget, or the nearest of its listed sizes), then each image is resized with Lanczos to
   the contract's exact pixel size. Models degrade away from their training sizes; the contract's
-  size is a promise to the client.
+  size is a promise to the client. With ``upscale_pipeline`` a super-resolution pipeline (such
+  as ``StableDiffusionUpscalePipeline``) first enlarges images that are smaller than the
+  contract's size.
 - Every image gets its own CPU ``torch.Generator`` seeded ``seed + index``, so a seed gives the
   same images on any device, alone or inside a batch.
 - One render thread owns the pipeline: diffusers pipelines keep per-call state (the scheduler's
@@ -186,12 +188,15 @@ class DiffusersEngine:
         self._thread: threading.Thread | None = None
         self._load_lock = threading.Lock()
         self._pipe: Any = None
+        self._upscaler: Any = None
+        self._upscaler_parameters: frozenset[str] = frozenset()
         self._torch: Any = None
         self._parameters: frozenset[str] = frozenset()
         self._schedulers: dict[str | None, Any] = {}
-        #: pipeline calls made, and jobs rendered by them (the batching statistics)
+        #: pipeline calls made, jobs rendered by them (the batching statistics), images upscaled
         self.calls = 0
         self.jobs = 0
+        self.upscaled = 0
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -242,15 +247,14 @@ class DiffusersEngine:
         if s.variant is not None:
             options["variant"] = s.variant
         started = time.perf_counter()
-        with _FROM_PRETRAINED:
-            pipe = pipeline_class.from_pretrained(s.pipeline, **options)
-            if s.offload == "model":
-                pipe.enable_model_cpu_offload(device=device)
-            elif s.offload == "sequential":
-                pipe.enable_sequential_cpu_offload(device=device)
-            else:
-                pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self._from_pretrained(pipeline_class, s.pipeline, options)
+        if s.upscale_pipeline is not None:
+            self._upscaler = self._from_pretrained(
+                diffusers.DiffusionPipeline, s.upscale_pipeline, {"dtype": dtype}
+            )
+            self._upscaler_parameters = frozenset(
+                inspect.signature(self._upscaler.__call__).parameters
+            )
         self._parameters = frozenset(inspect.signature(pipe.__call__).parameters)
         names = {r.scheduler for r in self._render.values()} | {s.scheduler}
         self._schedulers = {None: pipe.scheduler}
@@ -275,6 +279,18 @@ class DiffusersEngine:
             str(dtype).removeprefix("torch."),
             time.perf_counter() - started,
         )
+        return pipe
+
+    def _from_pretrained(self, pipeline_class: Any, source: str, options: dict[str, Any]) -> Any:
+        with _FROM_PRETRAINED:
+            pipe = pipeline_class.from_pretrained(source, **options)
+            if self.settings.offload == "model":
+                pipe.enable_model_cpu_offload(device=self.device)
+            elif self.settings.offload == "sequential":
+                pipe.enable_sequential_cpu_offload(device=self.device)
+            else:
+                pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def close(self) -> None:
@@ -382,17 +398,11 @@ class DiffusersEngine:
             for r in batch
             for index in range(r.count)
         ]
-        reported = [-1]
-
-        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
-            percent = min(DENOISE_PROGRESS, (step + 1) * DENOISE_PROGRESS // steps)
-            if percent > reported[0]:
-                reported[0] = percent
-                for request in batch:
-                    request.progress(percent)
-            if all(r.cancel.is_set() for r in batch):
-                pipeline._interrupt = True  # diffusers skips the remaining steps
-            return tensors
+        plan = first.job.plan
+        upscale = self._upscaler is not None and (plan.width > width or plan.height > height)
+        # the upscaler's steps are costlier (bigger images): give it the larger share
+        split = DENOISE_PROGRESS * 2 // 5 if upscale else DENOISE_PROGRESS
+        on_step_end = _StepCallback(batch, 0, split, steps)
 
         arguments: dict[str, Any] = {
             "prompt": prompts if len(prompts) > 1 else prompts[0],
@@ -434,7 +444,44 @@ class DiffusersEngine:
         expected = sum(r.count for r in batch)
         if len(pictures) != expected:
             raise EngineFailure(f"the pipeline returned {len(pictures)} images, not {expected}")
+        if upscale:
+            pictures = self._upscale(batch, pictures, split)
         return pictures
+
+    def _upscale(
+        self, batch: list[_Request], pictures: list[Image.Image], start: int
+    ) -> list[Image.Image]:
+        """Each picture through the super-resolution pipeline, with its own prompt and seed."""
+        owners = [(r, index) for r in batch for index in range(r.count)]
+        steps = self.settings.upscale_steps
+        share = (DENOISE_PROGRESS - start) / len(pictures)
+        out = []
+        for number, (picture, (request, index)) in enumerate(zip(pictures, owners, strict=True)):
+            if all(r.cancel.is_set() for r in batch):
+                break
+            low = start + round(number * share)
+            callback = _StepCallback(batch, low, start + round((number + 1) * share), steps)
+            arguments: dict[str, Any] = {
+                "prompt": _prompt(request.job),
+                "image": picture,
+                "num_inference_steps": steps,
+                "generator": self._torch.Generator(device="cpu").manual_seed(
+                    request.job.seed + index
+                ),
+            }
+            if "callback_on_step_end" in self._upscaler_parameters:
+                arguments["callback_on_step_end"] = callback
+            else:
+                # older pipelines (StableDiffusionUpscalePipeline): callback(step, t, latents)
+                arguments["callback"] = callback.legacy
+                arguments["callback_steps"] = 1
+            try:
+                with self._torch.inference_mode():
+                    out.append(self._upscaler(**arguments).images[0])
+            except _Interrupted:
+                break
+            self.upscaled += 1
+        return out if len(out) == len(pictures) else pictures
 
     def _metadata(self, job: EngineJob, index: int, count: int) -> dict[str, str]:
         meta = {
@@ -447,6 +494,39 @@ class DiffusersEngine:
         if count > 1:
             meta["seedbed:image"] = f"{index + 1}/{count}"
         return meta
+
+
+class _Interrupted(Exception):
+    """Raised from a legacy step callback: those pipelines have no ``_interrupt`` flag."""
+
+
+class _StepCallback:
+    """``callback_on_step_end``: progress from ``low`` to ``high`` over ``steps``, and cancel."""
+
+    def __init__(self, batch: Sequence[_Request], low: int, high: int, steps: int) -> None:
+        self.batch = batch
+        self.low, self.high, self.steps = low, high, steps
+        self.reported = -1
+
+    def __call__(self, pipeline: Any, step: int, timestep: Any, tensors: Any) -> Any:
+        if self._step(step):
+            pipeline._interrupt = True  # diffusers skips the remaining steps
+        return tensors
+
+    def legacy(self, step: int, timestep: Any, latents: Any) -> None:
+        """The ``callback(step, timestep, latents)`` of older pipelines, which cannot be told
+        to stop: raising is the only way out."""
+        if self._step(step):
+            raise _Interrupted
+
+    def _step(self, step: int) -> bool:
+        """Report progress; True once every job of the call is cancelled."""
+        percent = min(self.high, self.low + (step + 1) * (self.high - self.low) // self.steps)
+        if percent > self.reported:
+            self.reported = percent
+            for request in self.batch:
+                request.progress(percent)
+        return all(r.cancel.is_set() for r in self.batch)
 
 
 def _prompt(job: EngineJob) -> str:
