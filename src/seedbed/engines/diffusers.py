@@ -380,6 +380,10 @@ class DiffusersEngine:
         if not live:
             return
         pictures = self._call(live)
+        if not pictures:
+            for request in live:
+                request.future.set_result([])
+            return
         offset = 0
         for request in live:
             request.future.set_result(pictures[offset : offset + request.count])
@@ -409,9 +413,13 @@ class DiffusersEngine:
             "num_inference_steps": steps,
             "generator": generators if len(generators) > 1 else generators[0],
             "num_images_per_prompt": first.count,
-            "callback_on_step_end": on_step_end,
             "output_type": "pil",
         }
+        if "callback_on_step_end" in self._parameters:
+            arguments["callback_on_step_end"] = on_step_end
+        else:
+            # older pipelines: callback(step, timestep, latents), stopped by raising
+            arguments["callback"], arguments["callback_steps"] = on_step_end.legacy, 1
         optional = {
             "guidance_scale": s.guidance_scale,
             "true_cfg_scale": s.true_cfg_scale,
@@ -436,8 +444,11 @@ class DiffusersEngine:
         arguments.update(s.call)
         arguments = {k: v for k, v in arguments.items() if k in self._parameters or k in s.call}
         pipe.scheduler = self._schedulers[s.scheduler]
-        with torch.inference_mode():
-            output = pipe(**arguments)
+        try:
+            with torch.inference_mode():
+                output = pipe(**arguments)
+        except _Interrupted:
+            return []  # every job of the call was cancelled; run() raises "canceled"
         self.calls += 1
         self.jobs += len(batch)
         pictures: list[Image.Image] = list(output.images)
