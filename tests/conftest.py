@@ -175,6 +175,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sd": tiny_pipelines.build_sd(root / "sd", channels=16),
         "klein": tiny_pipelines.build_flux2_klein(root / "klein"),
         "upscaler": tiny_pipelines.build_sd_upscaler(root / "upscaler"),
+        "zimage": tiny_pipelines.build_z_image(root / "zimage"),
     }
 
 

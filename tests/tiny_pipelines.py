@@ -8,6 +8,8 @@ text encoders' vocabularies match them. Each builder writes a folder that
 - :func:`build_sd`: Stable Diffusion (UNet, VAE, CLIP). Text-to-image, and image-to-image
   through ``StableDiffusionImg2ImgPipeline`` on the same folder.
 - :func:`build_sd_upscaler`: Stable Diffusion's x4 super-resolution pipeline.
+- :func:`build_z_image`: Z-Image (Z-Image transformer, FLUX-style VAE, Qwen3 text encoder),
+  the suggested text-to-image default (Z-Image-Turbo).
 - :func:`build_flux2_klein`: FLUX.2 [klein] (Flux2 transformer, Flux2 VAE, Qwen3 text encoder):
   a production family that does text-to-image and multi-reference editing in one pipeline.
 
@@ -32,6 +34,8 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
 )
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
@@ -41,12 +45,23 @@ from transformers import (
     Qwen2TokenizerFast,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3Model,
 )
 
-__all__ = ["KLEIN_CALL", "build_flux2_klein", "build_sd", "build_sd_upscaler"]
+__all__ = [
+    "KLEIN_CALL",
+    "ZIMAGE_CALL",
+    "build_flux2_klein",
+    "build_sd",
+    "build_sd_upscaler",
+    "build_z_image",
+]
 
 #: klein's pipeline reads text-encoder layers 9, 18 and 27 by default; the tiny encoder has 2
 KLEIN_CALL = {"text_encoder_out_layers": [1], "max_sequence_length": 32}
+
+#: a short prompt window keeps the tiny text encoder's work negligible
+ZIMAGE_CALL = {"max_sequence_length": 32}
 
 _QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -267,6 +282,69 @@ def build_flux2_klein(folder: Path) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
         vae=vae,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_z_image(folder: Path) -> Path:
+    """A tiny Z-Image pipeline saved to ``folder`` (call it with :data:`ZIMAGE_CALL`)."""
+    tokenizer = _qwen_tokenizer()
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    )
+    with torch.no_grad():
+        # made with torch.empty: NaN-prone random memory unless fixed (as diffusers' tests do)
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token.data))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token.data))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[16, 16, 32, 32],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=16,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        mid_block_add_attention=False,
+    )
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+        )
+    )
+    pipe = ZImagePipeline(
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
     )
     pipe.save_pretrained(folder)
     return folder

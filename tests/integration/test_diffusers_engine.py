@@ -2,8 +2,9 @@
 
 The pipelines are built once per session and saved to folders; the server loads them through
 its settings (``[engines.*]`` and ``[models.*]``), the same ``from_pretrained`` path an
-operator's config takes. Two families: Stable Diffusion (text-to-image, and image-to-image from
-the same folder) and FLUX.2 [klein] (text-to-image and multi-reference editing).
+operator's config takes. Three families: Stable Diffusion (text-to-image, image-to-image from the
+same folder, its x4 upscaler), Z-Image (text-to-image) and FLUX.2 [klein] (text-to-image and
+multi-reference editing).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SD_T2I = "bytedance/seedream"
 KLEIN_T2I = "bytedance/seedream-v4-text-to-image"
 KLEIN_EDIT = "bytedance/seedream-v4-edit"
 SD_IMG2IMG = "seedream/4.5-edit"
+ZIMAGE_T2I = "seedream/5-flash-text-to-image"
 BROKEN = "seedream/5-lite-text-to-image"
 UNMAPPED = "seedream/5-pro-text-to-image"
 
@@ -64,6 +66,12 @@ def _engines(models: dict[str, Path]) -> dict[str, dict[str, Any]]:
             "call": tiny.KLEIN_CALL,
             **small,
         },
+        "zimage": {
+            "pipeline": str(models["zimage"]),
+            "guidance_scale": 0.0,
+            "call": tiny.ZIMAGE_CALL,
+            **small,
+        },
         # the tiny text encoder has 3 hidden states: asking for the 8th makes the pipeline raise
         "broken": {
             "pipeline": str(models["klein"]),
@@ -79,6 +87,7 @@ MODELS = {
     KLEIN_T2I: "klein",
     KLEIN_EDIT: "klein",
     SD_IMG2IMG: "sd-img2img",
+    ZIMAGE_T2I: "zimage",
     BROKEN: "broken",
 }
 
@@ -118,6 +127,7 @@ def _balance(server: LiveServer, key: str) -> Any:
         (SD_T2I, {"image_size": "landscape_4_3"}, (1024, 768)),
         (SD_T2I, {"image_size": "portrait_16_9"}, (576, 1024)),
         (KLEIN_T2I, {"image_size": "landscape_16_9"}, (1280, 720)),
+        (ZIMAGE_T2I, {"aspect_ratio": "3:4"}, (864, 1152)),
     ],
 )
 def test_text_to_image_succeeds_at_the_contract_size(
