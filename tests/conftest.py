@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -23,6 +24,9 @@ from seedbed.app import create_app
 from seedbed.config import Settings
 from seedbed.store import open_store
 from seedbed.tasks import KeyLimits, NewKey
+
+# No test may reach the Hugging Face Hub: pipelines load from folders the tests build.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

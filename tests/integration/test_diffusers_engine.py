@@ -43,6 +43,7 @@ KLEIN_EDIT = "bytedance/seedream-v4-edit"
 SD_IMG2IMG = "seedream/4.5-edit"
 ZIMAGE_T2I = "seedream/5-flash-text-to-image"
 BROKEN = "seedream/5-lite-text-to-image"
+UNLOADABLE = "seedream/4.5-text-to-image"
 UNMAPPED = "seedream/5-pro-text-to-image"
 
 
@@ -72,6 +73,7 @@ def _engines(models: dict[str, Path]) -> dict[str, dict[str, Any]]:
             "call": tiny.ZIMAGE_CALL,
             **small,
         },
+        "missing": {"pipeline": str(models["sd"].parent / "no-such-pipeline"), **small},
         # the tiny text encoder has 3 hidden states: asking for the 8th makes the pipeline raise
         "broken": {
             "pipeline": str(models["klein"]),
@@ -89,6 +91,7 @@ MODELS = {
     SD_IMG2IMG: "sd-img2img",
     ZIMAGE_T2I: "zimage",
     BROKEN: "broken",
+    UNLOADABLE: "missing",
 }
 
 
@@ -215,6 +218,15 @@ def test_a_pipeline_that_raises_fails_the_task_with_501_and_releases_credits(
     assert data["state"] == "fail"
     assert data["failCode"] == "501"
     assert data["failMsg"].startswith("generation failed:")
+    assert _balance(live, key) == 100
+
+
+def test_an_engine_that_cannot_load_fails_its_tasks_with_501(live: LiveServer) -> None:
+    key, _ = live.add_key(credits=100)
+    created = live.create(key, {"model": UNLOADABLE, "input": {"prompt": "a red fox"}})
+    data = live.wait(key, created["data"]["taskId"], timeout=60)
+    assert data["state"] == "fail" and data["failCode"] == "501"
+    assert data["failMsg"].startswith("engine missing failed to load:")
     assert _balance(live, key) == 100
 
 
