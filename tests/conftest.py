@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -24,6 +25,26 @@ from seedbed.config import Settings
 from seedbed.engines import Engines
 from seedbed.store import open_store
 from seedbed.tasks import KeyLimits, NewKey
+
+# No test may reach the Hugging Face Hub: pipelines load from folders the tests build.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``gpu`` tests where no CUDA device is present (they run where one is lent)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu or _cuda_available():
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def free_port() -> int:
@@ -150,6 +171,20 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight diffusers pipelines saved to folders, built once per session."""
+    import tiny_pipelines  # torch and diffusers: only for the tests that ask
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {
+        "sd": tiny_pipelines.build_sd(root / "sd", channels=16),
+        "klein": tiny_pipelines.build_flux2_klein(root / "klein"),
+        "upscaler": tiny_pipelines.build_sd_upscaler(root / "upscaler"),
+        "zimage": tiny_pipelines.build_z_image(root / "zimage"),
+    }
 
 
 @pytest.fixture

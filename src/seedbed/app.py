@@ -18,7 +18,7 @@ from seedbed.api import account, common, envelope, events, files, health, jobs, 
 from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
-from seedbed.engines import Engines, default_engines
+from seedbed.engines import Engines, build_engines
 from seedbed.feed import TaskFeed
 from seedbed.links import Links, load_or_create_secret
 from seedbed.metrics import HttpMetrics
@@ -136,10 +136,7 @@ def build_context(
         settings=settings,
         store=store,
         storage=storage or LocalStorage(settings.files_dir),
-        engines=engines
-        or default_engines(
-            sandbox_steps=settings.sandbox_steps, sandbox_step_seconds=settings.sandbox_step_seconds
-        ),
+        engines=engines if engines is not None else build_engines(settings),
         wakeup=Wakeup(settings.run_dir),
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),

@@ -177,11 +177,25 @@ def worker_command(
         list[str] | None, typer.Option("--allow-network", help="CIDR allowed for fetches.")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once no task is left.")] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Device for this worker's pipelines, e.g. cuda:1 (one worker per GPU)."),
+    ] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine", help="Load only this [engines] entry (repeatable); default: all of them."
+        ),
+    ] = None,
 ) -> None:
-    """Run a worker process against the same database as the server."""
+    """Run a worker process against the same database as the server.
+
+    It claims only the tasks of models its engines serve, after loading them.
+    """
     import signal
 
     from seedbed.app import build_context, build_worker
+    from seedbed.engines import build_engines
 
     settings = _settings(
         data_dir=data_dir,
@@ -192,9 +206,13 @@ def worker_command(
     )
     _configure_logging(settings)
     _tune_gc()
+    try:
+        engines = build_engines(settings, only=engine or (), device=device)
+    except ValueError as exc:
+        _fail(str(exc))
 
     async def run() -> None:
-        ctx = build_context(settings)
+        ctx = build_context(settings, engines=engines)
         await ctx.store.open()
         worker = build_worker(ctx)
         loop = asyncio.get_running_loop()

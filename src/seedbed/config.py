@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,7 +20,74 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings"]
+__all__ = ["DiffusersEngineSettings", "ModelRoute", "Settings"]
+
+
+class _RenderSettings(BaseModel):
+    """What an operator may set per engine and override per model: how one image is rendered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: PositiveInt | None = Field(None, description="denoising steps (num_inference_steps)")
+    guidance_scale: float | None = Field(
+        None, description="CFG scale; the pipeline's default if unset"
+    )
+    true_cfg_scale: float | None = Field(None, description="Qwen-Image's true CFG scale")
+    negative_prompt: str | None = None
+    scheduler: str | None = Field(
+        None, description="a diffusers scheduler class name, built from the pipeline's own config"
+    )
+    native_area: PositiveInt | None = Field(
+        None, description="pixels the pipeline renders (width x height) before the exact resize"
+    )
+    native_sizes: list[tuple[PositiveInt, PositiveInt]] | None = Field(
+        None, description="the sizes the model was trained at; the nearest aspect ratio wins"
+    )
+    call: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for every pipeline call"
+    )
+
+
+class DiffusersEngineSettings(_RenderSettings):
+    """``[engines.NAME]``: one diffusers pipeline, loaded once per worker and kept warm."""
+
+    kind: Literal["diffusers"] = "diffusers"
+    pipeline: str = Field(description="a Hugging Face repo id or a local folder")
+    pipeline_class: str | None = Field(
+        None, description="a diffusers pipeline class; default: the one model_index.json names"
+    )
+    revision: str | None = None
+    variant: str | None = Field(None, description='weights variant, e.g. "fp16"')
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    device: str = Field("auto", description='"auto" (CUDA if present), "cpu", "cuda", "cuda:1"')
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="CPU offload: model (whole components) or sequential (layers)"
+    )
+    size_multiple: PositiveInt = Field(16, description="render sizes are multiples of this")
+    max_input_images: int = Field(
+        0, ge=0, description="input images the pipeline takes; 0: text-to-image only"
+    )
+    max_outputs: PositiveInt | None = Field(None, description="images per task at most")
+    max_batch: PositiveInt = Field(
+        1, description="compatible text-to-image tasks rendered in one pipeline call at most"
+    )
+    batch_window_ms: float = Field(
+        20.0, ge=0, description="how long the first task of a batch waits for companions"
+    )
+    upscale_pipeline: str | None = Field(
+        None,
+        description="a super-resolution pipeline (repo id or folder) run before the exact "
+        "resize when the contract's size is larger than the render size; default: Lanczos only",
+    )
+    upscale_steps: PositiveInt = Field(20, description="denoising steps of the upscaler")
+
+
+class ModelRoute(_RenderSettings):
+    """``[models."<model id>"]``: which engine serves a Seedream model, and overrides for it."""
+
+    engine: str = Field(description='an [engines.NAME] name, or "sandbox"')
 
 
 class Settings(BaseSettings):
@@ -134,6 +201,14 @@ class Settings(BaseSettings):
     # -- engines ---------------------------------------------------------------------------
     sandbox_steps: int = Field(4, description="progress steps the sandbox engine reports")
     sandbox_step_seconds: float = Field(0.0, description="delay per sandbox step (demos and tests)")
+    engines: dict[str, DiffusersEngineSettings] = Field(
+        default_factory=dict, description="[engines.NAME] tables: the pipelines (docs/engines.md)"
+    )
+    models: dict[str, ModelRoute] = Field(
+        default_factory=dict,
+        description='[models."<id>"] tables: the engine of each model; with none, the sandbox '
+        "serves every model, with some, unlisted models answer 505",
+    )
 
     # -- prices ----------------------------------------------------------------------------
     prices: dict[str, dict[str, Decimal]] = Field(
@@ -161,6 +236,13 @@ class Settings(BaseSettings):
             if value.startswith("["):
                 return json.loads(value)
             return [float(part) for part in value.split(",") if part.strip()]
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _engine_names(cls, value: Any) -> Any:
+        # A bare engine name is short for a table with only ``engine``.
+        if isinstance(value, dict):
+            return {k: {"engine": v} if isinstance(v, str) else v for k, v in value.items()}
         return value
 
     @property

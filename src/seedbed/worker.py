@@ -29,7 +29,7 @@ from PIL import Image
 from seedbed import catalogue, errors, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, EngineJob, OutputPlan
+from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan
 from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.storage.base import Storage, StoredFileNotFound
@@ -112,6 +112,8 @@ class Worker:
             initializer=_lower_priority,
             initargs=(config.engine_nice,),
         )
+        #: engines whose load failed, by id, with the message their tasks fail with
+        self._load_errors: dict[int, str] = {}
         self._stopping = asyncio.Event()
         self._stopped_at: float | None = None
         self._observer = observer
@@ -122,6 +124,9 @@ class Worker:
     async def run(self, *, burst: bool = False) -> None:
         """Serve tasks until ``stop()``; with ``burst``, return once no task is left."""
         self.wakeup.listen()
+        # Warm before claiming: a task is claimed by a worker that has its pipeline loaded.
+        for engine in self.engines:
+            await self._ensure_loaded(engine, raising=False)
         try:
             await self._release_dead_leases()
         except Exception:
@@ -305,9 +310,7 @@ class Worker:
             plan=plan,
             images=inputs,
         )
-        if id(engine) not in self._loaded:
-            await self._in_engine_thread(engine.load)
-            self._loaded.add(id(engine))
+        await self._ensure_loaded(engine)
         if not await self.store.start_generating(task.id, worker_id=self.worker_id):
             return None  # lease lost (another worker has it now) or the task was canceled
         self._changed(task.id)
@@ -333,6 +336,19 @@ class Worker:
     async def _in_engine_thread(self, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
+
+    async def _ensure_loaded(self, engine: Engine, *, raising: bool = True) -> None:
+        """Load ``engine`` once; a load that failed fails its tasks (501) rather than the worker."""
+        key = id(engine)
+        if key not in self._loaded and key not in self._load_errors:
+            try:
+                await self._in_engine_thread(engine.load)
+                self._loaded.add(key)
+            except Exception as exc:
+                log.exception("engine %s failed to load", engine.name)
+                self._load_errors[key] = f"engine {engine.name} failed to load: {_short(exc)}"
+        if raising and key in self._load_errors:
+            raise errors.EngineFailure(self._load_errors[key])
 
     async def _fetch_inputs(self, spec: ModelSpec, urls: Sequence[str]) -> list[Image.Image]:
         rule = spec.image_input
