@@ -216,26 +216,15 @@ class Settings(BaseSettings):
         description='overrides per model id: {"seedream/4.5-edit": {"basic": 6, "high": 8}}',
     )
 
-    @field_validator("allow_network", mode="before")
+    @field_validator("allow_network", "callback_retry_delays", mode="before")
     @classmethod
-    def _split_networks(cls, value: Any) -> Any:
-        # The environment form is a JSON list or a comma-separated string.
+    def _split_list(cls, value: Any) -> Any:
+        # A list's environment form: JSON, or comma-separated items (pydantic converts each).
         if isinstance(value, str):
             value = value.strip()
             if value.startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("callback_retry_delays", mode="before")
-    @classmethod
-    def _split_delays(cls, value: Any) -> Any:
-        # The environment form is a JSON list or comma-separated seconds.
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [float(part) for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("models", mode="before")
