@@ -236,6 +236,7 @@ class Settings(BaseSettings):
             if value.startswith("["):
                 return json.loads(value)
             return [float(part) for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("models", mode="before")
     @classmethod
