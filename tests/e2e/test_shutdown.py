@@ -18,6 +18,8 @@ import pytest
 from proc import SEEDBED, create_key, env, server, start_server
 
 from conftest import free_port
+from receiver import Receiver
+from seedbed.outbox import CallbackState
 from seedbed.store import open_store
 from seedbed.store.base import TaskFilter
 from seedbed.tasks import Task, TaskState
@@ -182,3 +184,50 @@ def test_sigterm_on_a_separate_worker_hands_its_task_back(tmp_path: Path) -> Non
     task = tasks_in(tmp_path)[task_id]
     assert task.state is TaskState.GENERATING and task.lease_expires == 0
     assert any("handed 1 running task(s) back" in line["msg"] for line in logs)
+
+
+def callback_of(data_dir: Path, task_id: str) -> Any:
+    async def read() -> Any:
+        store = open_store(f"sqlite:///{(data_dir / 'seedbed.db').resolve()}")
+        await store.open()
+        try:
+            return await store.get_callback(task_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    """The task ends during the drain and its (slow) receiver answers after the worker has
+    stopped: the dispatcher's flush waits for it, so it is delivered before exit 0, not cut
+    off and left for the next start."""
+    receiver = Receiver([200], delay=1.5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    key = create_key(tmp_path)
+    settings = {"sandbox_steps": 4, "sandbox_step_seconds": 0.4, "shutdown_grace_seconds": 8}
+    proc = start_server(tmp_path, port, **settings)
+    try:
+        headers = {"Authorization": f"Bearer {key['key']}"}
+        body = {**BODY, "callBackUrl": receiver.url}
+        created = httpx.post(
+            f"{url}/api/v1/jobs/createTask", json=body, headers=headers, trust_env=False
+        ).json()
+        task_id = created["data"]["taskId"]
+        wait_generating(url, key["key"], [task_id], 1)
+        code, elapsed, logs = terminate(proc)
+        exited = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        receiver.close()
+    assert code == 0 and elapsed < 8
+    (hit,) = receiver.hits
+    assert hit.json["code"] == 200 and hit.json["data"]["taskId"] == task_id
+    assert hit.at + receiver.delay <= exited
+    record = callback_of(tmp_path, task_id)
+    assert record.state is CallbackState.DELIVERED and record.attempts == 1
+    assert any(line["msg"].startswith("callback for task") for line in logs)

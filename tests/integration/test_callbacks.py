@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FileServer, LiveServer, make_settings, serve_in_thread
+from conftest import FileServer, LiveServer, auth, make_settings, serve_in_thread
 from receiver import Receiver
 from seedbed.outbox import CallbackState
 
@@ -158,3 +158,30 @@ def test_tasks_without_a_callback_url_queue_nothing(fast_server: LiveServer) -> 
     task_id = fast_server.create(key, body)["data"]["taskId"]
     fast_server.wait(key, task_id)
     assert fast_server.store_call(lambda store: store.get_callback(task_id)) is None
+
+
+def test_cancel_task_calls_back_with_501_and_failmsg_canceled(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    receiver = Receiver([200])
+    receivers.append(receiver)
+    settings = make_settings(tmp_path, worker=False, callback_poll_seconds=0.2)
+    with serve_in_thread(settings) as server:
+        key, _ = server.add_key(credits=100)
+        body = {
+            "model": "seedream/4.5-text-to-image",
+            "callBackUrl": receiver.url,
+            "input": {"prompt": "never run"},
+        }
+        task_id = server.create(key, body)["data"]["taskId"]
+        canceled = server.client.post(
+            "/api/v1/jobs/cancelTask", json={"taskId": task_id}, headers=auth(key)
+        ).json()
+        (hit,) = receiver.wait_for(1)
+        record = server.record(key, task_id)["data"]
+        _callback_state(server, task_id, CallbackState.DELIVERED)
+    assert canceled["code"] == 200 and canceled["data"]["failMsg"] == "canceled"
+    assert hit.json == {"code": 501, "msg": FAILURE_MSG, "data": _kie_view(record)}
+    data = hit.json["data"]
+    assert (data["state"], data["failCode"], data["failMsg"]) == ("fail", "400", "canceled")
+    assert data["creditsConsumed"] == 0 and data["resultJson"] == ""
