@@ -27,8 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from api_bench import create_key, free_port, start, stop
 from seedbed.client import NO_RETRY, Client
 from seedbed.client.protocol import unwrap
 from seedbed.client.records import parse_task
@@ -46,40 +45,6 @@ from seedbed.client.records import parse_task
 SEEDBED = [sys.executable, "-m", "seedbed"]
 MODEL = "seedream/4.5-text-to-image"
 INPUT = {"prompt": "a lighthouse at dusk", "aspect_ratio": "16:9", "quality": "basic"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def create_key(data_dir: Path) -> str:
-    args = ["keys", "create", "--name", "bench", "--credits", "100000", "--json"]
-    args += ["--record-rate", "100000000", "--create-rate", "100000"]
-    done = subprocess.run(
-        [*SEEDBED, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
-    )
-    return str(json.loads(done.stdout)["key"])
-
-
-def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [*SEEDBED, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            url = f"http://127.0.0.1:{port}/healthz"
-            if httpx.get(url, timeout=0.2, trust_env=False).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def quantiles(samples: list[float]) -> tuple[float, float]:
@@ -244,13 +209,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         key = create_key(data)
-        proc = start(data, port)
+        proc, _ = start(data, port)
         try:
             bench_polls(url, key, args.polls, args.rounds)
             bench_generate(url, key, args.runs, args.compare_src)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop(proc)
         bench_import()
     finally:
         shutil.rmtree(data, ignore_errors=True)
