@@ -10,8 +10,9 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -21,32 +22,41 @@ from conftest import free_port
 from receiver import Receiver
 from seedbed.outbox import CallbackState
 from seedbed.store import open_store
-from seedbed.store.base import TaskFilter
+from seedbed.store.base import Store, TaskFilter
 from seedbed.tasks import Task, TaskState
 
 BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
 
-def tasks_in(data_dir: Path) -> dict[str, Task]:
-    async def read() -> list[Task]:
+
+def in_store(data_dir: Path, action: Callable[[Store], Awaitable[T]]) -> T:
+    """``action(store)`` on the data directory's database (the server has exited)."""
+
+    async def run() -> T:
         store = open_store(f"sqlite:///{(data_dir / 'seedbed.db').resolve()}")
         await store.open()
         try:
-            return await store.list_tasks(TaskFilter(limit=1000))
+            return await action(store)
         finally:
             await store.close()
 
-    return {task.id: task for task in asyncio.run(read())}
+    return asyncio.run(run())
 
 
-def create_tasks(url: str, key: str, count: int) -> list[str]:
+def tasks_in(data_dir: Path) -> dict[str, Task]:
+    found = in_store(data_dir, lambda store: store.list_tasks(TaskFilter(limit=1000)))
+    return {task.id: task for task in found}
+
+
+def create_tasks(url: str, key: str, count: int, task: dict[str, Any] = BODY) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"}
     ids = []
     with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
         for _ in range(count):
-            body = client.post("/api/v1/jobs/createTask", json=BODY, headers=headers).json()
+            body = client.post("/api/v1/jobs/createTask", json=task, headers=headers).json()
             assert body["code"] == 200, body
             ids.append(body["data"]["taskId"])
     return ids
@@ -186,18 +196,6 @@ def test_sigterm_on_a_separate_worker_hands_its_task_back(tmp_path: Path) -> Non
     assert any("handed 1 running task(s) back" in line["msg"] for line in logs)
 
 
-def callback_of(data_dir: Path, task_id: str) -> Any:
-    async def read() -> Any:
-        store = open_store(f"sqlite:///{(data_dir / 'seedbed.db').resolve()}")
-        await store.open()
-        try:
-            return await store.get_callback(task_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
 def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
     tmp_path: Path,
 ) -> None:
@@ -211,12 +209,7 @@ def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
     settings = {"sandbox_steps": 4, "sandbox_step_seconds": 0.4, "shutdown_grace_seconds": 8}
     proc = start_server(tmp_path, port, **settings)
     try:
-        headers = {"Authorization": f"Bearer {key['key']}"}
-        body = {**BODY, "callBackUrl": receiver.url}
-        created = httpx.post(
-            f"{url}/api/v1/jobs/createTask", json=body, headers=headers, trust_env=False
-        ).json()
-        task_id = created["data"]["taskId"]
+        (task_id,) = create_tasks(url, key["key"], 1, {**BODY, "callBackUrl": receiver.url})
         wait_generating(url, key["key"], [task_id], 1)
         code, elapsed, logs = terminate(proc)
         exited = time.time()
@@ -228,6 +221,6 @@ def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
     (hit,) = receiver.hits
     assert hit.json["code"] == 200 and hit.json["data"]["taskId"] == task_id
     assert hit.at + receiver.delay <= exited
-    record = callback_of(tmp_path, task_id)
-    assert record.state is CallbackState.DELIVERED and record.attempts == 1
+    record = in_store(tmp_path, lambda store: store.get_callback(task_id))
+    assert record is not None and record.state is CallbackState.DELIVERED and record.attempts == 1
     assert any(line["msg"].startswith("callback for task") for line in logs)

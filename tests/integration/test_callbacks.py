@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FileServer, LiveServer, auth, make_settings, serve_in_thread
+from conftest import FileServer, LiveServer, make_settings, serve_in_thread
 from metrics_util import value, wait_for_value
 from receiver import Receiver
 from seedbed.outbox import CallbackState
@@ -189,9 +189,7 @@ def test_cancel_task_calls_back_with_501_and_failmsg_canceled(
             "input": {"prompt": "never run"},
         }
         task_id = server.create(key, body)["data"]["taskId"]
-        canceled = server.client.post(
-            "/api/v1/jobs/cancelTask", json={"taskId": task_id}, headers=auth(key)
-        ).json()
+        canceled = server.cancel(key, task_id)
         (hit,) = receiver.wait_for(1)
         record = server.record(key, task_id)["data"]
         _callback_state(server, task_id, CallbackState.DELIVERED)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import LiveServer, auth, make_settings, serve_in_thread
+from conftest import LiveServer, make_settings, serve_in_thread
 from metrics_util import scrape, value
 
 BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
@@ -56,7 +56,7 @@ def test_queue_gauges_and_readiness_follow_the_store(tmp_path: Path) -> None:
         full = live.client.get("/readyz")
         assert full.status_code == 503
         assert full.json()["checks"]["queue"] == "3 queued (limit 3)"
-        live.client.post("/api/v1/jobs/cancelTask", json={"taskId": ids[0]}, headers=auth(key))
+        assert live.cancel(key, ids[0])["data"]["failMsg"] == "canceled"
         assert live.client.get("/readyz").status_code == 200
         samples = scrape(live)
         assert value(samples, "seedbed_queue_depth", engine="sandbox") == 2
