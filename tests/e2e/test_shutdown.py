@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,9 +91,42 @@ def terminate(proc: subprocess.Popen[bytes]) -> tuple[int, float, list[dict[str,
     return proc.returncode, elapsed, [json.loads(line) for line in lines]
 
 
+@dataclass
+class Stopped:
+    """What ``sigterm_while_generating`` saw."""
+
+    ids: list[str]
+    running: list[str]
+    code: int
+    elapsed: float
+    logs: list[dict[str, Any]]
+    exited: float  # time.time() once the process had exited
+
+
+def sigterm_while_generating(
+    data_dir: Path,
+    port: int,
+    key: str,
+    settings: dict[str, Any],
+    count: int,
+    generating: int,
+    task: dict[str, Any] = BODY,
+) -> Stopped:
+    """``seedbed serve``; ``count`` tasks; SIGTERM once ``generating`` of them run."""
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(data_dir, port, **settings)
+    try:
+        ids = create_tasks(url, key, count, task)
+        running = wait_generating(url, key, ids, generating)
+        code, elapsed, logs = terminate(proc)
+        return Stopped(ids, running, code, elapsed, logs, time.time())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     key = create_key(tmp_path)
     settings = {
         "sandbox_steps": 4,
@@ -100,16 +134,10 @@ def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path
         "worker_concurrency": 2,
         "shutdown_grace_seconds": 8,
     }
-    proc = start_server(tmp_path, port, **settings)
-    try:
-        ids = create_tasks(url, key["key"], 5)
-        running = wait_generating(url, key["key"], ids, 2)
-        code, elapsed, logs = terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0
-    assert elapsed < 8  # within the grace period (the two tasks needed about 1.6 s)
+    stopped = sigterm_while_generating(tmp_path, port, key["key"], settings, 5, 2)
+    ids, running, logs = stopped.ids, stopped.running, stopped.logs
+    assert stopped.code == 0
+    assert stopped.elapsed < 8  # within the grace period (the two tasks needed about 1.6 s)
     after = tasks_in(tmp_path)
     assert len(after) == 5
     assert {after[t].state for t in running} == {TaskState.SUCCESS}
@@ -135,7 +163,6 @@ def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path
 
 def test_sigterm_past_the_grace_period_hands_running_tasks_back(tmp_path: Path) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     key = create_key(tmp_path)
     settings = {
         "sandbox_steps": 10,
@@ -143,16 +170,10 @@ def test_sigterm_past_the_grace_period_hands_running_tasks_back(tmp_path: Path) 
         "worker_concurrency": 2,
         "shutdown_grace_seconds": 0.5,
     }
-    proc = start_server(tmp_path, port, **settings)
-    try:
-        ids = create_tasks(url, key["key"], 3)
-        running = wait_generating(url, key["key"], ids, 2)
-        code, elapsed, _ = terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0
-    assert elapsed < 8  # grace 0.5 s, then the engines stop at once (a task needs 20 s)
+    stopped = sigterm_while_generating(tmp_path, port, key["key"], settings, 3, 2)
+    running = stopped.running
+    assert stopped.code == 0
+    assert stopped.elapsed < 8  # grace 0.5 s, then the engines stop at once (a task needs 20 s)
     after = tasks_in(tmp_path)
     for task_id in running:
         task = after[task_id]
@@ -203,24 +224,18 @@ def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
     stopped: the dispatcher's flush waits for it, so it is delivered before exit 0, not cut
     off and left for the next start."""
     receiver = Receiver([200], delay=1.5)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     key = create_key(tmp_path)
     settings = {"sandbox_steps": 4, "sandbox_step_seconds": 0.4, "shutdown_grace_seconds": 8}
-    proc = start_server(tmp_path, port, **settings)
+    task = {**BODY, "callBackUrl": receiver.url}
     try:
-        (task_id,) = create_tasks(url, key["key"], 1, {**BODY, "callBackUrl": receiver.url})
-        wait_generating(url, key["key"], [task_id], 1)
-        code, elapsed, logs = terminate(proc)
-        exited = time.time()
+        stopped = sigterm_while_generating(tmp_path, free_port(), key["key"], settings, 1, 1, task)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         receiver.close()
-    assert code == 0 and elapsed < 8
+    assert stopped.code == 0 and stopped.elapsed < 8
+    (task_id,) = stopped.ids
     (hit,) = receiver.hits
     assert hit.json["code"] == 200 and hit.json["data"]["taskId"] == task_id
-    assert hit.at + receiver.delay <= exited
+    assert hit.at + receiver.delay <= stopped.exited
     record = in_store(tmp_path, lambda store: store.get_callback(task_id))
     assert record is not None and record.state is CallbackState.DELIVERED and record.attempts == 1
-    assert any(line["msg"].startswith("callback for task") for line in logs)
+    assert any(line["msg"].startswith("callback for task") for line in stopped.logs)
