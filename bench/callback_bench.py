@@ -24,12 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,7 +33,8 @@ from typing import Any
 
 import httpx
 
-SEEDBED = [sys.executable, "-m", "seedbed"]
+from api_bench import create_key, free_port, start, stop
+
 MODEL = {"model": "bytedance/seedream", "input": {"prompt": "bench", "image_size": "square"}}
 _ANSWER = b'{"code":200,"msg":"success"}'
 REPLY = (
@@ -46,64 +42,6 @@ REPLY = (
     + f"Content-Length: {len(_ANSWER)}\r\n\r\n".encode()
     + _ANSWER
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def env(**settings: Any) -> dict[str, str]:
-    values = dict(os.environ)
-    values.update({f"SEEDBED_{k.upper()}": str(v) for k, v in settings.items()})
-    return values
-
-
-def create_key(data_dir: Path) -> str:
-    args = ["keys", "create", "--name", "bench", "--credits", "100000000", "--json"]
-    limits = ["--create-rate", "100000000", "--record-rate", "100000000"]
-    limits += ["--open-task-cap", "100000000"]
-    done = subprocess.run(
-        [*SEEDBED, *args, *limits, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return str(json.loads(done.stdout)["key"])
-
-
-def start(data_dir: Path, port: int, **settings: Any) -> subprocess.Popen[bytes]:
-    cmd = [*SEEDBED, "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(
-        [*cmd, "--allow-network", "127.0.0.0/8"],
-        env=env(**settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            url = f"http://127.0.0.1:{port}/healthz"
-            if httpx.get(url, timeout=0.2, trust_env=False).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("server exited during start-up")
-        time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("server did not start in 30 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -214,7 +152,9 @@ async def run(args: argparse.Namespace) -> None:
     port = free_port()
     key = await asyncio.to_thread(create_key, data_dir)
     settings = {"worker_concurrency": args.concurrency, "sandbox_steps": 1}
-    proc = await asyncio.to_thread(start, data_dir, port, **settings)
+    proc, _ = await asyncio.to_thread(
+        start, data_dir, port, "--allow-network", "127.0.0.0/8", **settings
+    )
     base = f"http://127.0.0.1:{port}"
     results: dict[str, list[dict[str, Any]]] = {"live only": [], "with a dead receiver": []}
     try:

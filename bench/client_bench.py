@@ -12,7 +12,13 @@ Starts ``seedbed serve`` (one process, in-process worker, SQLite, sandbox engine
    generation in-process with ``Client.generate`` (no start-up).
 3. What importing ``seedbed.client`` costs and that it pulls in neither FastAPI nor SQLAlchemy.
 
-Usage: ``python bench/client_bench.py [--polls 2000] [--runs 7]``. Only 127.0.0.1 is contacted.
+``--compare-src DIR`` also runs ``seedbed --help`` and ``seedbed generate`` from another copy
+of the sources (``DIR`` on ``PYTHONPATH``, e.g. ``git archive <commit> src | tar -x -C DIR``),
+run by run alternately with this one, so a start-up change is measured before and after under
+the same load.
+
+Usage: ``python bench/client_bench.py [--polls 2000] [--runs 7] [--compare-src DIR/src]``.
+Only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -21,8 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from api_bench import create_key, free_port, start, stop
 from seedbed.client import NO_RETRY, Client
 from seedbed.client.protocol import unwrap
 from seedbed.client.records import parse_task
@@ -40,40 +45,6 @@ from seedbed.client.records import parse_task
 SEEDBED = [sys.executable, "-m", "seedbed"]
 MODEL = "seedream/4.5-text-to-image"
 INPUT = {"prompt": "a lighthouse at dusk", "aspect_ratio": "16:9", "quality": "basic"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def create_key(data_dir: Path) -> str:
-    args = ["keys", "create", "--name", "bench", "--credits", "100000", "--json"]
-    args += ["--record-rate", "100000000", "--create-rate", "100000"]
-    done = subprocess.run(
-        [*SEEDBED, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
-    )
-    return str(json.loads(done.stdout)["key"])
-
-
-def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [*SEEDBED, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            url = f"http://127.0.0.1:{port}/healthz"
-            if httpx.get(url, timeout=0.2, trust_env=False).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def quantiles(samples: list[float]) -> tuple[float, float]:
@@ -159,27 +130,33 @@ def bench_polls(url: str, key: str, polls: int, rounds: int) -> None:
     )
 
 
-def bench_generate(url: str, key: str, runs: int) -> None:
+def bench_generate(url: str, key: str, runs: int, compare_src: Path | None) -> None:
     env = {**os.environ, "SEEDBED_URL": url, "SEEDBED_API_KEY": key}
     out = Path(tempfile.mkdtemp(prefix="seedbed-gen-"))
+    trees = {"": env}
+    if compare_src is not None:
+        trees[" (--compare-src)"] = {**env, "PYTHONPATH": str(compare_src.resolve())}
     try:
-        cli_s: list[float] = []
         python_s: list[float] = []
-        help_s: list[float] = []
+        help_s: dict[str, list[float]] = {tree: [] for tree in trees}
+        cli_s: dict[str, list[float]] = {tree: [] for tree in trees}
         command = [*SEEDBED, "generate", INPUT["prompt"], "-m", MODEL, "--aspect-ratio", "16:9"]
         command += ["--quality", "basic", "--json", "--out", str(out)]
         for _ in range(runs):
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True)
             python_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            subprocess.run([*SEEDBED, "--help"], check=True, capture_output=True)
-            help_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            cli_s.append(time.perf_counter() - t0)
-            answer = json.loads(done.stdout)
-            assert answer["state"] == "success" and answer["files"], done.stdout
+            for tree, tree_env in trees.items():
+                t0 = time.perf_counter()
+                subprocess.run([*SEEDBED, "--help"], check=True, capture_output=True, env=tree_env)
+                help_s[tree].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                done = subprocess.run(
+                    command, env=tree_env, capture_output=True, text=True, check=True
+                )
+                cli_s[tree].append(time.perf_counter() - t0)
+                answer = json.loads(done.stdout)
+                assert answer["state"] == "success" and answer["files"], done.stdout
         with Client(key, base_url=url, trust_env=False) as client:
             client.generate(MODEL, INPUT, out=out)  # warm
             inproc_s = timed(lambda: client.generate(MODEL, INPUT, out=out), runs)
@@ -188,13 +165,16 @@ def bench_generate(url: str, key: str, runs: int) -> None:
     print(f"\n## `seedbed generate`, sandbox 2K (2848x1600), end to end ({runs} runs)")
     print("| what | median s | min s |")
     print("|---|---:|---:|")
-    for name, samples in (
-        ("`python -c pass` (interpreter start, baseline)", python_s),
-        ("`seedbed --help` (CLI start, baseline)", help_s),
-        ("`seedbed generate ... --json` (new process)", cli_s),
-        ("`Client.generate` in-process (no start-up)", inproc_s),
-    ):
+    rows = [("`python -c pass` (interpreter start, baseline)", python_s)]
+    for tree in trees:
+        rows.append((f"`seedbed --help` (CLI start, baseline){tree}", help_s[tree]))
+        rows.append((f"`seedbed generate ... --json` (new process){tree}", cli_s[tree]))
+    rows.append(("`Client.generate` in-process (no start-up)", inproc_s))
+    for name, samples in rows:
         print(f"| {name} | {statistics.median(samples):.3f} | {min(samples):.3f} |")
+    if compare_src is not None:
+        this, other = (statistics.median(cli_s[tree]) for tree in trees)
+        print(f"`seedbed generate` median, this tree / --compare-src: {this / other:.2f}")
 
 
 def bench_import() -> None:
@@ -222,19 +202,19 @@ def main() -> None:
     parser.add_argument("--polls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--compare-src", type=Path, default=None)
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="seedbed-client-bench-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         key = create_key(data)
-        proc = start(data, port)
+        proc, _ = start(data, port)
         try:
             bench_polls(url, key, args.polls, args.rounds)
-            bench_generate(url, key, args.runs)
+            bench_generate(url, key, args.runs, args.compare_src)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop(proc)
         bench_import()
     finally:
         shutil.rmtree(data, ignore_errors=True)

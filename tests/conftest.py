@@ -111,6 +111,18 @@ class LiveServer:
         )
         return dict(response.json())
 
+    def cancel(self, key: str, task_id: Any) -> dict[str, Any]:
+        """cancelTask's whole answer (always HTTP 200: the outcome is in ``code``)."""
+        response = self.client.post(
+            "/api/v1/jobs/cancelTask", json={"taskId": task_id}, headers=auth(key)
+        )
+        assert response.status_code == 200
+        return dict(response.json())
+
+    def balance(self, key: str) -> Decimal:
+        body = self.client.get("/api/v1/chat/credit", headers=auth(key)).json()
+        return Decimal(str(body["data"]))
+
     def wait(self, key: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll recordInfo until the task ends; returns its ``data``."""
         deadline = time.monotonic() + timeout

@@ -35,11 +35,18 @@ class Hit:
 
 class Receiver:
     """``answers`` are the statuses of successive POSTs (the last one repeats); an answer of
-    ``None`` means never answering (the connection is held until ``close``)."""
+    ``None`` means never answering (the connection is held until ``close``). Each answer is
+    sent ``delay`` seconds after the request was read (a slow receiver)."""
 
-    def __init__(self, answers: list[int | None] | None = None, hmac_key: str | None = None):
+    def __init__(
+        self,
+        answers: list[int | None] | None = None,
+        hmac_key: str | None = None,
+        delay: float = 0.0,
+    ):
         self.answers = list(answers or [200])
         self.hmac_key = hmac_key
+        self.delay = delay
         self.hits: list[Hit] = []
         self._lock = threading.Condition()
         self._release = threading.Event()
@@ -87,6 +94,8 @@ class Receiver:
         if answer is None:
             self._release.wait(60)
             return
+        if self.delay:
+            self._release.wait(self.delay)
         reply = b'{"code":200,"msg":"success"}'
         with contextlib.suppress(OSError):
             handler.send_response(answer)

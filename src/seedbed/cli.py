@@ -7,21 +7,23 @@ server is running; a running server picks up maintenance and model switches with
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
 
 from seedbed.cli_client import register_client_commands
-from seedbed.config import Settings
+
+if TYPE_CHECKING:
+    # Imported where used: ``seedbed generate`` (and each admin command) starts faster without
+    # pydantic-settings, asyncio and rich's tables when it does not need them.
+    from seedbed.config import Settings
 
 __all__ = ["app", "main"]
 
@@ -66,6 +68,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment and config file, with the flags that were given on top."""
+    from seedbed.config import Settings
+
     given = {k: v for k, v in overrides.items() if v is not None and v != []}
     try:
         return Settings(**given)
@@ -79,6 +83,8 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    import asyncio
+
     from seedbed.store import open_store
 
     async def run() -> T:
@@ -192,6 +198,7 @@ def worker_command(
 
     It claims only the tasks of models its engines serve, after loading them.
     """
+    import asyncio
     import signal
 
     from seedbed.app import build_context, build_worker
@@ -333,6 +340,8 @@ def keys_list(
     if as_json:
         print(json.dumps([_key_json(k) for k in found]))
         return
+    from rich.table import Table
+
     table = Table("id", "name", "balance", "held", "open tasks", "created", "revoked")
     for k in found:
         table.add_row(
@@ -458,6 +467,8 @@ def models_list(
     if as_json:
         print(json.dumps(rows))
         return
+    from rich.table import Table
+
     table = Table("id", "title", "enabled")
     for row in rows:
         table.add_row(row["id"], row["title"], "yes" if row["enabled"] else "no")
@@ -483,6 +494,8 @@ def callbacks_list(
     if as_json:
         print(json.dumps([_callback_json(row) for row in rows]))
         return
+    from rich.table import Table
+
     table = Table("task", "state", "attempts", "next attempt", "last answer", "url")
     for row in rows:
         last = str(row.last_status) if row.last_status is not None else (row.last_error or "")
@@ -593,6 +606,8 @@ def tasks_list(
     if as_json:
         print(json.dumps([_task_json(t) for t in found]))
         return
+    from rich.table import Column, Table
+
     # the id is what an operator copies next: never wrapped or cut, whatever the width
     task_id_column = Column("task id", no_wrap=True, min_width=32)
     table = Table(task_id_column, "model", "state", "progress", "key", "created", "fail")
@@ -621,6 +636,8 @@ def tasks_get(
     if as_json:
         print(json.dumps(shown))
         return
+    from rich.table import Table
+
     table = Table("field", "value", show_header=False)
     for name, value in shown.items():
         text = _when(value) if name.endswith("Time") and name != "costTime" else value
@@ -660,6 +677,8 @@ def stats(
         return
     console = Console()
     console.print(f"since {_when(start)} UTC")
+    from rich.table import Table
+
     table = Table("figure", "value")
     for state_name in ("waiting", "queuing", "generating"):
         table.add_row(f"open: {state_name}", str(figures.open_by_state.get(state_name, 0)))

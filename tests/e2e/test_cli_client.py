@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from proc import SEEDBED, create_key, server
@@ -226,3 +227,34 @@ def test_generate_against_kie_stand_ins_uploads_the_local_image_to_the_upload_ho
     assert api.seen("/api/file-stream-upload") == []
     assert waited.returncode == 0, waited.stderr
     assert json.loads(waited.stdout)["costTime"] == 112
+
+
+def test_generate_uploads_a_local_image_to_the_real_server(
+    running: Running, tmp_path: Path
+) -> None:
+    """``--image ./file`` against seedbed itself: the CLI uploads it to the server's own
+    file-stream-upload, the task reads it back from the server's storage, and succeeds."""
+    ref = tmp_path / "ref.png"
+    ref.write_bytes(png_bytes(120, 80))
+    common = ("--url", running.url, "--key", running.key)
+    done = seedbed(
+        "generate",
+        "Turn it blue",
+        "-m",
+        "seedream/4.5-edit",
+        "--image",
+        str(ref),
+        "--json",
+        "-o",
+        str(tmp_path / "out"),
+        *common,
+        home=running.home,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["state"] == "success" and len(answer["files"]) == 1
+    shown = seedbed("get", answer["taskId"], "--json", *common, home=running.home)
+    record = json.loads(shown.stdout)
+    (uploaded,) = json.loads(json.loads(record["param"])["input"])["image_urls"]
+    assert uploaded.startswith(f"{running.url}/files/uploads/") and "/seedbed-cli/" in uploaded
+    assert httpx.get(uploaded, trust_env=False).content == ref.read_bytes()

@@ -10,41 +10,54 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from proc import SEEDBED, create_key, env, server, start_server
 
 from conftest import free_port
+from receiver import Receiver
+from seedbed.outbox import CallbackState
 from seedbed.store import open_store
-from seedbed.store.base import TaskFilter
+from seedbed.store.base import Store, TaskFilter
 from seedbed.tasks import Task, TaskState
 
 BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
 
-def tasks_in(data_dir: Path) -> dict[str, Task]:
-    async def read() -> list[Task]:
+
+def in_store(data_dir: Path, action: Callable[[Store], Awaitable[T]]) -> T:
+    """``action(store)`` on the data directory's database (the server has exited)."""
+
+    async def run() -> T:
         store = open_store(f"sqlite:///{(data_dir / 'seedbed.db').resolve()}")
         await store.open()
         try:
-            return await store.list_tasks(TaskFilter(limit=1000))
+            return await action(store)
         finally:
             await store.close()
 
-    return {task.id: task for task in asyncio.run(read())}
+    return asyncio.run(run())
 
 
-def create_tasks(url: str, key: str, count: int) -> list[str]:
+def tasks_in(data_dir: Path) -> dict[str, Task]:
+    found = in_store(data_dir, lambda store: store.list_tasks(TaskFilter(limit=1000)))
+    return {task.id: task for task in found}
+
+
+def create_tasks(url: str, key: str, count: int, task: dict[str, Any] = BODY) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"}
     ids = []
     with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
         for _ in range(count):
-            body = client.post("/api/v1/jobs/createTask", json=BODY, headers=headers).json()
+            body = client.post("/api/v1/jobs/createTask", json=task, headers=headers).json()
             assert body["code"] == 200, body
             ids.append(body["data"]["taskId"])
     return ids
@@ -78,9 +91,42 @@ def terminate(proc: subprocess.Popen[bytes]) -> tuple[int, float, list[dict[str,
     return proc.returncode, elapsed, [json.loads(line) for line in lines]
 
 
+@dataclass
+class Stopped:
+    """What ``sigterm_while_generating`` saw."""
+
+    ids: list[str]
+    running: list[str]
+    code: int
+    elapsed: float
+    logs: list[dict[str, Any]]
+    exited: float  # time.time() once the process had exited
+
+
+def sigterm_while_generating(
+    data_dir: Path,
+    port: int,
+    key: str,
+    settings: dict[str, Any],
+    count: int,
+    generating: int,
+    task: dict[str, Any] = BODY,
+) -> Stopped:
+    """``seedbed serve``; ``count`` tasks; SIGTERM once ``generating`` of them run."""
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(data_dir, port, **settings)
+    try:
+        ids = create_tasks(url, key, count, task)
+        running = wait_generating(url, key, ids, generating)
+        code, elapsed, logs = terminate(proc)
+        return Stopped(ids, running, code, elapsed, logs, time.time())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     key = create_key(tmp_path)
     settings = {
         "sandbox_steps": 4,
@@ -88,16 +134,10 @@ def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path
         "worker_concurrency": 2,
         "shutdown_grace_seconds": 8,
     }
-    proc = start_server(tmp_path, port, **settings)
-    try:
-        ids = create_tasks(url, key["key"], 5)
-        running = wait_generating(url, key["key"], ids, 2)
-        code, elapsed, logs = terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0
-    assert elapsed < 8  # within the grace period (the two tasks needed about 1.6 s)
+    stopped = sigterm_while_generating(tmp_path, port, key["key"], settings, 5, 2)
+    ids, running, logs = stopped.ids, stopped.running, stopped.logs
+    assert stopped.code == 0
+    assert stopped.elapsed < 8  # within the grace period (the two tasks needed about 1.6 s)
     after = tasks_in(tmp_path)
     assert len(after) == 5
     assert {after[t].state for t in running} == {TaskState.SUCCESS}
@@ -123,7 +163,6 @@ def test_sigterm_lets_generating_tasks_finish_and_keeps_the_queue(tmp_path: Path
 
 def test_sigterm_past_the_grace_period_hands_running_tasks_back(tmp_path: Path) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     key = create_key(tmp_path)
     settings = {
         "sandbox_steps": 10,
@@ -131,16 +170,10 @@ def test_sigterm_past_the_grace_period_hands_running_tasks_back(tmp_path: Path) 
         "worker_concurrency": 2,
         "shutdown_grace_seconds": 0.5,
     }
-    proc = start_server(tmp_path, port, **settings)
-    try:
-        ids = create_tasks(url, key["key"], 3)
-        running = wait_generating(url, key["key"], ids, 2)
-        code, elapsed, _ = terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0
-    assert elapsed < 8  # grace 0.5 s, then the engines stop at once (a task needs 20 s)
+    stopped = sigterm_while_generating(tmp_path, port, key["key"], settings, 3, 2)
+    running = stopped.running
+    assert stopped.code == 0
+    assert stopped.elapsed < 8  # grace 0.5 s, then the engines stop at once (a task needs 20 s)
     after = tasks_in(tmp_path)
     for task_id in running:
         task = after[task_id]
@@ -182,3 +215,27 @@ def test_sigterm_on_a_separate_worker_hands_its_task_back(tmp_path: Path) -> Non
     task = tasks_in(tmp_path)[task_id]
     assert task.state is TaskState.GENERATING and task.lease_expires == 0
     assert any("handed 1 running task(s) back" in line["msg"] for line in logs)
+
+
+def test_sigterm_delivers_the_callback_of_a_task_that_ends_in_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    """The task ends during the drain and its (slow) receiver answers after the worker has
+    stopped: the dispatcher's flush waits for it, so it is delivered before exit 0, not cut
+    off and left for the next start."""
+    receiver = Receiver([200], delay=1.5)
+    key = create_key(tmp_path)
+    settings = {"sandbox_steps": 4, "sandbox_step_seconds": 0.4, "shutdown_grace_seconds": 8}
+    task = {**BODY, "callBackUrl": receiver.url}
+    try:
+        stopped = sigterm_while_generating(tmp_path, free_port(), key["key"], settings, 1, 1, task)
+    finally:
+        receiver.close()
+    assert stopped.code == 0 and stopped.elapsed < 8
+    (task_id,) = stopped.ids
+    (hit,) = receiver.hits
+    assert hit.json["code"] == 200 and hit.json["data"]["taskId"] == task_id
+    assert hit.at + receiver.delay <= stopped.exited
+    record = in_store(tmp_path, lambda store: store.get_callback(task_id))
+    assert record is not None and record.state is CallbackState.DELIVERED and record.attempts == 1
+    assert any(line["msg"].startswith("callback for task") for line in stopped.logs)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import FileServer, LiveServer, make_settings, serve_in_thread
+from metrics_util import value, wait_for_value
 from receiver import Receiver
 from seedbed.outbox import CallbackState
 
@@ -46,6 +47,14 @@ def _callback_state(server: LiveServer, task_id: str, want: CallbackState) -> An
     raise AssertionError(f"callback of {task_id} never became {want}")
 
 
+DELIVERIES = "seedbed_callback_deliveries_total"
+
+
+def deliveries(samples: dict[Any, float]) -> dict[str, float]:
+    """``seedbed_callback_deliveries_total`` by outcome."""
+    return {o: value(samples, DELIVERIES, outcome=o) for o in ("delivered", "retry", "dead")}
+
+
 def _kie_view(record: dict[str, Any]) -> dict[str, Any]:
     """recordInfo's data without its two extension fields: what a callback's data must be."""
     return {k: v for k, v in record.items() if k not in ("progress", "queuePosition")}
@@ -79,6 +88,8 @@ def test_signed_callback_is_retried_until_it_arrives_with_kies_body(
     assert delivered.attempts == 3 and delivered.last_status == 200
     attempts = fast_server.store_call(lambda store: store.callback_attempts(task_id))
     assert [(a.attempt, a.status) for a in attempts] == [(1, 500), (2, 500), (3, 200)]
+    samples = wait_for_value(fast_server, DELIVERIES, 1, outcome="delivered")
+    assert deliveries(samples) == {"delivered": 1, "retry": 2, "dead": 0}
     assert attempts[0].error == "HTTP 500" and attempts[2].error is None
     time.sleep(0.5)
     assert len(receiver.hits) == 3  # nothing more once delivered
@@ -143,6 +154,8 @@ def test_a_receiver_that_never_answers_goes_dead_without_holding_up_others(
     ]
     assert all(a.duration_ms >= 2400 for a in attempts)
     assert len(dead.hits) == 3
+    samples = wait_for_value(fast_server, DELIVERIES, 1, outcome="dead")
+    assert deliveries(samples) == {"delivered": 1, "retry": 2, "dead": 1}
 
     # redelivery queues it again from the start; the receiver now answers
     dead.answers = [None, None, None, 200]
@@ -150,6 +163,8 @@ def test_a_receiver_that_never_answers_goes_dead_without_holding_up_others(
     dead.wait_for(4)
     redelivered = _callback_state(fast_server, dead_task, CallbackState.DELIVERED)
     assert redelivered.attempts == 1
+    samples = wait_for_value(fast_server, DELIVERIES, 2, outcome="delivered")
+    assert deliveries(samples) == {"delivered": 2, "retry": 2, "dead": 1}
 
 
 def test_tasks_without_a_callback_url_queue_nothing(fast_server: LiveServer) -> None:
@@ -158,3 +173,28 @@ def test_tasks_without_a_callback_url_queue_nothing(fast_server: LiveServer) -> 
     task_id = fast_server.create(key, body)["data"]["taskId"]
     fast_server.wait(key, task_id)
     assert fast_server.store_call(lambda store: store.get_callback(task_id)) is None
+
+
+def test_cancel_task_calls_back_with_501_and_failmsg_canceled(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    receiver = Receiver([200])
+    receivers.append(receiver)
+    settings = make_settings(tmp_path, worker=False, callback_poll_seconds=0.2)
+    with serve_in_thread(settings) as server:
+        key, _ = server.add_key(credits=100)
+        body = {
+            "model": "seedream/4.5-text-to-image",
+            "callBackUrl": receiver.url,
+            "input": {"prompt": "never run"},
+        }
+        task_id = server.create(key, body)["data"]["taskId"]
+        canceled = server.cancel(key, task_id)
+        (hit,) = receiver.wait_for(1)
+        record = server.record(key, task_id)["data"]
+        _callback_state(server, task_id, CallbackState.DELIVERED)
+    assert canceled["code"] == 200 and canceled["data"]["failMsg"] == "canceled"
+    assert hit.json == {"code": 501, "msg": FAILURE_MSG, "data": _kie_view(record)}
+    data = hit.json["data"]
+    assert (data["state"], data["failCode"], data["failMsg"]) == ("fail", "400", "canceled")
+    assert data["creditsConsumed"] == 0 and data["resultJson"] == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from PIL import Image
 from catalogue_cases import MINIMAL
 from conftest import FileServer, LiveServer, make_settings, serve_in_thread
 from images_util import png_bytes
+from metrics_util import requests_to, scrape, value, wait_for_value
 from seedbed import catalogue
 from seedbed.client import (
     NO_RETRY,
@@ -36,6 +38,7 @@ from seedbed.client import (
     Unauthorized,
     ValidationError,
     WaitTimeout,
+    protocol,
 )
 
 T2I = "seedream/4.5-text-to-image"
@@ -262,3 +265,156 @@ def test_wait_reports_progress_and_times_out(slow_server: LiveServer) -> None:
     # each call reports a change only: no two consecutive reports are the same
     pairs = itertools.pairwise(seen)
     assert all((a.state, a.progress) != (b.state, b.progress) for a, b in pairs)
+
+
+# -- uploads, download links, cancel and the events stream, against the real server ---------
+EDIT = "seedream/4.5-edit"
+RECORD_ROUTE = "/api/v1/jobs/recordInfo"
+EVENTS_ROUTE = "/api/v1/jobs/events"
+
+
+def test_each_upload_endpoint_feeds_an_edit_task(
+    server: LiveServer, files: FileServer, tmp_path: Path
+) -> None:
+    """File path, bytes, a data: URI and a URL (the server fetches it), each through its own
+    endpoint; their downloadUrls are the inputs of an edit task that runs to success."""
+    key, _ = server.add_key(credits=100)
+    local = tmp_path / "local.png"
+    local.write_bytes(png_bytes(320, 240))
+    raw = png_bytes(200, 100)
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode()
+    remote = files.add("/remote.png", png_bytes(128, 96))
+    sources: list[str | Path | bytes] = [local, raw, data_uri, remote]
+    with client_for(server, key) as client:
+        uploads = [client.upload(source, upload_path="refs/t1") for source in sources]
+        done = client.generate(
+            EDIT,
+            {"prompt": "combine them", "image_urls": [u.download_url for u in uploads]},
+            out=tmp_path / "out",
+        )
+    assert all(
+        u.mime_type == "image/png" and u.download_url.startswith(server.url) for u in uploads
+    )
+    assert [u.file_size for u in uploads[:2]] == [local.stat().st_size, len(raw)]
+    assert all("/uploads/" in u.download_url and "/refs/t1/" in u.file_path for u in uploads)
+    # what is served back is what was sent
+    assert server.client.get(uploads[1].download_url).content == raw
+    assert done.task.state is TaskState.SUCCESS
+    assert done.task.input["image_urls"] == [u.download_url for u in uploads]
+    assert len(done.files) == 1 and done.files[0].stat().st_size > 0
+
+
+def test_download_url_of_a_result_is_a_signed_link_to_the_same_file(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    key, _ = server.add_key(credits=100)
+    other, _ = server.add_key(credits=100)
+    with client_for(server, key) as client:
+        done = client.generate("bytedance/seedream", {"prompt": "a fox"}, out=tmp_path)
+        (result,) = done.task.result_urls
+        link = client.download_url(result)
+    assert link != result and link.startswith(result.split("?")[0])
+    fetched = server.client.get(link)
+    assert fetched.status_code == 200 and fetched.content == done.files[0].read_bytes()
+    with (
+        client_for(server, other) as stranger,
+        pytest.raises(ValidationError, match="url is wrong"),
+    ):
+        stranger.download_url(result)  # another key's file
+
+
+def test_cancel_of_a_waiting_task_ends_it_and_releases_the_credits(tmp_path: Path) -> None:
+    with serve_in_thread(make_settings(tmp_path, worker=False)) as server:
+        key, _ = server.add_key(credits=100)
+        with client_for(server, key) as client:
+            task_id = client.create_task(T2I, {"prompt": "never run"})
+            assert client.credits() == Decimal("93.5")  # reserved
+            canceled = client.cancel(task_id)
+            assert canceled is not None and canceled.state is TaskState.FAIL
+            assert (canceled.fail_code, canceled.fail_msg) == ("400", "canceled")
+            assert client.wait(task_id, timeout=10) == canceled
+            assert client.credits() == Decimal(100)
+            with pytest.raises(TaskFailed) as caught:
+                client.generate(T2I, {"prompt": "canceled at once"}, on_created=client.cancel)
+            assert client.credits() == Decimal(100)
+    assert caught.value.fail_msg == "canceled" and caught.value.task.state is TaskState.FAIL
+
+
+def test_cancel_of_a_generating_task_fails_generate_and_releases_the_credits(
+    slow_server: LiveServer, tmp_path: Path
+) -> None:
+    key, _ = slow_server.add_key(credits=100)
+    canceled: list[Task | None] = []
+    with client_for(slow_server, key) as client:
+
+        def cancel_once_generating(task: Task) -> None:
+            if task.state is TaskState.GENERATING and not canceled:
+                canceled.append(client.cancel(task.task_id))
+
+        with pytest.raises(TaskFailed) as caught:
+            client.generate(
+                T2I, {"prompt": "stopped"}, out=tmp_path / "out", on_progress=cancel_once_generating
+            )
+        assert client.credits() == Decimal(100)
+    assert caught.value.fail_code == "400" and caught.value.fail_msg == "canceled"
+    assert canceled[0] is not None and canceled[0].state is TaskState.FAIL
+    assert caught.value.task.credits_consumed == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_wait_follows_the_events_stream_not_recordinfo(slow_server: LiveServer) -> None:
+    key, _ = slow_server.add_key(credits=100)
+    with client_for(slow_server, key) as client:
+        task_id = client.create_task("bytedance/seedream", {"prompt": "streamed"})
+        before = scrape(slow_server)
+        seen: list[Task] = []
+        done = client.wait(task_id, timeout=30, on_progress=seen.append)
+    # the stream's own request is counted when its response ends, just after the last event
+    after = wait_for_value(
+        slow_server,
+        "seedbed_http_requests_total",
+        value(before, "seedbed_http_requests_total", route=EVENTS_ROUTE, code="200") + 1,
+        route=EVENTS_ROUTE,
+        code="200",
+    )
+    assert requests_to(after, EVENTS_ROUTE) == requests_to(before, EVENTS_ROUTE) + 1
+    assert requests_to(after, RECORD_ROUTE) == requests_to(before, RECORD_ROUTE)  # never polled
+    assert done.state is TaskState.SUCCESS and done.result_urls and done.param
+    assert done.raw["resultJson"] == done.result_json  # the terminal event's full record
+    progress = [t.progress for t in seen if t.state is TaskState.GENERATING]
+    assert len(set(progress)) >= 2 and progress == sorted(progress)
+    assert seen[-1].state is TaskState.SUCCESS and seen[-1].progress == 100
+
+
+def test_the_parser_reads_the_servers_event_stream(slow_server: LiveServer) -> None:
+    """The real wire format through ``SseParser``: retry, ids, event names, full records."""
+    key, _ = slow_server.add_key(credits=100)
+    task_id = slow_server.create(key, {"model": "bytedance/seedream", "input": {"prompt": "x"}})[
+        "data"
+    ]["taskId"]
+    parser = protocol.SseParser()
+    events: list[protocol.SseEvent] = []
+    headers = protocol.event_headers(key, None)
+    with slow_server.client.stream(
+        "GET", EVENTS_ROUTE, params={"taskId": task_id}, headers=headers, timeout=30
+    ) as response:
+        assert protocol.is_event_stream(response)
+        lines = list(response.iter_lines())
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            events.append(event)
+    assert lines[0] == "retry: 2000"
+    tasks = [protocol.task_from_event(event) for event in events]
+    assert all(task is not None and task.task_id == task_id for task in tasks)
+    assert events[0].event == "state" and events[-1].event == "state"
+    assert {e.event for e in events} == {"state", "progress"}
+    ids = [int(e.id or "") for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    last = tasks[-1]
+    assert last is not None and last.state is TaskState.SUCCESS and protocol.is_full_record(last)
+    # resuming after the end: nothing more to say (204, which stops an EventSource)
+    again = slow_server.client.get(
+        EVENTS_ROUTE, params={"taskId": task_id}, headers=protocol.event_headers(key, events[-1].id)
+    )
+    assert again.status_code == 204

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import LiveServer, auth, make_settings, serve_in_thread
+from conftest import LiveServer, make_settings, serve_in_thread
+from metrics_util import scrape, value
 
 BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
-
-
-def scrape(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics, by (name, sorted labels)."""
-    response = server.client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_move_as_tasks_run(server: LiveServer) -> None:
@@ -74,7 +56,7 @@ def test_queue_gauges_and_readiness_follow_the_store(tmp_path: Path) -> None:
         full = live.client.get("/readyz")
         assert full.status_code == 503
         assert full.json()["checks"]["queue"] == "3 queued (limit 3)"
-        live.client.post("/api/v1/jobs/cancelTask", json={"taskId": ids[0]}, headers=auth(key))
+        assert live.cancel(key, ids[0])["data"]["failMsg"] == "canceled"
         assert live.client.get("/readyz").status_code == 200
         samples = scrape(live)
         assert value(samples, "seedbed_queue_depth", engine="sandbox") == 2

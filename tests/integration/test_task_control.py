@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +25,12 @@ from seedbed.worker import Worker, WorkerConfig
 BODY = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
 
 
-def cancel(server: LiveServer, key: str, task_id: Any) -> dict[str, Any]:
-    response = server.client.post(
-        "/api/v1/jobs/cancelTask", json={"taskId": task_id}, headers=auth(key)
-    )
-    assert response.status_code == 200
-    return dict(response.json())
-
-
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
-
-
-def balance(server: LiveServer, key: str) -> Decimal:
-    body = server.client.get("/api/v1/chat/credit", headers=auth(key)).json()
-    return Decimal(str(body["data"]))
 
 
 @pytest.fixture
@@ -71,15 +57,15 @@ def slow(tmp_path: Path, stepping: SteppingEngine) -> Iterator[LiveServer]:
 def test_cancel_a_waiting_task_ends_it_and_releases_its_credits(idle: LiveServer) -> None:
     key, _ = idle.add_key(credits=10)
     task_id = idle.create(key, BODY)["data"]["taskId"]
-    assert balance(idle, key) < 10  # the price is held
-    answer = cancel(idle, key, task_id)
+    assert idle.balance(key) < 10  # the price is held
+    answer = idle.cancel(key, task_id)
     assert answer["code"] == 200
     data = answer["data"]
     assert data["taskId"] == task_id and data["state"] == "fail"
     assert data["failMsg"] == "canceled" and data["failCode"] == "400"
     assert data["creditsConsumed"] == 0 and data["completeTime"] is not None
     assert idle.record(key, task_id)["data"]["state"] == "fail"
-    assert balance(idle, key) == 10
+    assert idle.balance(key) == 10
     # the key's open-task slot is free again
     assert idle.store_call(lambda s: s.get_task(task_id)).lease_owner is None
 
@@ -101,10 +87,10 @@ def test_cancel_a_queuing_task_while_it_fetches_its_input(
     }
     task_id = server.create(key, body)["data"]["taskId"]
     wait_for(lambda: server.record(key, task_id)["data"]["state"] == "queuing")
-    data = cancel(server, key, task_id)["data"]
+    data = server.cancel(key, task_id)["data"]
     release.set()
     assert data["state"] == "fail" and data["failMsg"] == "canceled"
-    assert balance(server, key) == 50
+    assert server.balance(key) == 50
     time.sleep(0.3)  # the worker's fetch ends meanwhile: it must not overwrite the cancel
     after = server.record(key, task_id)["data"]
     assert after["state"] == "fail" and after["failMsg"] == "canceled"
@@ -118,11 +104,11 @@ def test_cancel_a_generating_task_stops_its_engine_within_one_step(
     wait_for(lambda: stepping.step >= 2)
     assert slow.record(key, task_id)["data"]["state"] == "generating"
     step_at_cancel = stepping.step
-    data = cancel(slow, key, task_id)["data"]
+    data = slow.cancel(key, task_id)["data"]
     assert data["state"] == "fail" and data["failMsg"] == "canceled"
     wait_for(lambda: stepping.stopped_at is not None)
     assert stepping.stopped_at is not None and stepping.stopped_at <= step_at_cancel + 1
-    assert balance(slow, key) == 10
+    assert slow.balance(key) == 10
     final = slow.record(key, task_id)["data"]
     assert final["state"] == "fail" and final["resultJson"] == ""
 
@@ -158,7 +144,7 @@ def test_a_separate_worker_process_learns_of_the_cancel_within_one_step(idle: Li
     try:
         wait_for(lambda: engine.step >= 2)
         step_at_cancel = engine.step
-        assert cancel(idle, key, task_id)["data"]["failMsg"] == "canceled"
+        assert idle.cancel(key, task_id)["data"]["failMsg"] == "canceled"
         wait_for(lambda: engine.stopped_at is not None)
         # progress is written after each step (the write is asynchronous: the engine is in its
         # next step meanwhile); the first refused write sets the cancel, seen at the step after
@@ -168,7 +154,7 @@ def test_a_separate_worker_process_learns_of_the_cancel_within_one_step(idle: Li
     assert not thread.is_alive()
     final = idle.record(key, task_id)["data"]
     assert final["state"] == "fail" and final["failMsg"] == "canceled"
-    assert balance(idle, key) == 10
+    assert idle.balance(key) == 10
 
 
 def test_cancel_a_finished_task_is_a_no_op_answering_its_state(server: LiveServer) -> None:
@@ -176,12 +162,12 @@ def test_cancel_a_finished_task_is_a_no_op_answering_its_state(server: LiveServe
     task_id = server.create(key, BODY)["data"]["taskId"]
     done = server.wait(key, task_id)
     assert done["state"] == "success"
-    spent = balance(server, key)
-    answer = cancel(server, key, task_id)
+    spent = server.balance(key)
+    answer = server.cancel(key, task_id)
     assert answer["code"] == 200
     assert answer["data"]["state"] == "success" and answer["data"]["failMsg"] is None
     assert answer["data"]["resultJson"] == done["resultJson"]
-    assert balance(server, key) == spent
+    assert server.balance(key) == spent
 
 
 def test_cancel_another_keys_task_or_an_unknown_one_is_422(idle: LiveServer) -> None:
@@ -189,10 +175,10 @@ def test_cancel_another_keys_task_or_an_unknown_one_is_422(idle: LiveServer) -> 
     other, _ = idle.add_key(credits=10)
     task_id = idle.create(owner, BODY)["data"]["taskId"]
     for key, target in ((other, task_id), (owner, "0" * 32)):
-        answer = cancel(idle, key, target)
+        answer = idle.cancel(key, target)
         assert answer == {"code": 422, "msg": "recordInfo is null", "data": None}
     assert idle.record(owner, task_id)["data"]["state"] == "waiting"
-    missing = cancel(idle, owner, None)
+    missing = idle.cancel(owner, None)
     assert missing["code"] == 422 and missing["msg"].startswith("taskId:")
     unauthenticated = idle.client.post("/api/v1/jobs/cancelTask", json={"taskId": task_id})
     assert unauthenticated.json()["code"] == 401

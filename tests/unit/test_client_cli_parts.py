@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,18 @@ def test_the_progress_bar_shows_state_and_progress_on_a_terminal(
     with cli_client._progress_bar(True) as update:
         update(task)
     assert quiet.getvalue() == ""
+
+
+def test_the_command_and_the_client_import_only_what_generate_needs() -> None:
+    """Start-up is most of ``seedbed generate``'s time (docs/benchmarks.md): the command's
+    module and the client import neither the server's settings, asyncio nor Pillow."""
+    code = (
+        "import sys, seedbed.cli, seedbed.client; "
+        "print(sorted(m for m in ('asyncio', 'pydantic_settings', 'seedbed.config', 'PIL', "
+        "'fastapi', 'sqlalchemy', 'uvicorn') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import httpx
@@ -42,8 +43,11 @@ def test_signature_is_kies_scheme() -> None:
     assert signature("k3y", "0123abcd", "1700000000") == expected
 
 
-async def _finished(store: MemoryStore, url: str) -> str:
-    await store.create_key(NewKey(id="k", name="k", key_hash="h", credits=Decimal(5), hmac_key="s"))
+async def _finished(store: MemoryStore, url: str, *, new_key: bool = True) -> str:
+    if new_key:
+        await store.create_key(
+            NewKey(id="k", name="k", key_hash="h", credits=Decimal(5), hmac_key="s")
+        )
     task_id = new_task_id()
     new = NewTask(
         id=task_id,
@@ -140,3 +144,84 @@ async def test_each_attempt_is_signed_and_links_use_the_tasks_origin() -> None:
             in request.content
         )
     assert seen[0].content == seen[1].content
+
+
+def _local_dispatcher(
+    store: MemoryStore, answer: Callable[[httpx.Request], Awaitable[httpx.Response]]
+) -> tuple[Dispatcher, httpx.AsyncClient, list[str]]:
+    """A dispatcher whose receiver is ``answer`` (mock transport) and whose outcomes are kept."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # allowed below; the mock transport answers, nothing is sent
+
+    outcomes: list[str] = []
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    dispatcher = Dispatcher(
+        store=store,
+        config=DispatcherConfig(
+            retry_delays=(3600.0,),
+            timeout=5.0,
+            net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
+        ),
+        resolver=resolve,
+        client=client,
+        on_outcome=outcomes.append,
+    )
+    return dispatcher, client, outcomes
+
+
+async def test_flush_delivers_what_is_due_and_leaves_later_retries() -> None:
+    store = MemoryStore()
+    due = await _finished(store, "https://hooks.example/due")
+    later = await _finished(store, "https://hooks.example/later", new_key=False)
+    # ``later`` already failed once: its retry is an hour away
+    await store.claim_callbacks(limit=2, lease_seconds=60)
+    await store.release_callbacks([due])
+    await store.record_callback_attempt(
+        later,
+        attempt=1,
+        status=500,
+        error="HTTP 500",
+        duration_ms=1,
+        delivered=False,
+        retry_in=3600,
+    )
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        await asyncio.sleep(0.05)  # still in flight when flush first looks
+        return httpx.Response(200)
+
+    dispatcher, client, outcomes = _local_dispatcher(store, answer)
+    await dispatcher.flush(5.0)  # no run(): flush claims on its own
+    await client.aclose()
+    assert sent == ["/due"] and outcomes == ["delivered"]
+    delivered = await store.get_callback(due)
+    assert delivered is not None and delivered.state is CallbackState.DELIVERED
+    pending = await store.get_callback(later)
+    assert pending is not None and pending.state is CallbackState.PENDING
+    assert pending.attempts == 1
+
+
+async def test_flush_gives_up_at_its_timeout_and_stop_makes_the_callback_due_again() -> None:
+    store = MemoryStore()
+    task_id = await _finished(store, "https://hooks.example/slow")
+    never = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        return httpx.Response(200)
+
+    dispatcher, client, outcomes = _local_dispatcher(store, hang)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await dispatcher.flush(0.2)
+    assert 0.2 <= loop.time() - started < 2
+    dispatcher.stop()
+    await dispatcher.run()  # already stopping: only cuts off the attempt in flight
+    await client.aclose()
+    assert outcomes == []
+    record = await store.get_callback(task_id)
+    assert record is not None and record.state is CallbackState.PENDING and record.attempts == 0
+    assert [d.task_id for d in await store.claim_callbacks(limit=5, lease_seconds=60)] == [task_id]

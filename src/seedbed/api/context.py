@@ -20,7 +20,7 @@ from seedbed.metrics import Metrics
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
-from seedbed.tasks import ApiKey, Flags, Task
+from seedbed.tasks import ApiKey, Flags, Task, TaskState
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
 
@@ -151,6 +151,13 @@ class Context:
         """A task was just ended in this process: count it and tell its live-event streams."""
         self.metrics.finished(task)
         self.feed.publish(task)
+
+    async def queue_position(self, task: Task) -> int | None:
+        """Tasks ahead of ``task`` while it waits or queues; None once it is running or done
+        (recordInfo's and the events stream's ``queuePosition``)."""
+        if task.state in (TaskState.WAITING, TaskState.QUEUING):
+            return await self.store.queue_position(task)
+        return None
 
     def pricing(self, spec: ModelSpec) -> Pricing:
         return spec.pricing.with_overrides(self.settings.prices.get(spec.id))

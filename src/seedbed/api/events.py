@@ -121,8 +121,6 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
 
 
 async def _event(ctx: Context, task: Task, base_url: str, kind: str) -> bytes:
-    position = None
-    if task.state in (TaskState.WAITING, TaskState.QUEUING):
-        position = await ctx.store.queue_position(task)
+    position = await ctx.queue_position(task)
     data = orjson.dumps(task_record(task, base_url=base_url, queue_position=position))
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (version(task), kind.encode(), data)

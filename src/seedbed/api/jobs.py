@@ -23,7 +23,7 @@ from seedbed.catalogue.base import ModelSpec, field_value
 from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.store.base import CreateRefused, IdempotencyConflict
-from seedbed.tasks import NewTask, Outcome, Task, TaskState, new_task_id
+from seedbed.tasks import NewTask, Outcome, Task, new_task_id
 
 __all__ = ["CANCELED_FAIL_CODE", "CANCELED_FAIL_MSG", "router"]
 
@@ -207,10 +207,7 @@ async def record_info(request: Request) -> Response:
         # A finished task's answer never changes: serialise it once.
         render = partial(_record_body, task, base_url, None)
         return envelope.raw(ctx.finished.body(task, base_url, render))
-    position = None
-    if task.state in (TaskState.WAITING, TaskState.QUEUING):
-        position = await ctx.store.queue_position(task)
-    return envelope.raw(_record_body(task, base_url, position))
+    return envelope.raw(_record_body(task, base_url, await ctx.queue_position(task)))
 
 
 def _task_id_param(request: Request) -> str | None:

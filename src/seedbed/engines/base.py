@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from PIL import Image
+if TYPE_CHECKING:
+    # Only a type here: the catalogue (and so ``seedbed.client``) imports this module, and
+    # Pillow is a tenth of a second of start-up that the client does not need.
+    from PIL import Image
 
 __all__ = ["Artifact", "Engine", "EngineJob", "EngineLimits", "OutputPlan", "ProgressFn"]
 
