@@ -494,6 +494,21 @@ def test_klein_renders_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None
     engine.close()
 
 
+@pytest.mark.gpu
+def test_layered_decomposes_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None:
+    engine = _layered(tiny_models["layered"], device="cuda", dtype="bfloat16")
+    first = engine.run(_layer_job(2), lambda p: None, threading.Event())
+    again = engine.run(_layer_job(2), lambda p: None, threading.Event())
+    assert engine.device.startswith("cuda")
+    assert [(a.width, a.height, a.extension) for a in first] == [
+        (512, 512, "jpeg"),
+        (512, 512, "png"),
+        (512, 512, "png"),
+    ]
+    assert [a.data for a in first] == [a.data for a in again]
+    engine.close()
+
+
 async def test_a_cancel_through_the_worker_stops_the_pipeline_and_releases_credits(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
