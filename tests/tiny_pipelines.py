@@ -422,6 +422,10 @@ def build_qwen_image_layered(folder: Path) -> Path:
                 "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
                 "rope_theta": 1000000.0,
                 "vocab_size": len(tokenizer),
+                # the generated vocabulary's, not Qwen's 151643 / 151645
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
             },
             vision_config={
                 "depth": 2,

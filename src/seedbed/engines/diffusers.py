@@ -507,14 +507,18 @@ class DiffusersEngine:
         return pictures
 
     def _call_layered(self, request: _Request) -> list[Image.Image]:
-        """A layered pipeline on the job's input image: its RGBA layers, bottom first."""
+        """A layered pipeline on the job's input image: its RGBA layers, bottom first (the
+        order in which the model's own app stacks them)."""
         job, s = request.job, request.settings
         # the plan bounds the layers by the catalogue's max_layers (the credits held)
         layers = max(1, min(s.layers, job.plan.max_images - 1))
         vae = getattr(self._pipe, "vae", None)
         channels = getattr(getattr(vae, "config", None), "input_channels", 3)
+        # opaque RGB first, as the model's own app does: a transparent input's hidden colours
+        # would otherwise reach the RGBA VAE
+        picture = job.images[0].convert("RGB")
         arguments: dict[str, Any] = {
-            "image": job.images[0].convert("RGBA" if channels == 4 else "RGB"),
+            "image": picture.convert("RGBA") if channels == 4 else picture,
             # "" makes the pipeline caption the image itself (load checked it can)
             "prompt": _prompt(job) or s.default_prompt or "",
             "layers": layers,
