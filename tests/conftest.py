@@ -196,6 +196,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "klein": tiny_pipelines.build_flux2_klein(root / "klein"),
         "upscaler": tiny_pipelines.build_sd_upscaler(root / "upscaler"),
         "zimage": tiny_pipelines.build_z_image(root / "zimage"),
+        "layered": tiny_pipelines.build_qwen_image_layered(root / "layered"),
     }
 
 

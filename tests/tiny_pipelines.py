@@ -12,6 +12,9 @@ text encoders' vocabularies match them. Each builder writes a folder that
   the suggested text-to-image default (Z-Image-Turbo).
 - :func:`build_flux2_klein`: FLUX.2 [klein] (Flux2 transformer, Flux2 VAE, Qwen3 text encoder):
   a production family that does text-to-image and multi-reference editing in one pipeline.
+- :func:`build_qwen_image_layered`: Qwen-Image-Layered (QwenImage transformer with its layer
+  options, an RGBA QwenImage VAE, a Qwen2.5-VL text encoder), for layer decomposition. It has
+  no ``processor``: see the function for why.
 
 Importing this module imports torch, diffusers and transformers: only tests that need them do.
 """
@@ -25,12 +28,15 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderKLFlux2,
+    AutoencoderKLQwenImage,
     DDIMScheduler,
     DDPMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
+    QwenImageLayeredPipeline,
+    QwenImageTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
@@ -42,6 +48,8 @@ from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2TokenizerFast,
     Qwen3Config,
     Qwen3ForCausalLM,
@@ -50,8 +58,10 @@ from transformers import (
 
 __all__ = [
     "KLEIN_CALL",
+    "LAYERED_CALL",
     "ZIMAGE_CALL",
     "build_flux2_klein",
+    "build_qwen_image_layered",
     "build_sd",
     "build_sd_upscaler",
     "build_z_image",
@@ -62,6 +72,12 @@ KLEIN_CALL = {"text_encoder_out_layers": [1], "max_sequence_length": 32}
 
 #: a short prompt window keeps the tiny text encoder's work negligible
 ZIMAGE_CALL = {"max_sequence_length": 32}
+
+#: Qwen-Image-Layered renders at 640 or 1024 px (``resolution``); true CFG off for speed
+LAYERED_CALL = {"resolution": 640, "max_sequence_length": 32}
+
+#: the vision tokens of Qwen2.5-VL's vocabulary, which its config points at
+_QWEN_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>"]
 
 _QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -214,13 +230,13 @@ def build_sd_upscaler(folder: Path) -> Path:
     return folder
 
 
-def _qwen_tokenizer() -> Qwen2TokenizerFast:
+def _qwen_tokenizer(extra_special: list[str] | None = None) -> Qwen2TokenizerFast:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
         ["a dog is dancing in the sahara desert", "make the cat blue and put it on the hat"],
         vocab_size=300,
         min_frequency=1,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(extra_special or [])],
         show_progress=False,
     )
     tokenizer = Qwen2TokenizerFast(
@@ -345,6 +361,94 @@ def build_z_image(folder: Path) -> Path:
         scheduler=FlowMatchEulerDiscreteScheduler(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_qwen_image_layered(folder: Path) -> Path:
+    """A tiny ``QwenImageLayeredPipeline`` saved to ``folder``, without its ``processor``.
+
+    The configs are diffusers' ``tests/pipelines/qwenimage/test_qwenimage_layered.py`` with three
+    changes. The VAE takes RGBA (``input_channels=4``) and has 16 latent channels, as the released
+    model's does (with 4, an RGBA image is mistaken for latents by the pipeline), and 8x
+    downsampling, so the transformer sees 1,600 tokens per layer at the pipeline's minimum
+    640 px render instead of 6,400. The transformer has the released model's layer options
+    (``use_additional_t_cond``, ``use_layer3d_rope``). The tokenizer is generated here.
+
+    The ``processor`` (``Qwen2VLProcessor``, which captions an image that comes without a
+    prompt) cannot be built on this machine: transformers >= 5.4 requires it to hold a video
+    processor, video processors require torchvision, and PyPI's torchvision wheels for Linux are
+    CUDA builds that fail to import beside the CPU torch the tests use (``libtorch_cuda.so`` is
+    missing). So the pipeline is saved without one and loaded with ``processor=None``, which is
+    what ``skip_components = ["processor"]`` does; tasks without a prompt use ``default_prompt``.
+    """
+    tokenizer = _qwen_tokenizer(_QWEN_VISION_TOKENS)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _QWEN_VISION_TOKENS}
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+        use_additional_t_cond=True,
+        use_layer3d_rope=True,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(
+        base_dim=4,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
+        input_channels=4,
+    )
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config={
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
+                "rope_theta": 1000000.0,
+                "vocab_size": len(tokenizer),
+                # the generated vocabulary's, not Qwen's 151643 / 151645
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_heads": 2,
+                "out_hidden_size": 16,
+            },
+            hidden_size=16,
+            vocab_size=len(tokenizer),
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            vision_token_id=ids["<|vision_pad|>"],
+            image_token_id=ids["<|image_pad|>"],
+        )
+    )
+    pipe = QwenImageLayeredPipeline(
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=None,
     )
     pipe.save_pretrained(folder)
     return folder

@@ -46,6 +46,14 @@ class _RenderSettings(BaseModel):
     call: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for every pipeline call"
     )
+    layers: PositiveInt | None = Field(
+        None, description="layer decomposition: RGBA layers per task (default 4, at most 8)"
+    )
+    default_prompt: str | None = Field(
+        None,
+        description="layer decomposition: the prompt of a task that has none; default: the "
+        "pipeline captions the image with its vision-language processor",
+    )
 
 
 class DiffusersEngineSettings(_RenderSettings):
@@ -82,6 +90,11 @@ class DiffusersEngineSettings(_RenderSettings):
         "resize when the contract's size is larger than the render size; default: Lanczos only",
     )
     upscale_steps: PositiveInt = Field(20, description="denoising steps of the upscaler")
+    skip_components: list[str] = Field(
+        default_factory=list,
+        description="pipeline components loaded as None (from_pretrained(..., NAME=None)), e.g. "
+        '["processor"] for Qwen-Image-Layered where torchvision is missing',
+    )
 
 
 class ModelRoute(_RenderSettings):

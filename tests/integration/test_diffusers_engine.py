@@ -2,9 +2,9 @@
 
 The pipelines are built once per session and saved to folders; the server loads them through
 its settings (``[engines.*]`` and ``[models.*]``), the same ``from_pretrained`` path an
-operator's config takes. Three families: Stable Diffusion (text-to-image, image-to-image from the
-same folder, its x4 upscaler), Z-Image (text-to-image) and FLUX.2 [klein] (text-to-image and
-multi-reference editing).
+operator's config takes. Four families: Stable Diffusion (text-to-image, image-to-image from the
+same folder, its x4 upscaler), Z-Image (text-to-image), FLUX.2 [klein] (text-to-image and
+multi-reference editing) and Qwen-Image-Layered (layer decomposition).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ ZIMAGE_T2I = "seedream/5-flash-text-to-image"
 BROKEN = "seedream/5-lite-text-to-image"
 UNLOADABLE = "seedream/4.5-text-to-image"
 UNMAPPED = "seedream/5-pro-text-to-image"
+FLASH_LAYERS = "seedream/5-flash-layer-decomposition"
+PRO_LAYERS = "seedream/5-pro-layer-decomposition"
 
 
 def _engines(models: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -73,6 +75,18 @@ def _engines(models: dict[str, Path]) -> dict[str, dict[str, Any]]:
             "call": tiny.ZIMAGE_CALL,
             **small,
         },
+        "layered": {
+            "pipeline": str(models["layered"]),
+            "max_input_images": 1,
+            # no torchvision here, so no processor to caption images (tiny_pipelines says why)
+            "skip_components": ["processor"],
+            "default_prompt": "a picture in layers",
+            # each layer is a VAE decode at 640 px, seconds on a CPU: as few as tell the story
+            "layers": 1,
+            "true_cfg_scale": 1.0,
+            "call": tiny.LAYERED_CALL,
+            **small,
+        },
         "missing": {"pipeline": str(models["sd"].parent / "no-such-pipeline"), **small},
         # the tiny text encoder has 3 hidden states: asking for the 8th makes the pipeline raise
         "broken": {
@@ -92,6 +106,8 @@ MODELS = {
     ZIMAGE_T2I: "zimage",
     BROKEN: "broken",
     UNLOADABLE: "missing",
+    FLASH_LAYERS: "layered",
+    PRO_LAYERS: {"engine": "layered", "layers": 2},
 }
 
 
@@ -187,6 +203,49 @@ def test_image_to_image_succeeds(live: LiveServer, files: FileServer) -> None:
     assert data["state"] == "success", data
     [picture] = _download(live, data)
     assert image_size(picture) == (2496, 1664)
+
+
+def _rgba(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_layer_decomposition_returns_a_base_and_rgba_layers_charged_per_layer(
+    live: LiveServer, files: FileServer
+) -> None:
+    key, _ = live.add_key(credits=100)
+    url = files.add("/poster.png", png_bytes(768, 512, (30, 160, 90)))
+    body = {
+        "model": FLASH_LAYERS,
+        "input": {"image_url": url, "prompt": "a green poster", "output_format": "png"},
+    }
+    data = live.wait(key, live.create(key, body)["data"]["taskId"], timeout=120)
+    assert data["state"] == "success", data
+    base, *layers = (_rgba(picture) for picture in _download(live, data))
+    # size "auto" keeps the input's size; the engine's one layer, at that exact size
+    assert base.format == "PNG" and base.mode == "RGB" and base.size == (768, 512)
+    [layer] = layers
+    assert layer.format == "PNG" and layer.mode == "RGBA" and layer.size == (768, 512)
+    assert layer.text["seedbed:model"] == FLASH_LAYERS and layer.text["seedbed:layer"] == "1/1"
+    alpha = np.asarray(layer.getchannel("A"), dtype=np.float32)
+    assert alpha.std() > 1.0, "the layer's alpha comes from the pipeline, not a flat fill"
+    assert Decimal(str(_balance(live, key))) == 100 - Decimal("3.24")
+
+
+def test_a_layer_model_override_and_a_task_without_prompt(
+    live: LiveServer, files: FileServer
+) -> None:
+    key, _ = live.add_key(credits=100)
+    url = files.add("/square.png", png_bytes(512, 512, (200, 30, 30)))
+    body = {"model": PRO_LAYERS, "input": {"image_url": url, "size": "1K"}}
+    data = live.wait(key, live.create(key, body)["data"]["taskId"], timeout=120)
+    assert data["state"] == "success", data
+    base, *layers = (_rgba(picture) for picture in _download(live, data))
+    assert base.format == "JPEG" and base.size == (1024, 1024)
+    assert [(layer.mode, layer.size) for layer in layers] == [("RGBA", (1024, 1024))] * 2
+    assert layers[0].text["seedbed:prompt"] == "", "the task had no prompt"
+    assert _balance(live, key) == 100 - 2 * 7
 
 
 def test_more_input_images_than_the_engine_takes_is_422(
@@ -351,6 +410,66 @@ def test_an_upscaler_enlarges_renders_smaller_than_the_contract(
     upscaling.close()
 
 
+def _layer_job(seed: int, model: str = PRO_LAYERS) -> EngineJob:
+    spec = catalogue.CATALOGUE[model]
+    image = Image.new("RGB", (512, 512), (20, 30, 200))
+    inp = spec.input_model.model_validate({"image_url": "https://example.com/a.png"})
+    return EngineJob(
+        task_id=f"layers{seed}",
+        model=model,
+        input={"prompt": "blue"},
+        seed=seed,
+        plan=spec.plan(inp, [image.size]),
+        images=[image],
+    )
+
+
+def _layered(path: Path, **settings: Any) -> DiffusersEngine:
+    values: dict[str, Any] = {
+        "max_input_images": 1,
+        "skip_components": ["processor"],
+        "default_prompt": "layers",
+        "layers": 1,
+        "true_cfg_scale": 1.0,
+        "call": tiny.LAYERED_CALL,
+    }
+    values.update(settings)
+    return _engine(path, model=PRO_LAYERS, **values)
+
+
+def test_a_layered_pipeline_reports_progress_and_stops_on_cancel(
+    tiny_models: dict[str, Path],
+) -> None:
+    engine = _layered(tiny_models["layered"], steps=4)
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def cancel_at_first_step(percent: int) -> None:
+        seen.append(percent)
+        cancel.set()
+
+    with pytest.raises(EngineFailure, match="canceled"):
+        engine.run(_layer_job(1), cancel_at_first_step, cancel)
+    assert seen == [23], "one step of four reported, none ran after the cancel"
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    ("folder", "model", "settings", "message"),
+    [
+        ("sd", PRO_LAYERS, {"max_input_images": 1}, "needs a layered pipeline"),
+        ("layered", SD_IMG2IMG, {"skip_components": ["processor"]}, "map only layer"),
+        ("layered", PRO_LAYERS, {"skip_components": ["processor"]}, "set default_prompt"),
+    ],
+)
+def test_a_layer_mapping_that_cannot_work_fails_at_load(
+    tiny_models: dict[str, Path], folder: str, model: str, settings: dict[str, Any], message: str
+) -> None:
+    engine = _engine(tiny_models[folder], model=model, **settings)
+    with pytest.raises(EngineFailure, match=message):
+        engine.load()
+
+
 def test_a_call_argument_the_pipeline_lacks_fails_at_load(tiny_models: dict[str, Path]) -> None:
     engine = _engine(tiny_models["sd"], call={"no_such_argument": 1})
     with pytest.raises(EngineFailure, match="no_such_argument"):
@@ -372,6 +491,21 @@ def test_klein_renders_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None
     again = engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event())
     assert engine.device.startswith("cuda")
     assert first[0].data == again[0].data
+    engine.close()
+
+
+@pytest.mark.gpu
+def test_layered_decomposes_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None:
+    engine = _layered(tiny_models["layered"], device="cuda", dtype="bfloat16", layers=2)
+    first = engine.run(_layer_job(2), lambda p: None, threading.Event())
+    again = engine.run(_layer_job(2), lambda p: None, threading.Event())
+    assert engine.device.startswith("cuda")
+    assert [(a.width, a.height, a.extension) for a in first] == [
+        (512, 512, "jpeg"),
+        (512, 512, "png"),
+        (512, 512, "png"),
+    ]
+    assert [a.data for a in first] == [a.data for a in again]
     engine.close()
 
 

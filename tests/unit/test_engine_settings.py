@@ -124,7 +124,12 @@ def test_without_models_the_sandbox_serves_everything(tmp_path: Path) -> None:
         (ENGINES, {"seedream/9": "zimage"}, 'models."seedream/9"\\]: unknown model id'),
         (ENGINES, {T2I: "flux"}, "engine 'flux' is not in \\[engines\\]"),
         (ENGINES, {EDIT: "zimage"}, "takes none \\(set max_input_images"),
-        (ENGINES, {LAYERS: "qwen-edit"}, "no layer decomposition yet"),
+        (ENGINES, {LAYERS: "zimage"}, "takes an input image but engine 'zimage' takes none"),
+        (
+            {"layered": {"pipeline": "Qwen/Qwen-Image-Layered", "max_input_images": 1}},
+            {LAYERS: {"engine": "layered", "layers": 9}},
+            "layers = 9 is over seedream/5-pro-layer-decomposition's limit of 8",
+        ),
     ],
 )
 def test_a_mapping_that_cannot_work_is_refused_at_start(
@@ -132,6 +137,16 @@ def test_a_mapping_that_cannot_work_is_refused_at_start(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build_engines(_settings(tmp_path, engines=engines, models=models))
+
+
+def test_a_layer_model_maps_to_an_engine_that_takes_its_image(tmp_path: Path) -> None:
+    layered = {"pipeline": "Qwen/Qwen-Image-Layered", "max_input_images": 1, "layers": 6}
+    engines = build_engines(
+        _settings(tmp_path, engines={"layered": layered}, models={LAYERS: "layered"})
+    )
+    engine = engines.for_model(LAYERS)
+    assert isinstance(engine, DiffusersEngine) and engine.name == "layered"
+    assert engine._render[LAYERS].layers == 6
 
 
 def test_models_mapped_to_the_sandbox_are_the_only_ones_it_serves(tmp_path: Path) -> None:

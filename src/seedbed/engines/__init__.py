@@ -94,15 +94,15 @@ def build_engines(
                     f"{where}: engine {route.engine!r} is not in [engines] "
                     f"(have: {_names(settings.engines)}, or 'sandbox')"
                 )
-            if spec.capability is Capability.LAYERS:
+            if spec.capability is not Capability.TEXT_TO_IMAGE and engine.max_input_images < 1:
                 raise ValueError(
-                    f"{where}: the diffusers engine has no layer decomposition yet; leave the "
-                    "model unmapped (it answers 505) or map it to 'sandbox'"
-                )
-            if spec.capability is Capability.EDIT and engine.max_input_images < 1:
-                raise ValueError(
-                    f"{where}: {model} edits input images but engine {route.engine!r} takes "
+                    f"{where}: {model} takes an input image but engine {route.engine!r} takes "
                     "none (set max_input_images in its [engines] table)"
+                )
+            layers = route.layers or engine.layers
+            if spec.capability is Capability.LAYERS and layers and layers > spec.max_layers:
+                raise ValueError(
+                    f"{where}: layers = {layers} is over {model}'s limit of {spec.max_layers}"
                 )
         routes.setdefault(route.engine, {})[model] = route
     installed = extra_installed()

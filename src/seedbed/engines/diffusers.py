@@ -20,6 +20,9 @@ How a task becomes images, and why:
   that wait together are rendered in one call, up to ``max_batch``.
 - ``callback_on_step_end`` reports progress after each step and stops the pipeline at the next
   step (``pipe._interrupt``) once every job of the call has been cancelled.
+- Layer decomposition runs a layered pipeline (one whose call takes ``layers``, such as
+  ``QwenImageLayeredPipeline``) on the input image. Its RGBA layers are resized to the
+  contract's size; the base image is their composite over white, in the task's format.
 
 torch and diffusers are imported in :meth:`DiffusersEngine.load` only: the API process, which
 builds its engines to answer ``serves`` and ``limits``, never imports them, and a server without
@@ -43,6 +46,8 @@ from typing import Any
 
 from PIL import Image
 
+from seedbed.catalogue import CATALOGUE
+from seedbed.catalogue.base import Capability
 from seedbed.config import DiffusersEngineSettings, ModelRoute
 from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
 from seedbed.errors import EngineFailure
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 #: the render budget when neither the engine nor the model names one (most current models)
 DEFAULT_NATIVE_AREA = 1024 * 1024
 DEFAULT_STEPS = 8
+#: layer decomposition: RGBA layers per task unless the settings say (QwenImageLayered's default)
+DEFAULT_LAYERS = 4
 #: progress while denoising runs up to this; the rest is decoding, resizing and encoding
 DENOISE_PROGRESS = 95
 _PROMPT_META_CHARS = 1000
@@ -107,6 +114,8 @@ class RenderSettings:
     native_area: int
     native_sizes: tuple[tuple[int, int], ...]
     call: Mapping[str, Any]
+    layers: int
+    default_prompt: str | None
 
     @classmethod
     def merge(cls, engine: DiffusersEngineSettings, route: ModelRoute | None) -> RenderSettings:
@@ -124,6 +133,8 @@ class RenderSettings:
             native_area=pick("native_area") or DEFAULT_NATIVE_AREA,
             native_sizes=tuple((int(w), int(h)) for w, h in sizes),
             call={**engine.call, **(route.call if route is not None else {})},
+            layers=pick("layers") or DEFAULT_LAYERS,
+            default_prompt=pick("default_prompt"),
         )
 
 
@@ -180,6 +191,12 @@ class DiffusersEngine:
         self.device = device or settings.device
         self.available = extra_installed() if available is None else available
         self._render = {model: RenderSettings.merge(settings, r) for model, r in models.items()}
+        #: the layer-decomposition models among them: they need a layered pipeline
+        self._layer_models = frozenset(
+            model
+            for model in models
+            if (spec := CATALOGUE.get(model)) is not None and spec.capability is Capability.LAYERS
+        )
         self.limits = EngineLimits(
             max_input_images=settings.max_input_images, max_outputs=settings.max_outputs
         )
@@ -242,6 +259,8 @@ class DiffusersEngine:
         }[s.dtype]
         pipeline_class = _class(diffusers, s.pipeline_class or "DiffusionPipeline", "pipeline")
         options: dict[str, Any] = {"dtype": dtype}
+        # a component passed as None is not loaded (a processor that needs torchvision)
+        options.update({name: None for name in s.skip_components})
         if s.revision is not None:
             options["revision"] = s.revision
         if s.variant is not None:
@@ -270,6 +289,7 @@ class DiffusersEngine:
                     f"engine {self.name}, model {model}: {type(pipe).__name__} takes no "
                     f"argument {', '.join(sorted(unknown))}"
                 )
+            self._check_layers(pipe, model, render)
         log.info(
             "engine %s: %s from %s on %s (%s) in %.1f s",
             self.name,
@@ -280,6 +300,27 @@ class DiffusersEngine:
             time.perf_counter() - started,
         )
         return pipe
+
+    def _check_layers(self, pipe: Any, model: str, render: RenderSettings) -> None:
+        """A layer model needs a layered pipeline, and a layered pipeline serves nothing else."""
+        layered = "layers" in self._parameters
+        where = f"engine {self.name}, model {model}"
+        if model in self._layer_models and not layered:
+            raise EngineFailure(
+                f"{where}: layer decomposition needs a layered pipeline (such as "
+                f"QwenImageLayeredPipeline); {type(pipe).__name__} takes no `layers`"
+            )
+        if layered and model not in self._layer_models:
+            raise EngineFailure(
+                f"{where}: {type(pipe).__name__} decomposes images into layers; map only "
+                "layer-decomposition models to it"
+            )
+        if layered and render.default_prompt is None and getattr(pipe, "processor", None) is None:
+            # without a prompt the pipeline captions the image with its processor
+            raise EngineFailure(
+                f"{where}: {type(pipe).__name__} has no processor to caption images that come "
+                "without a prompt (skip_components, or torchvision missing): set default_prompt"
+            )
 
     def _from_pretrained(self, pipeline_class: Any, source: str, options: dict[str, Any]) -> Any:
         with _FROM_PRETRAINED:
@@ -323,6 +364,10 @@ class DiffusersEngine:
         pictures = request.future.result()
         if cancel.is_set():
             raise EngineFailure("canceled")
+        if job.plan.layers:
+            artifacts = self._layer_artifacts(job, pictures)
+            progress(100)
+            return artifacts
         artifacts = []
         for index, picture in enumerate(pictures):
             exact = resize_exact(picture.convert("RGB"), job.plan.width, job.plan.height)
@@ -390,6 +435,8 @@ class DiffusersEngine:
             offset += request.count
 
     def _call(self, batch: list[_Request]) -> list[Image.Image]:
+        if batch[0].job.plan.layers:
+            return self._call_layered(batch[0])  # alone: its input image conditions the call
         torch = self._torch
         pipe = self._pipe
         first = batch[0]
@@ -459,6 +506,63 @@ class DiffusersEngine:
             pictures = self._upscale(batch, pictures, split)
         return pictures
 
+    def _call_layered(self, request: _Request) -> list[Image.Image]:
+        """A layered pipeline on the job's input image: its RGBA layers, bottom first (the
+        order in which the model's own app stacks them)."""
+        job, s = request.job, request.settings
+        # the plan bounds the layers by the catalogue's max_layers (the credits held)
+        layers = max(1, min(s.layers, job.plan.max_images - 1))
+        vae = getattr(self._pipe, "vae", None)
+        channels = getattr(getattr(vae, "config", None), "input_channels", 3)
+        # opaque RGB first, as the model's own app does: a transparent input's hidden colours
+        # would otherwise reach the RGBA VAE
+        picture = job.images[0].convert("RGB")
+        arguments: dict[str, Any] = {
+            "image": picture.convert("RGBA") if channels == 4 else picture,
+            # "" makes the pipeline caption the image itself (load checked it can)
+            "prompt": _prompt(job) or s.default_prompt or "",
+            "layers": layers,
+            "num_inference_steps": s.steps,
+            "generator": self._torch.Generator(device="cpu").manual_seed(job.seed),
+            "num_images_per_prompt": 1,
+            "output_type": "pil",
+            "callback_on_step_end": _StepCallback([request], 0, DENOISE_PROGRESS, s.steps),
+        }
+        optional = {
+            "guidance_scale": s.guidance_scale,
+            "true_cfg_scale": s.true_cfg_scale,
+            "negative_prompt": s.negative_prompt,
+        }
+        arguments.update({k: v for k, v in optional.items() if v is not None})
+        arguments.update(s.call)
+        arguments = {k: v for k, v in arguments.items() if k in self._parameters or k in s.call}
+        self._pipe.scheduler = self._schedulers[s.scheduler]
+        with self._torch.inference_mode():
+            output = self._pipe(**arguments)
+        self.calls += 1
+        self.jobs += 1
+        pictures: list[Image.Image] = list(output.images[0])
+        if len(pictures) != layers:
+            raise EngineFailure(f"the pipeline returned {len(pictures)} layers, not {layers}")
+        return pictures
+
+    def _layer_artifacts(self, job: EngineJob, layers: Sequence[Image.Image]) -> list[Artifact]:
+        """The base image (the layers composited over white), then each layer as RGBA PNG."""
+        width, height = job.plan.width, job.plan.height
+        exact = [resize_exact(layer.convert("RGBA"), width, height) for layer in layers]
+        base = Image.new("RGBA", (width, height), (255, 255, 255, 255))
+        for layer in exact:
+            base.alpha_composite(layer)
+        count = 1 + len(exact)
+        artifacts = [
+            encode(base.convert("RGB"), job.plan.format, text=self._metadata(job, 0, count, 0))
+        ]
+        for number, layer in enumerate(exact, start=1):
+            meta = self._metadata(job, number, count, 0)
+            meta["seedbed:layer"] = f"{number}/{len(exact)}"
+            artifacts.append(encode(layer, "png", text=meta))
+        return artifacts
+
     def _upscale(
         self, batch: list[_Request], pictures: list[Image.Image], start: int
     ) -> list[Image.Image]:
@@ -494,12 +598,16 @@ class DiffusersEngine:
             self.upscaled += 1
         return out if len(out) == len(pictures) else pictures
 
-    def _metadata(self, job: EngineJob, index: int, count: int) -> dict[str, str]:
+    def _metadata(
+        self, job: EngineJob, index: int, count: int, seed_offset: int | None = None
+    ) -> dict[str, str]:
+        """PNG text / JPEG comment of image ``index``; its seed is ``seed + index`` unless
+        ``seed_offset`` says (the layers of one decomposition share one seed)."""
         meta = {
             "seedbed:engine": f"diffusers:{self.name}",
             "Software": f"seedbed diffusers engine ({self.settings.pipeline})",
             "seedbed:model": job.model,
-            "seedbed:seed": str(job.seed + index),
+            "seedbed:seed": str(job.seed + (index if seed_offset is None else seed_offset)),
             "seedbed:prompt": _prompt(job)[:_PROMPT_META_CHARS],
         }
         if count > 1:
