@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -268,15 +268,16 @@ class Dispatcher:
         if delivery.hmac_key:
             headers.update(signature_headers(delivery.hmac_key, task.id, self._clock()))
         try:
-            status = await self._post(
-                delivery.url,
-                body,
-                policy=self.config.net_policy,
-                timeout=self.config.timeout,
-                headers=headers,
-                resolver=self._resolver,
-                client=self._client or self._clients.get(delivery.url),
-            )
+            with self._clients.use(delivery.url) as pooled:
+                status = await self._post(
+                    delivery.url,
+                    body,
+                    policy=self.config.net_policy,
+                    timeout=self.config.timeout,
+                    headers=headers,
+                    resolver=self._resolver,
+                    client=self._client or pooled,
+                )
         except netguard.NetguardError as exc:
             return None, exc.reason
         return status, None if 200 <= status < 300 else f"HTTP {status}"
@@ -297,41 +298,60 @@ class Dispatcher:
 
 
 class _Clients:
-    """One pooled HTTP client per receiver origin (scheme, host, port), the last 256 used.
+    """One pooled HTTP client per receiver origin (scheme, host, port), about the last 256 used.
 
     Keep-alive makes a receiver's next callback cheap; one pool per origin (not one for all)
     because netguard pins connections by IP address, and a shared pool could carry one
     host's callback over a TLS connection verified for another name at the same address.
+    Only idle clients are closed to keep the number down: a client is never closed under a
+    delivery that is still using it.
     """
 
     MAX = 256
 
     def __init__(self) -> None:
         self._clients: OrderedDict[tuple[str, str, int | None], httpx.AsyncClient] = OrderedDict()
+        #: deliveries using each client now, by origin
+        self._busy: dict[tuple[str, str, int | None], int] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, url: str) -> httpx.AsyncClient | None:
+    @contextlib.contextmanager
+    def use(self, url: str) -> Iterator[httpx.AsyncClient | None]:
+        """The client for ``url``'s origin, held open while the block runs (None for a URL
+        httpx cannot parse: netguard refuses it with a proper reason)."""
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError, ValueError):
-            return None  # netguard refuses it with a proper reason
+            yield None
+            return
         origin = (parsed.scheme, parsed.host, parsed.port)
         client = self._clients.get(origin)
-        if client is not None:
-            self._clients.move_to_end(origin)
-            return client
-        client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
-        )
-        self._clients[origin] = client
-        if len(self._clients) > self.MAX:
-            _, oldest = self._clients.popitem(last=False)
-            closing = asyncio.create_task(oldest.aclose())
+        if client is None:
+            client = self._clients[origin] = httpx.AsyncClient(
+                trust_env=False,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
+            )
+        self._clients.move_to_end(origin)
+        self._busy[origin] = self._busy.get(origin, 0) + 1
+        try:
+            yield client
+        finally:
+            if self._busy[origin] == 1:
+                del self._busy[origin]
+            else:
+                self._busy[origin] -= 1
+            self._trim()
+
+    def _trim(self) -> None:
+        """Close the least recently used idle clients while there are more than ``MAX``."""
+        excess = len(self._clients) - self.MAX
+        if excess <= 0:
+            return
+        for origin in [o for o in self._clients if o not in self._busy][:excess]:
+            closing = asyncio.create_task(self._clients.pop(origin).aclose())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
-        return client
 
     async def close(self) -> None:
         clients = list(self._clients.values())

@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from seedbed import netguard
-from seedbed.callbacks import DEFAULT_RETRY_DELAYS, Dispatcher, DispatcherConfig, signature
+from seedbed.callbacks import (
+    DEFAULT_RETRY_DELAYS,
+    Dispatcher,
+    DispatcherConfig,
+    _Clients,
+    signature,
+)
 from seedbed.outbox import CallbackState
 from seedbed.store.memory import MemoryStore
 from seedbed.tasks import NewKey, NewTask, Outcome, new_task_id
@@ -225,3 +231,28 @@ async def test_flush_gives_up_at_its_timeout_and_stop_makes_the_callback_due_aga
     record = await store.get_callback(task_id)
     assert record is not None and record.state is CallbackState.PENDING and record.attempts == 0
     assert [d.task_id for d in await store.claim_callbacks(limit=5, lease_seconds=60)] == [task_id]
+
+
+async def test_receiver_clients_in_use_are_never_closed_to_make_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_Clients, "MAX", 2)
+    clients = _Clients()
+    with clients.use("http://a.example/cb") as a:
+        with clients.use("http://b.example/cb") as b:
+            pass
+        with clients.use("http://c.example/cb") as c:
+            pass
+        await asyncio.sleep(0)
+        # Three origins for a MAX of 2: the least recently used *idle* one goes (b), never a,
+        # the oldest, which a delivery is still using.
+        assert a is not None and b is not None and c is not None
+        assert b.is_closed and not c.is_closed and not a.is_closed
+        with clients.use("http://a.example/other") as again:
+            assert again is a  # one client per origin
+    await asyncio.sleep(0)
+    assert not a.is_closed and not c.is_closed
+    with clients.use("not a url at all \x00") as none:
+        assert none is None
+    await clients.close()
+    assert a.is_closed and c.is_closed
