@@ -958,3 +958,45 @@ async def test_results_and_uploads_are_recorded_and_expire(store: Store, clock: 
     again = await store.record_file(dataclasses.replace(upload, size=80))
     assert again.size == 80 and again.created_at == ms(T0 + 20) and again.deleted_at is None
     assert await store.get_file(upload.key) == again
+
+
+async def test_the_wal_starts_over_under_a_steady_stream_of_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that never pause keep a passive checkpoint from ever reaching the WAL's end, so
+    SQLite would never start the log over and the file would grow for ever; past the limit the
+    checkpointer restarts the log. Each restart bumps the checkpoint sequence number in the
+    WAL header (bytes 12-15), which is what this test counts."""
+    from seedbed.store import sqlite as sqlite_runner
+
+    monkeypatch.setattr(sqlite_runner._Checkpointer, "INTERVAL", 0.02)
+    monkeypatch.setattr(sqlite_runner._Checkpointer, "WAL_LIMIT", 128 * 1024)
+    db = tmp_path / "seedbed.db"
+    wal = tmp_path / "seedbed.db-wal"
+
+    def checkpoint_sequence() -> int:
+        with wal.open("rb") as f:
+            return int.from_bytes(f.read(16)[12:16], "big")
+
+    store = SqlStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        await add_key(store, "1000000")
+        created: list[str] = []
+        first = checkpoint_sequence()
+        largest = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            tasks = [new_task(reserve="1") for _ in range(8)]
+            await asyncio.gather(*(store.create_task(t, open_task_cap=10**9) for t in tasks))
+            created += [t.id for t in tasks]
+            largest = max(largest, wal.stat().st_size)
+        restarts = checkpoint_sequence() - first
+        assert restarts >= 3, f"the WAL was started over {restarts} times"
+        # without the restarts this loop grows the file past 100 MB on a 2-core machine
+        assert largest < 48 * 1024 * 1024, f"WAL grew to {largest} bytes"
+        for task_id in created[:: max(1, len(created) // 50)]:
+            assert (await store.get_task(task_id)) is not None
+        assert (await holdings(store))[2] == len(created)
+    finally:
+        await store.close()

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from seedbed.store import queries as q
-from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, install_sqlite_hooks, sqlite_path
+from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, install_sqlite_hooks
 
 __all__ = ["SqliteRunner", "execute"]
 
@@ -163,9 +163,14 @@ class _Checkpointer:
 
     ``PASSIVE`` never blocks readers or writers; the loop's connections have automatic
     checkpoints turned off (``install_sqlite_hooks``), so none happens inside a request.
-    Under a steady stream of writes a passive checkpoint never catches up with the end of
-    the WAL, so the file would grow for ever; past ``WAL_LIMIT`` a ``TRUNCATE`` checkpoint
-    briefly holds writers off (they retry asynchronously) and starts the WAL afresh.
+    Under a steady stream of writes a passive checkpoint never catches up with the end of the
+    WAL (new frames land while it copies), so SQLite never starts the log afresh and the file
+    would grow for ever. Once the log is past ``WAL_LIMIT``, the passive pass is followed at
+    once by a ``RESTART``: that one holds writers off (they retry asynchronously) until the
+    next writer can start the log from the beginning, but after the passive pass it has only
+    the last few frames left to copy, so the pause is short. (A ``TRUNCATE`` on its own copied
+    the whole backlog while writers waited: createTask's p99 rose from 16 to 49 ms.) The
+    file keeps its size and is reused, so it stays near ``WAL_LIMIT``.
     """
 
     INTERVAL = 1.0  # seconds
@@ -174,8 +179,6 @@ class _Checkpointer:
     def __init__(self, url: URL) -> None:
         self._engine = create_engine(url, poolclass=NullPool)
         install_sqlite_hooks(self._engine, begin=None)
-        path = sqlite_path(url)
-        self._wal = None if path is None else path.with_name(path.name + "-wal")
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="seedbed-sqlite-checkpoint", daemon=True
@@ -186,18 +189,17 @@ class _Checkpointer:
         with self._engine.connect() as conn:
             dbapi = conn.connection.driver_connection
             assert dbapi is not None
+            page_size = int(dbapi.execute("PRAGMA page_size").fetchone()[0])
             while not self._stop.wait(self.INTERVAL):
-                mode = "TRUNCATE" if self._wal_size() > self.WAL_LIMIT else "PASSIVE"
                 try:
-                    dbapi.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    # (busy, frames in the log, frames copied); -1s when not in WAL mode
+                    _busy, log_frames, _done = dbapi.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    if log_frames * page_size > self.WAL_LIMIT:
+                        dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.OperationalError:
                     pass  # busy: the next round will do it
-
-    def _wal_size(self) -> int:
-        try:
-            return 0 if self._wal is None else self._wal.stat().st_size
-        except FileNotFoundError:
-            return 0
 
     def stop(self) -> None:
         self._stop.set()
