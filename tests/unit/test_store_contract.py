@@ -269,6 +269,30 @@ async def test_queue_position(store: Store) -> None:
     assert [await store.queue_position(t) for t in (b, c)] == [0, 1]
 
 
+async def test_poll_task_reads_the_task_and_its_position_while_queued(store: Store) -> None:
+    await add_key(store)
+    a, b, c = [await create(store) for _ in range(3)]
+
+    async def polled(task_id: str) -> tuple[TaskState, int | None]:
+        found = await store.poll_task(task_id)
+        assert found is not None
+        task, position = found
+        assert task == await store.get_task(task_id)
+        return task.state, position
+
+    assert await store.poll_task(new_task_id()) is None
+    assert [await polled(t.id) for t in (a, b, c)] == [(TaskState.WAITING, n) for n in range(3)]
+    await store.claim(worker_id="w", models=None, lease_seconds=30)
+    assert await polled(a.id) == (TaskState.QUEUING, 0)
+    await store.start_generating(a.id, worker_id="w")
+    assert await polled(a.id) == (TaskState.GENERATING, None)
+    assert await polled(c.id) == (TaskState.WAITING, 1)
+    await store.finish(a.id, Outcome.failure("500", "boom"), worker_id="w")
+    assert await polled(a.id) == (TaskState.FAIL, None)
+    for t in (b, c):
+        assert (await polled(t.id))[1] == await store.queue_position(t)
+
+
 # -- claiming and leases -------------------------------------------------------------------
 async def test_claim_takes_the_oldest_first(store: Store, clock: Clock) -> None:
     await add_key(store)

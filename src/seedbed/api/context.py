@@ -104,16 +104,18 @@ class FinishedTasks:
                 self._bodies.popitem(last=False)
         return found
 
-    async def get(self, task_id: str, store: Store) -> Task | None:
+    async def poll(self, task_id: str, store: Store) -> tuple[Task, int | None] | None:
+        """The task and its queue position (None unless it waits or queues), as
+        :meth:`Store.poll_task` gives them; a finished task is read from the store only once."""
         task = self._tasks.get(task_id)
         if task is not None:
-            return task
-        task = await store.get_task(task_id)
-        if task is not None and task.state.is_terminal:
-            self._tasks[task_id] = task
+            return task, None
+        found = await store.poll_task(task_id)
+        if found is not None and found[0].state.is_terminal:
+            self._tasks[task_id] = found[0]
             if len(self._tasks) > self.MAX_ENTRIES:
                 self._tasks.popitem(last=False)
-        return task
+        return found
 
 
 @dataclass(kw_only=True)

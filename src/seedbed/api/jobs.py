@@ -199,15 +199,16 @@ async def record_info(request: Request) -> Response:
     task_id = _task_id_param(request)
     if not task_id:
         raise errors.MissingParameter("taskId parameter is required")
-    task = await ctx.finished.get(task_id, ctx.store)
-    if task is None or task.key_id != key.id:
+    found = await ctx.finished.poll(task_id, ctx.store)
+    if found is None or found[0].key_id != key.id:
         raise errors.TaskNotFound()
+    task, position = found
     base_url = ctx.base_url(request)
     if task.state.is_terminal:
         # A finished task's answer never changes: serialise it once.
         render = partial(_record_body, task, base_url, None)
         return envelope.raw(ctx.finished.body(task, base_url, render))
-    return envelope.raw(_record_body(task, base_url, await ctx.queue_position(task)))
+    return envelope.raw(_record_body(task, base_url, position))
 
 
 def _task_id_param(request: Request) -> str | None:

@@ -165,6 +165,10 @@ class Store(Protocol):
     async def queue_position(self, task: Task) -> int:
         """How many open, not-yet-generating tasks were created before this one."""
 
+    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
+        """A task and, while it is ``waiting`` or ``queuing``, its :meth:`queue_position`
+        (None once it is generating or done), in one read: what recordInfo answers."""
+
     # -- tasks: the worker side ------------------------------------------------------------
     async def claim(
         self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float

@@ -272,6 +272,12 @@ class MemoryStore:
     async def queue_position(self, task: Task) -> int:
         return sum(1 for t in self._tasks.values() if t.state in _QUEUED and t.seq < task.seq)
 
+    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
+        task = await self.get_task(task_id)
+        if task is None:
+            return None
+        return task, (await self.queue_position(task) if task.state in _QUEUED else None)
+
     async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
         found = (self._tasks.get(task_id) for task_id in task_ids)
         return [self._out(t) for t in found if t is not None and t.update_time >= since]

@@ -60,6 +60,7 @@ __all__ = [
     "MAINTENANCE",
     "PG_SET_FLAG",
     "PING",
+    "POLL_TASK",
     "PROGRESS",
     "QUEUE_DEPTH",
     "QUEUE_OLDEST",
@@ -165,6 +166,23 @@ QUEUE_POSITION = (
     .select_from(tasks)
     .where(_states(S.WAITING.value, S.QUEUING.value), _T.seq < _p("seq"))
 )
+_AHEAD = tasks.alias("ahead")
+_QUEUED_STATES: list[Any] = [literal_column(f"'{state.value}'") for state in (S.WAITING, S.QUEUING)]
+#: a task and, only while it waits or queues, how many queued tasks are ahead of it
+#: (recordInfo's one read; CASE leaves the count undone for a task that is past the queue)
+POLL_TASK = select(
+    tasks,
+    case(
+        (
+            _T.state.in_(_QUEUED_STATES),
+            select(func.count())
+            .select_from(_AHEAD)
+            .where(_AHEAD.c.state.in_(_QUEUED_STATES), _AHEAD.c.seq < _T.seq)
+            .scalar_subquery(),
+        ),
+        else_=None,
+    ).label("queue_position"),
+).where(_T.id == _p("task_id"))
 
 
 IDEMPOTENT_TASK = select(tasks).where(

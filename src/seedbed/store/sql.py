@@ -325,6 +325,13 @@ class SqlStore:
         row = await self._db.read(_one, q.QUEUE_POSITION, {"p_seq": task.seq})
         return 0 if row is None else int(row[0])
 
+    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
+        row = await self._db.read(_one, q.POLL_TASK, {"p_task_id": task_id})
+        if row is None:
+            return None
+        position = row.queue_position
+        return q.task_from_row(row), None if position is None else int(position)
+
     async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
         if not task_ids:
             return []
