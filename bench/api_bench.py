@@ -1,14 +1,29 @@
 """The core API's figures, each against a baseline measured in the same run.
 
-Starts ``seedbed serve`` (one process, in-process worker, SQLite, sandbox engine) on loopback and
-drives it with wrk (Debian package ``wrk``):
+Starts ``seedbed serve`` (one process, SQLite, sandbox engine) on loopback and drives it with wrk
+(Debian package ``wrk``):
 
 * throughput of ``GET /healthz`` (a bare JSON endpoint of the same app, served the same way),
-  ``POST createTask`` and ``GET recordInfo`` at 32 connections, interleaved over several rounds;
+  ``POST createTask`` and ``GET recordInfo`` at 32 connections, interleaved over several rounds,
+  in three set-ups of the server (``--configs``):
+
+  - ``no-worker``: the API alone (``--no-worker``);
+  - ``worker``: the in-process worker runs the tasks, and each spends 1 s off the CPU before
+    its image is rendered (``sandbox_step_seconds=0.25``), as a task on a GPU does;
+  - ``worker-cpu``: the in-process worker runs the instant sandbox, which renders and encodes a
+    1024x1024 PNG per task (about 27 ms of CPU) on the same two cores as the server and wrk.
+    Behind 2,000 creates a second it never catches up, so it uses every spare cycle.
+
 * createTask answered → state ``generating``, polled as fast as one client can;
 * start-up to ready, idle resident memory, and that torch is not imported.
 
-Usage: ``python bench/api_bench.py [--duration 8] [--rounds 3]``. Only 127.0.0.1 is contacted.
+wrk runs one thread by default (``--wrk-threads``): the server is one event loop, so on a
+two-core machine the load generator gets one core and the server the other. With two wrk
+threads both compete with the server for its core, and createTask, the endpoint with the most
+system calls, loses most of it (see docs/benchmarks.md for both).
+
+Usage: ``python bench/api_bench.py [--duration 8] [--rounds 3] [--configs no-worker,worker]``.
+Only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -138,12 +153,22 @@ def wrk(
     duration: int,
     conns: int = 32,
     pid: int | None = None,
+    threads: int = 1,
 ) -> dict[str, float]:
     """One wrk run; with ``pid``, also the server's CPU time per request (``cpu_us``), which a
     busy, shared machine disturbs far less than throughput."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA.format(method=method, body=json.dumps(body), key=key, expect=expect))
-    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", script.name, url]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     cpu_used = cpu_seconds(pid) - cpu_before if pid else float("nan")
@@ -184,18 +209,105 @@ def to_generating(base: str, key: str, samples: int) -> list[float]:
     return out
 
 
+#: the server set-ups measured: extra settings, and what each shows
+CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
+    "no-worker": ({"worker": False}, "in-process worker off: the API alone"),
+    "worker": (
+        {"worker": True, "sandbox_step_seconds": 0.25},
+        "in-process worker on; each task spends 1 s off the CPU (as on a GPU), then renders",
+    ),
+    "worker-cpu": (
+        {"worker": True},
+        "in-process worker on; the instant sandbox renders a PNG per task on these same cores",
+    ),
+}
+ENDPOINTS = ("bare", "create", "record")
+
+
+def throughput(
+    root: Path, settings: dict[str, Any], args: argparse.Namespace
+) -> tuple[dict[str, list[dict[str, float]]], str, float]:
+    """Interleaved wrk runs of the three endpoints on one fresh server; also the polled task's
+    state and the server's RSS at the end."""
+    data = root / "throughput"
+    shutil.rmtree(data, ignore_errors=True)
+    key = create_key(data)
+    port = free_port()
+    proc, _ = start(data, port, **settings)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, trust_env=False, headers=headers) as client:
+            task = client.post("/api/v1/jobs/createTask", json=BODY).json()["data"]["taskId"]
+            # With the worker on, the polled task is finished; with it off, it stays waiting.
+            deadline = time.monotonic() + (10 if settings["worker"] else 1)
+            while True:
+                record = client.get("/api/v1/jobs/recordInfo", params={"taskId": task}).json()
+                state = str(record["data"]["state"])
+                if state in ("success", "fail") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in ENDPOINTS}
+        runs: dict[str, dict[str, Any]] = {
+            "bare": {"url": f"{base}/healthz", "expect": '"status":"ok"'},
+            "create": {
+                "url": f"{base}/api/v1/jobs/createTask",
+                "method": "POST",
+                "body": json.dumps(BODY),
+            },
+            "record": {"url": f"{base}/api/v1/jobs/recordInfo?taskId={task}"},
+        }
+        # interleaved, so drift on this shared machine hits each endpoint alike
+        for _ in range(args.rounds):
+            for name in ENDPOINTS:
+                results[name].append(
+                    wrk(
+                        key=key,
+                        duration=args.duration,
+                        pid=proc.pid,
+                        threads=args.wrk_threads,
+                        **runs[name],
+                    )
+                )
+        return results, state, rss_mb(proc.pid)
+    finally:
+        stop(proc)
+
+
+def report(results: dict[str, list[dict[str, float]]], state: str) -> None:
+    def med(name: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[name])
+
+    bare, bare_cpu = med("bare", "rps"), med("bare", "cpu_us")
+    print(
+        f"{'endpoint':<18}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'CPU us/req':>12}{'CPU ratio':>11}"
+    )
+    for name in ENDPOINTS:
+        rps, cpu = med(name, "rps"), med(name, "cpu_us")
+        bad = sum(r["bad"] for r in results[name])
+        label = f"record ({state})" if name == "record" else name
+        print(
+            f"{label:<18}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
+            f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}{cpu:>12.0f}{bare_cpu / cpu:>11.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--samples", type=int, default=100, help="latency samples")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (-t)")
     parser.add_argument(
-        "--worker",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the in-process worker during the throughput runs",
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"server set-ups to measure, comma-separated, of: {', '.join(CONFIGS)}",
     )
     args = parser.parse_args()
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    if unknown := [name for name in configs if name not in CONFIGS]:
+        parser.error(f"unknown configs: {', '.join(unknown)}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
 
@@ -212,80 +324,23 @@ def main() -> None:
         stop(proc)
         lat_ms = sorted(x * 1000 for x in lat)
 
-        # 2. throughput, interleaved so drift on this shared machine hits each endpoint alike
-        data = root / "throughput"
-        key = create_key(data)
-        port = free_port()
-        proc, _ = start(data, port, worker=args.worker)
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, trust_env=False) as client:
-            headers = {"Authorization": f"Bearer {key}"}
-            task = client.post("/api/v1/jobs/createTask", json=BODY, headers=headers).json()
-            task = task["data"]["taskId"]
-            # With the worker on, the polled task is finished; with it off, it stays waiting.
-            time.sleep(1)
-            state = client.get(
-                "/api/v1/jobs/recordInfo", params={"taskId": task}, headers=headers
-            ).json()["data"]["state"]
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "create": [], "record": []}
-        for _ in range(args.rounds):
-            results["bare"].append(
-                wrk(
-                    f"{base}/healthz",
-                    key=key,
-                    expect='"status":"ok"',
-                    duration=args.duration,
-                    pid=proc.pid,
-                )
-            )
-            results["create"].append(
-                wrk(
-                    f"{base}/api/v1/jobs/createTask",
-                    key=key,
-                    method="POST",
-                    body=json.dumps(BODY),
-                    duration=args.duration,
-                    pid=proc.pid,
-                )
-            )
-            results["record"].append(
-                wrk(
-                    f"{base}/api/v1/jobs/recordInfo?taskId={task}",
-                    key=key,
-                    duration=args.duration,
-                    pid=proc.pid,
-                )
-            )
-        busy_rss = rss_mb(proc.pid)
-        stop(proc)
+        # 2. throughput in each set-up, printed as each finishes
+        print(
+            f"machine: {os.cpu_count()} cores; wrk -t{args.wrk_threads} -c32 -d{args.duration}s"
+            f" x {args.rounds} rounds per set-up"
+        )
+        busy_rss = 0.0
+        for name in configs:
+            settings, what = CONFIGS[name]
+            results, state, rss = throughput(root, settings, args)
+            busy_rss = max(busy_rss, rss)
+            print(f"\n[{name}] {what}")
+            report(results, state)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-    def med(name: str, field: str) -> float:
-        return statistics.median(r[field] for r in results[name])
-
-    bare = med("bare", "rps")
     print(
-        f"machine: {os.cpu_count()} cores; wrk -t2 -c32 -d{args.duration}s x {args.rounds} rounds;"
-        f" in-process worker {'on' if args.worker else 'off'}"
-    )
-    bare_cpu = med("bare", "cpu_us")
-    print(
-        f"{'endpoint':<18}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'CPU us/req':>12}{'CPU ratio':>11}"
-    )
-    for name in ("bare", "create", "record"):
-        rps = med(name, "rps")
-        bad = sum(r["bad"] for r in results[name])
-        label = f"record ({state})" if name == "record" else name
-        cpu = med(name, "cpu_us")
-        print(
-            f"{label:<18}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
-            f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}{cpu:>12.0f}{bare_cpu / cpu:>11.2f}"
-        )
-    print(
-        "CPU ratio: the bare endpoint's server CPU per request over this endpoint's (includes "
-        "the in-process worker's CPU when it is on)"
+        "\nCPU ratio: the bare endpoint's server CPU per request over this endpoint's (with "
+        "the worker on, its CPU counts too)"
     )
     print(
         f"createTask answered -> generating: p50 {statistics.median(lat_ms):.1f} ms, "
