@@ -33,6 +33,7 @@ class Metrics:
         self.tasks_created = Counter(
             "seedbed_tasks_created", "Tasks accepted by createTask.", ["model"], registry=r
         )
+        self._created: dict[str, Any] = {}
         self.tasks_finished = Counter(
             "seedbed_tasks_finished",
             "Tasks ended by this process, by final state.",
@@ -82,7 +83,12 @@ class Metrics:
 
     # -- recording -------------------------------------------------------------------------
     def created(self, model: str) -> None:
-        self.tasks_created.labels(model).inc()
+        # the labelled child, looked up once per model: ``labels()`` costs more than ``inc()``
+        # on createTask's path
+        child = self._created.get(model)
+        if child is None:
+            child = self._created[model] = self.tasks_created.labels(model)
+        child.inc()
 
     def finished(self, task: Task) -> None:
         self.tasks_finished.labels(task.model, task.state.value).inc()
