@@ -11,8 +11,8 @@ Starts ``seedbed serve`` (one process, SQLite, sandbox engine) on loopback and d
   - ``worker``: the in-process worker runs the tasks, and each spends 1 s off the CPU before
     its image is rendered (``sandbox_step_seconds=0.25``), as a task on a GPU does;
   - ``worker-cpu``: the in-process worker runs the instant sandbox, which renders and encodes a
-    1024x1024 PNG per task (about 27 ms of CPU) on the same two cores as the server and wrk.
-    Behind 2,000 creates a second it never catches up, so it uses every spare cycle.
+    512x512 JPEG per task (about 8 ms of CPU) on the same two cores as the server and wrk.
+    Behind thousands of creates a second it never catches up, so it uses every spare cycle.
 
 * createTask answered → state ``generating``, polled as fast as one client can;
 * start-up to ready, idle resident memory, and that torch is not imported.
@@ -218,7 +218,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "worker-cpu": (
         {"worker": True},
-        "in-process worker on; the instant sandbox renders a PNG per task on these same cores",
+        "in-process worker on; the instant sandbox renders each task on these same cores",
     ),
 }
 ENDPOINTS = ("bare", "create", "record")

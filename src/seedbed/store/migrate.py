@@ -41,6 +41,9 @@ SCRIPT_LOCATION = "seedbed.store:migrations"
 _PG_MIGRATION_LOCK = 0x5EEDBED
 
 #: milliseconds a writer waits for another process's write lock before SQLITE_BUSY
+#: how long the WAL may grow before the checkpointer starts it over (``store.sqlite``), and the
+#: size a longer one is trimmed back to afterwards
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 _ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg_async"}
@@ -78,7 +81,7 @@ def install_sqlite_hooks(
             cursor.execute(f"PRAGMA busy_timeout={timeout}")
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             # After a checkpoint lets the WAL start over, trim the file back to this size.
-            cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:

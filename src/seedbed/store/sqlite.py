@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from seedbed.store import queries as q
-from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, install_sqlite_hooks
+from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES, install_sqlite_hooks
 
 __all__ = ["SqliteRunner", "execute"]
 
@@ -174,7 +174,10 @@ class _Checkpointer:
     """
 
     INTERVAL = 1.0  # seconds
-    WAL_LIMIT = 16 * 1024 * 1024  # bytes
+    # Each start-over holds writers off for a moment (an fsync, 15 to 40 ms here, now and then
+    # far more on a busy disk), so it should be rare: at 64 MB, every 3 s or so under a
+    # sustained 4,000 creates a second (about 20 MB of WAL a second), not several a second.
+    WAL_LIMIT = WAL_LIMIT_BYTES
 
     def __init__(self, url: URL) -> None:
         self._engine = create_engine(url, poolclass=NullPool)
