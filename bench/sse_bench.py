@@ -140,7 +140,7 @@ def main() -> None:
         def create_rps() -> float:
             body = json.dumps(BODY)
             url = f"{base}/api/v1/jobs/createTask"
-            result = wrk(url, key=key, method="POST", body=body, duration=args.duration)
+            result = wrk(url, key=key, method="POST", body=body, duration=args.duration, threads=2)
             assert result["bad"] == 0, result
             return result["rps"]
 
