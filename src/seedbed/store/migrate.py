@@ -41,10 +41,10 @@ SCRIPT_LOCATION = "seedbed.store:migrations"
 _PG_MIGRATION_LOCK = 0x5EEDBED
 
 #: milliseconds a writer waits for another process's write lock before SQLITE_BUSY
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: how long the WAL may grow before the checkpointer starts it over (``store.sqlite``), and the
 #: size a longer one is trimmed back to afterwards
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
-SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 _ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg_async"}
 

@@ -192,13 +192,13 @@ class _Checkpointer:
         with self._engine.connect() as conn:
             dbapi = conn.connection.driver_connection
             assert dbapi is not None
-            page_size = int(dbapi.execute("PRAGMA page_size").fetchone()[0])
+            page_size = int(dbapi.execute("PRAGMA page_size").fetchall()[0][0])
             while not self._stop.wait(self.INTERVAL):
                 try:
                     # (busy, frames in the log, frames copied); -1s when not in WAL mode
                     _busy, log_frames, _done = dbapi.execute(
                         "PRAGMA wal_checkpoint(PASSIVE)"
-                    ).fetchone()
+                    ).fetchall()[0]
                     if log_frames * page_size > self.WAL_LIMIT:
                         dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.OperationalError:
