@@ -85,12 +85,12 @@ _K, _T, _L, _F = api_keys.c, tasks.c, credit_ledger.c, flags.c
 _OPEN = [s.value for s in OPEN_STATES]
 
 
-def _states(*states: str) -> Any:
+def _states(*states: str, column: Any = _T.state) -> Any:
     """``state IN ('a', 'b')`` written into the SQL text, so it compiles once and is cached.
 
     A Python list would become an "expanding" bind that SQLAlchemy re-renders on every call.
     """
-    return _T.state.in_([literal_column(f"'{state}'") for state in states])
+    return column.in_([literal_column(f"'{state}'") for state in states])
 
 
 _IS_OPEN = _states(*_OPEN)
@@ -167,17 +167,19 @@ QUEUE_POSITION = (
     .where(_states(S.WAITING.value, S.QUEUING.value), _T.seq < _p("seq"))
 )
 _AHEAD = tasks.alias("ahead")
-_QUEUED_STATES: list[Any] = [literal_column(f"'{state.value}'") for state in (S.WAITING, S.QUEUING)]
 #: a task and, only while it waits or queues, how many queued tasks are ahead of it
 #: (recordInfo's one read; CASE leaves the count undone for a task that is past the queue)
 POLL_TASK = select(
     tasks,
     case(
         (
-            _T.state.in_(_QUEUED_STATES),
+            _states(S.WAITING.value, S.QUEUING.value),
             select(func.count())
             .select_from(_AHEAD)
-            .where(_AHEAD.c.state.in_(_QUEUED_STATES), _AHEAD.c.seq < _T.seq)
+            .where(
+                _states(S.WAITING.value, S.QUEUING.value, column=_AHEAD.c.state),
+                _AHEAD.c.seq < _T.seq,
+            )
             .scalar_subquery(),
         ),
         else_=None,
