@@ -33,6 +33,10 @@ from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES, insta
 
 __all__ = ["SqliteRunner", "execute"]
 
+#: longest a batch of writes holds off for a WAL restart waiting for the write lock; past it
+#: they go ahead (the restart then waits its turn like any other writer)
+RESTART_YIELD_S = 0.05
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -55,6 +59,10 @@ class SqliteRunner:
         install_sqlite_hooks(self._reader_engine, begin=None)
         self._writer = self._writer_engine.connect()
         self._reader = self._reader_engine.connect()
+        reader_dbapi = self._reader.connection.driver_connection
+        assert reader_dbapi is not None
+        self._reader_dbapi: sqlite3.Connection = reader_dbapi
+        self._snapshot = False
         self._checkpointer = _Checkpointer(url)
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._flush: asyncio.Handle | None = None
@@ -78,6 +86,12 @@ class SqliteRunner:
 
     def _commit_pending(self, since: float, delay: float) -> None:
         self._flush = None
+        if self._checkpointer.restart_pending and time.monotonic() - since < RESTART_YIELD_S:
+            # The checkpointer waits for the write lock to start the WAL over: leave it free
+            # (its busy handler looks again within a few ms) rather than win it every time.
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(delay, self._commit_pending, since, min(delay * 2, 0.005))
+            return
         batch = [(op, future) for op, future in self._pending if not future.cancelled()]
         self._pending = []
         if not batch:
@@ -96,6 +110,8 @@ class SqliteRunner:
             outcomes = [exc] * len(batch)
         except Exception as exc:  # the commit itself failed: nothing of the batch is stored
             outcomes = [exc] * len(batch)
+        # Reads from here on must see what was just committed.
+        self._end_snapshot()
         for (_op, future), outcome in zip(batch, outcomes, strict=True):
             if future.cancelled():
                 continue
@@ -137,7 +153,26 @@ class SqliteRunner:
     async def read(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
     ) -> R:
+        """Run ``fn`` on the reader, in the read snapshot of this turn of the event loop.
+
+        Every read of one turn shares one read transaction: starting and ending one takes two
+        ``fcntl`` calls on the WAL index, more than a read by primary key costs (measured). The
+        snapshot ends when the turn does and after every commit of this process, so a read
+        never misses a write this process made before it, nor one another process committed
+        before the request reading it arrived (requests are taken off their sockets before
+        the turn's callbacks run).
+        """
+        if not self._snapshot:
+            self._reader_dbapi.execute("BEGIN")
+            self._snapshot = True
+            asyncio.get_running_loop().call_soon(self._end_snapshot)
         return fn(self._reader, *args, **kw)
+
+    def _end_snapshot(self) -> None:
+        if self._snapshot:
+            self._snapshot = False
+            if self._reader_dbapi.in_transaction:
+                self._reader_dbapi.execute("COMMIT")
 
     async def close(self) -> None:
         self._checkpointer.stop()
@@ -171,6 +206,13 @@ class _Checkpointer:
     the last few frames left to copy, so the pause is short. (A ``TRUNCATE`` on its own copied
     the whole backlog while writers waited: createTask's p99 rose from 16 to 49 ms.) The
     file keeps its size and is reused, so it stays near ``WAL_LIMIT``.
+
+    The restart must first win the write lock, and SQLite's busy handler looks for it only
+    every 25 to 100 ms after its first tries; a busy event loop takes the lock again within
+    microseconds of each commit, so the restart could wait hundreds of milliseconds (measured:
+    up to 360 ms) while the log grew by tens of megabytes, all of which it then copied with
+    writers held off. So while ``restart_pending`` is set this process's writers hold off
+    (``RESTART_YIELD_S`` at most) and the restart gets the lock within a few milliseconds.
     """
 
     INTERVAL = 1.0  # seconds
@@ -180,6 +222,9 @@ class _Checkpointer:
     WAL_LIMIT = WAL_LIMIT_BYTES
 
     def __init__(self, url: URL) -> None:
+        #: a RESTART waits for the write lock: this process's writers hold off meanwhile
+        #: (read on the event loop; a bool is set and read atomically under the GIL)
+        self.restart_pending = False
         self._engine = create_engine(url, poolclass=NullPool)
         install_sqlite_hooks(self._engine, begin=None)
         self._stop = threading.Event()
@@ -200,7 +245,11 @@ class _Checkpointer:
                         "PRAGMA wal_checkpoint(PASSIVE)"
                     ).fetchall()[0]
                     if log_frames * page_size > self.WAL_LIMIT:
-                        dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                        self.restart_pending = True
+                        try:
+                            dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                        finally:
+                            self.restart_pending = False
                 except sqlite3.OperationalError:
                     pass  # busy: the next round will do it
 
