@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 __all__ = ["Wakeup"]
@@ -37,11 +38,11 @@ class Wakeup:
         self._event.set()
         if self._run_dir is None:
             return
-        loop_time = asyncio.get_running_loop().time()
-        if loop_time - self._peers_scanned > 1.0:
+        now = time.monotonic()  # not the loop's time: get_running_loop() costs a system call
+        if now - self._peers_scanned > 1.0:
             # Re-list the sockets at most once a second: workers come and go rarely.
             self._peers = self._scan()
-            self._peers_scanned = loop_time
+            self._peers_scanned = now
         if not self._peers:
             return
         if self._sender is None:

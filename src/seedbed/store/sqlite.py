@@ -53,6 +53,10 @@ class SqliteRunner:
     """
 
     def __init__(self, url: URL) -> None:
+        # The loop that opened the store, which is the one thread its connections may be used
+        # from. Kept, because asyncio.get_running_loop() makes a getpid() system call on every
+        # call (CPython 3.11's check against a fork), twice per createTask otherwise (strace).
+        self._loop = asyncio.get_running_loop()
         self._writer_engine = create_engine(url, poolclass=NullPool)
         install_sqlite_hooks(self._writer_engine, begin="BEGIN IMMEDIATE", busy_timeout_ms=0)
         self._reader_engine = create_engine(url, poolclass=NullPool, skip_autocommit_rollback=True)
@@ -76,11 +80,10 @@ class SqliteRunner:
         land at once under load) share one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each in its own
         savepoint so that one failing operation undoes only itself.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append((partial(fn, self._writer, *args, **kw), future))
         if self._flush is None:
-            self._flush = loop.call_soon(self._commit_pending, time.monotonic(), 0.001)
+            self._flush = self._loop.call_soon(self._commit_pending, time.monotonic(), 0.001)
         result: R = await future
         return result
 
@@ -89,8 +92,9 @@ class SqliteRunner:
         if self._checkpointer.restart_pending and time.monotonic() - since < RESTART_YIELD_S:
             # The checkpointer waits for the write lock to start the WAL over: leave it free
             # (its busy handler looks again within a few ms) rather than win it every time.
-            loop = asyncio.get_running_loop()
-            self._flush = loop.call_later(delay, self._commit_pending, since, min(delay * 2, 0.005))
+            self._flush = self._loop.call_later(
+                delay, self._commit_pending, since, min(delay * 2, 0.005)
+            )
             return
         batch = [(op, future) for op, future in self._pending if not future.cancelled()]
         self._pending = []
@@ -102,8 +106,7 @@ class SqliteRunner:
             if _is_busy(exc) and time.monotonic() - since < SQLITE_BUSY_TIMEOUT_MS / 1000:
                 # Another process holds the write lock: try again soon, without blocking.
                 self._pending[:0] = batch
-                loop = asyncio.get_running_loop()
-                self._flush = loop.call_later(
+                self._flush = self._loop.call_later(
                     delay, self._commit_pending, since, min(delay * 2, 0.005)
                 )
                 return
@@ -165,7 +168,7 @@ class SqliteRunner:
         if not self._snapshot:
             self._reader_dbapi.execute("BEGIN")
             self._snapshot = True
-            asyncio.get_running_loop().call_soon(self._end_snapshot)
+            self._loop.call_soon(self._end_snapshot)
         return fn(self._reader, *args, **kw)
 
     def _end_snapshot(self) -> None:
