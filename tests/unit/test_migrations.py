@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -36,7 +38,7 @@ def _version(db: Path) -> list[str]:
 
 def test_the_packaged_scripts_have_one_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_heads() == ["0003"]
+    assert script.get_heads() == ["0004"]
 
 
 def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
@@ -51,7 +53,7 @@ def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
-    assert _version(db) == ["0003"]
+    assert _version(db) == ["0004"]
 
 
 def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
@@ -59,7 +61,7 @@ def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
     upgrade(f"sqlite:///{db}")
     before = _schema(db)
     upgrade(f"sqlite:///{db}")
-    assert _schema(db) == before and _version(db) == ["0003"]
+    assert _schema(db) == before and _version(db) == ["0004"]
 
 
 def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -86,7 +88,7 @@ def test_concurrent_upgrades_of_a_fresh_file_all_succeed(tmp_path: Path) -> None
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and _version(db) == ["0003"]
+    assert errors == [] and _version(db) == ["0004"]
 
 
 def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
@@ -148,3 +150,33 @@ def test_0002_records_the_results_of_tasks_finished_before_it(tmp_path: Path) ->
         ("results/a_0_x.png", "result", "k", "a" * 32, 5000, None),
         ("results/a_1_y.png", "result", "k", "a" * 32, 5000, None),
     ]
+
+
+def test_0004_indexes_only_tasks_with_a_lease_or_an_idempotency_key(tmp_path: Path) -> None:
+    """The two sparse task indexes are partial, and the queries that need them still use them
+    (each compares the column, which implies the index's ``IS NOT NULL``)."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    from seedbed.store import queries as q
+
+    dialect = sqlite_dialect.dialect()
+
+    db = tmp_path / "seedbed.db"
+    upgrade(f"sqlite:///{db}")
+
+    def plan(conn: sqlite3.Connection, stmt: Any) -> str:
+        """The query plan of one of the store's statements, with placeholder values."""
+        sql = re.sub(r"__\[POSTCOMPILE_\w+\]", "?, ?", str(stmt.compile(dialect=dialect)))
+        args = ["x"] * sql.count("?")
+        return str(conn.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall())
+
+    with sqlite3.connect(db) as conn:
+        indexes = dict(
+            conn.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'tasks'").fetchall()
+        )
+        assert indexes["ix_tasks_lease_owner"].endswith("WHERE lease_owner IS NOT NULL")
+        assert indexes["uq_tasks_key_id_idempotency_key"].endswith(
+            "WHERE idempotency_key IS NOT NULL"
+        )
+        assert "ix_tasks_lease_owner" in plan(conn, q.RELEASE_LEASES)
+        assert "uq_tasks_key_id_idempotency_key" in plan(conn, q.IDEMPOTENT_TASK)

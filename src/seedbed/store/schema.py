@@ -17,6 +17,7 @@ and PostgreSQL gets a BIGSERIAL. The same declaration is portable to both.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import CHAR
 
@@ -95,6 +97,12 @@ credit_ledger = Table(
     Index("ix_credit_ledger_key_id", "key_id"),
 )
 
+
+def _where(condition: str) -> dict[str, Any]:
+    """A partial index's condition, for both dialects."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
 tasks = Table(
     "tasks",
     metadata,
@@ -131,9 +139,17 @@ tasks = Table(
     # claiming (oldest open task per state) and queue positions (count by state below seq)
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_key_id_state", "key_id", "state"),
-    Index("ix_tasks_lease_owner", "lease_owner"),
-    # one task per (key, Idempotency-Key): concurrent repeats collide here (NULLs never do)
-    Index("uq_tasks_key_id_idempotency_key", "key_id", "idempotency_key", unique=True),
+    # Partial (migration 0004): a new task has neither column set, so it adds no entry to
+    # these two; every query using them compares the column, which implies it is not null.
+    Index("ix_tasks_lease_owner", "lease_owner", **_where("lease_owner IS NOT NULL")),
+    # one task per (key, Idempotency-Key): concurrent repeats collide here
+    Index(
+        "uq_tasks_key_id_idempotency_key",
+        "key_id",
+        "idempotency_key",
+        unique=True,
+        **_where("idempotency_key IS NOT NULL"),
+    ),
 )
 
 #: deployment switches: ``maintenance`` ("1"/"0") and one ``model_disabled:<model>`` row per
