@@ -33,7 +33,16 @@ from seedbed.store.base import (
 )
 from seedbed.store.memory import MemoryStore
 from seedbed.store.sql import SqlStore
-from seedbed.tasks import Flags, KeyLimits, NewKey, NewTask, Outcome, TaskState, new_task_id
+from seedbed.tasks import (
+    Flags,
+    KeyLimits,
+    NewKey,
+    NewTask,
+    Outcome,
+    TaskState,
+    TaskView,
+    new_task_id,
+)
 
 D = Decimal
 T0 = 1_700_000_000.0
@@ -274,11 +283,12 @@ async def test_poll_task_reads_the_task_and_its_position_while_queued(store: Sto
     a, b, c = [await create(store) for _ in range(3)]
 
     async def polled(task_id: str) -> tuple[TaskState, int | None]:
-        found = await store.poll_task(task_id)
-        assert found is not None
-        task, position = found
-        assert task == await store.get_task(task_id)
-        return task.state, position
+        view = await store.poll_task(task_id)
+        assert view is not None
+        task = await store.get_task(task_id)
+        assert task is not None and view == TaskView.of(task, view.queue_position)
+        assert view.cost_time == task.cost_time
+        return view.state, view.queue_position
 
     assert await store.poll_task(new_task_id()) is None
     assert [await polled(t.id) for t in (a, b, c)] == [(TaskState.WAITING, n) for n in range(3)]
@@ -289,8 +299,9 @@ async def test_poll_task_reads_the_task_and_its_position_while_queued(store: Sto
     assert await polled(c.id) == (TaskState.WAITING, 1)
     await store.finish(a.id, Outcome.failure("500", "boom"), worker_id="w")
     assert await polled(a.id) == (TaskState.FAIL, None)
-    for t in (b, c):
-        assert (await polled(t.id))[1] == await store.queue_position(t)
+    await store.finish(b.id, Outcome.success(("results/b_0.png",), D("1")), worker_id=None)
+    assert await polled(b.id) == (TaskState.SUCCESS, None)
+    assert (await polled(c.id))[1] == await store.queue_position(c) == 0
 
 
 # -- claiming and leases -------------------------------------------------------------------
@@ -771,6 +782,8 @@ async def test_sqlite_reads_see_other_processes_commits_from_the_next_loop_turn(
     by every read of a later turn, and by none of the turn that read before it."""
     import sqlite3
 
+    failures: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: failures.append(ctx))
     db = tmp_path / "seedbed.db"
     store = SqlStore(f"sqlite:///{db}")
     await store.open()
@@ -785,8 +798,8 @@ async def test_sqlite_reads_see_other_processes_commits_from_the_next_loop_turn(
             assert (await store.get_task(task.id)).progress == 0  # type: ignore[union-attr]
             await asyncio.sleep(0)
             assert (await store.get_task(task.id)).progress == 40  # type: ignore[union-attr]
-            found = await store.poll_task(task.id)
-            assert found is not None and found[0].progress == 40
+            view = await store.poll_task(task.id)
+            assert view is not None and view.progress == 40
         finally:
             elsewhere.close()
         # and this store's own commits are seen at once, by its very next read
@@ -794,7 +807,9 @@ async def test_sqlite_reads_see_other_processes_commits_from_the_next_loop_turn(
         assert claimed is not None
         assert (await store.get_task(task.id)).state is TaskState.QUEUING  # type: ignore[union-attr]
     finally:
-        await store.close()
+        await store.close()  # in the same turn as a read: the snapshot's end must not fail
+    await asyncio.sleep(0)
+    assert failures == []
 
 
 async def test_sql_store_keeps_its_data_across_reopening(tmp_path: Path) -> None:

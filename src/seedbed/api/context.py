@@ -20,7 +20,7 @@ from seedbed.metrics import Metrics
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.store.base import Store
-from seedbed.tasks import ApiKey, Flags, Task, TaskState
+from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
 
@@ -90,11 +90,11 @@ class FinishedTasks:
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._tasks: OrderedDict[str, Task] = OrderedDict()
+        self._tasks: OrderedDict[str, TaskView] = OrderedDict()
         #: recordInfo answers already serialised, by (task id, base URL of its result links)
         self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
 
-    def body(self, task: Task, base_url: str, render: Callable[[], bytes]) -> bytes:
+    def body(self, task: TaskView, base_url: str, render: Callable[[], bytes]) -> bytes:
         """The finished task's recordInfo answer, rendered once."""
         key = (task.id, base_url)
         found = self._bodies.get(key)
@@ -104,15 +104,14 @@ class FinishedTasks:
                 self._bodies.popitem(last=False)
         return found
 
-    async def poll(self, task_id: str, store: Store) -> tuple[Task, int | None] | None:
-        """The task and its queue position (None unless it waits or queues), as
-        :meth:`Store.poll_task` gives them; a finished task is read from the store only once."""
-        task = self._tasks.get(task_id)
-        if task is not None:
-            return task, None
+    async def poll(self, task_id: str, store: Store) -> TaskView | None:
+        """The task as :meth:`Store.poll_task` gives it; a finished task is read only once."""
+        found = self._tasks.get(task_id)
+        if found is not None:
+            return found
         found = await store.poll_task(task_id)
-        if found is not None and found[0].state.is_terminal:
-            self._tasks[task_id] = found[0]
+        if found is not None and found.state.is_terminal:
+            self._tasks[task_id] = found
             if len(self._tasks) > self.MAX_ENTRIES:
                 self._tasks.popitem(last=False)
         return found

@@ -23,7 +23,7 @@ from seedbed.catalogue.base import ModelSpec, field_value
 from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.store.base import CreateRefused, IdempotencyConflict
-from seedbed.tasks import NewTask, Outcome, Task, new_task_id
+from seedbed.tasks import NewTask, Outcome, Task, TaskView, new_task_id
 
 __all__ = ["CANCELED_FAIL_CODE", "CANCELED_FAIL_MSG", "router"]
 
@@ -199,16 +199,15 @@ async def record_info(request: Request) -> Response:
     task_id = _task_id_param(request)
     if not task_id:
         raise errors.MissingParameter("taskId parameter is required")
-    found = await ctx.finished.poll(task_id, ctx.store)
-    if found is None or found[0].key_id != key.id:
+    task = await ctx.finished.poll(task_id, ctx.store)
+    if task is None or task.key_id != key.id:
         raise errors.TaskNotFound()
-    task, position = found
     base_url = ctx.base_url(request)
     if task.state.is_terminal:
         # A finished task's answer never changes: serialise it once.
         render = partial(_record_body, task, base_url, None)
         return envelope.raw(ctx.finished.body(task, base_url, render))
-    return envelope.raw(_record_body(task, base_url, position))
+    return envelope.raw(_record_body(task, base_url, task.queue_position))
 
 
 def _task_id_param(request: Request) -> str | None:
@@ -220,7 +219,7 @@ def _task_id_param(request: Request) -> str | None:
     return request.query_params.get("taskId")
 
 
-def _record_body(task: Task, base_url: str, position: int | None) -> bytes:
+def _record_body(task: Task | TaskView, base_url: str, position: int | None) -> bytes:
     return envelope.ok_body(task_record(task, base_url=base_url, queue_position=position))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from seedbed.api.envelope import json_number
-from seedbed.tasks import Task, TaskState
+from seedbed.tasks import Task, TaskState, TaskView
 
 __all__ = [
     "CALLBACK_FAILURE_MSG",
@@ -27,7 +27,7 @@ def file_url(base_url: str, key: str) -> str:
     return f"{base_url}/files/{key}"
 
 
-def task_fields(task: Task, *, base_url: str) -> dict[str, Any]:
+def task_fields(task: Task | TaskView, *, base_url: str) -> dict[str, Any]:
     """The fields recordInfo and callbacks share, in the order kie's real traffic has them."""
     result_json = ""
     if task.state is TaskState.SUCCESS:
@@ -49,7 +49,9 @@ def task_fields(task: Task, *, base_url: str) -> dict[str, Any]:
     }
 
 
-def task_record(task: Task, *, base_url: str, queue_position: int | None) -> dict[str, Any]:
+def task_record(
+    task: Task | TaskView, *, base_url: str, queue_position: int | None
+) -> dict[str, Any]:
     """recordInfo ``data`` in the form kie's real traffic has (CONTRACT §4)."""
     record = task_fields(task, base_url=base_url)
     record["progress"] = task.progress

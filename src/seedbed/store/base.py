@@ -20,7 +20,7 @@ from seedbed.outbox import (
     FileKind,
     StoredFile,
 )
-from seedbed.tasks import ApiKey, Flags, NewKey, NewTask, Outcome, Task, TaskState
+from seedbed.tasks import ApiKey, Flags, NewKey, NewTask, Outcome, Task, TaskState, TaskView
 
 __all__ = [
     "IDEMPOTENCY_SECONDS",
@@ -165,9 +165,9 @@ class Store(Protocol):
     async def queue_position(self, task: Task) -> int:
         """How many open, not-yet-generating tasks were created before this one."""
 
-    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
-        """A task and, while it is ``waiting`` or ``queuing``, its :meth:`queue_position`
-        (None once it is generating or done), in one read: what recordInfo answers."""
+    async def poll_task(self, task_id: str) -> TaskView | None:
+        """What recordInfo answers of a task, in one read: its public fields and, while it is
+        ``waiting`` or ``queuing``, its :meth:`queue_position` (None once generating or done)."""
 
     # -- tasks: the worker side ------------------------------------------------------------
     async def claim(

@@ -37,7 +37,17 @@ from seedbed.store.base import (
     TaskStats,
 )
 from seedbed.store.schema import from_milli, to_milli
-from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
+from seedbed.tasks import (
+    ApiKey,
+    Flags,
+    KeyLimits,
+    NewKey,
+    NewTask,
+    Outcome,
+    Task,
+    TaskState,
+    TaskView,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -272,11 +282,12 @@ class MemoryStore:
     async def queue_position(self, task: Task) -> int:
         return sum(1 for t in self._tasks.values() if t.state in _QUEUED and t.seq < task.seq)
 
-    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
+    async def poll_task(self, task_id: str) -> TaskView | None:
         task = await self.get_task(task_id)
         if task is None:
             return None
-        return task, (await self.queue_position(task) if task.state in _QUEUED else None)
+        position = await self.queue_position(task) if task.state in _QUEUED else None
+        return TaskView.of(task, position)
 
     async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
         found = (self._tasks.get(task_id) for task_id in task_ids)

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from seedbed.store.schema import api_keys, credit_ledger, flags, from_milli, tasks
-from seedbed.tasks import OPEN_STATES, ApiKey, KeyLimits, Task
+from seedbed.tasks import OPEN_STATES, ApiKey, KeyLimits, Task, TaskView
 from seedbed.tasks import TaskState as S
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "ledger_row",
     "list_tasks",
     "task_from_row",
+    "view_from_row",
 ]
 
 _K, _T, _L, _F = api_keys.c, tasks.c, credit_ledger.c, flags.c
@@ -167,10 +168,23 @@ QUEUE_POSITION = (
     .where(_states(S.WAITING.value, S.QUEUING.value), _T.seq < _p("seq"))
 )
 _AHEAD = tasks.alias("ahead")
-#: a task and, only while it waits or queues, how many queued tasks are ahead of it
-#: (recordInfo's one read; CASE leaves the count undone for a task that is past the queue)
+#: what recordInfo shows of a task (``TaskView``) and, only while it waits or queues, how many
+#: queued tasks are ahead of it, in one read; CASE leaves the count undone for a task past
+#: the queue
 POLL_TASK = select(
-    tasks,
+    _T.id,
+    _T.key_id,
+    _T.model,
+    _T.state,
+    _T.param,
+    _T.result_keys,
+    _T.fail_code,
+    _T.fail_msg,
+    _T.progress,
+    _T.consumed_milli,
+    _T.create_time,
+    _T.update_time,
+    _T.complete_time,
     case(
         (
             _states(S.WAITING.value, S.QUEUING.value),
@@ -451,6 +465,27 @@ def task_from_row(row: Row[Any]) -> Task:
         lease_owner=row.lease_owner,
         lease_expires=row.lease_expires,
         origin=row.origin,
+    )
+
+
+def view_from_row(row: Row[Any]) -> TaskView:
+    """A ``POLL_TASK`` row → the view."""
+    position = row.queue_position
+    return TaskView(
+        row.id,
+        row.key_id,
+        row.model,
+        S(row.state),
+        row.param,
+        tuple(orjson.loads(row.result_keys)),
+        row.fail_code,
+        row.fail_msg,
+        row.progress,
+        from_milli(row.consumed_milli),
+        row.create_time,
+        row.update_time,
+        row.complete_time,
+        None if position is None else int(position),
     )
 
 

@@ -54,7 +54,17 @@ from seedbed.store.base import (
 from seedbed.store.migrate import sqlite_path, upgrade
 from seedbed.store.schema import callbacks, from_milli, to_milli
 from seedbed.store.sqlite import SqliteRunner, execute
-from seedbed.tasks import ApiKey, Flags, KeyLimits, NewKey, NewTask, Outcome, Task, TaskState
+from seedbed.tasks import (
+    ApiKey,
+    Flags,
+    KeyLimits,
+    NewKey,
+    NewTask,
+    Outcome,
+    Task,
+    TaskState,
+    TaskView,
+)
 
 __all__ = ["SqlStore"]
 
@@ -325,12 +335,9 @@ class SqlStore:
         row = await self._db.read(_one, q.QUEUE_POSITION, {"p_seq": task.seq})
         return 0 if row is None else int(row[0])
 
-    async def poll_task(self, task_id: str) -> tuple[Task, int | None] | None:
+    async def poll_task(self, task_id: str) -> TaskView | None:
         row = await self._db.read(_one, q.POLL_TASK, {"p_task_id": task_id})
-        if row is None:
-            return None
-        position = row.queue_position
-        return q.task_from_row(row), None if position is None else int(position)
+        return None if row is None else q.view_from_row(row)
 
     async def changed_tasks(self, task_ids: Sequence[str], *, since: int) -> list[Task]:
         if not task_ids:

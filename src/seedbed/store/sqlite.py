@@ -178,6 +178,7 @@ class SqliteRunner:
                 self._reader_dbapi.execute("COMMIT")
 
     async def close(self) -> None:
+        self._end_snapshot()  # so that the turn's scheduled end finds nothing left to do
         self._checkpointer.stop()
         self._writer.close()
         self._reader.close()
