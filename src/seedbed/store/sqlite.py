@@ -92,9 +92,7 @@ class SqliteRunner:
         if self._checkpointer.restart_pending and time.monotonic() - since < RESTART_YIELD_S:
             # The checkpointer waits for the write lock to start the WAL over: leave it free
             # (its busy handler looks again within a few ms) rather than win it every time.
-            self._flush = self._loop.call_later(
-                delay, self._commit_pending, since, min(delay * 2, 0.005)
-            )
+            self._commit_later(since, delay)
             return
         batch = [(op, future) for op, future in self._pending if not future.cancelled()]
         self._pending = []
@@ -106,9 +104,7 @@ class SqliteRunner:
             if _is_busy(exc) and time.monotonic() - since < SQLITE_BUSY_TIMEOUT_MS / 1000:
                 # Another process holds the write lock: try again soon, without blocking.
                 self._pending[:0] = batch
-                self._flush = self._loop.call_later(
-                    delay, self._commit_pending, since, min(delay * 2, 0.005)
-                )
+                self._commit_later(since, delay)
                 return
             outcomes = [exc] * len(batch)
         except Exception as exc:  # the commit itself failed: nothing of the batch is stored
@@ -124,6 +120,12 @@ class SqliteRunner:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    def _commit_later(self, since: float, delay: float) -> None:
+        """Try the pending writes again after ``delay``, backing off up to 5 ms."""
+        self._flush = self._loop.call_later(
+            delay, self._commit_pending, since, min(delay * 2, 0.005)
+        )
 
     def _run_batch(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[Any]:
         if len(batch) == 1:
