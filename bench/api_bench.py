@@ -123,6 +123,7 @@ wrk.method = "{method}"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
+{mix}
 local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
 function init(args) bad = 0 end
@@ -133,6 +134,22 @@ function done(summary, latency, requests)
   local total = 0
   for _, t in ipairs(threads) do total = total + t:get("bad") end
   io.write("BAD " .. total .. "\\n")
+end
+"""
+
+
+#: with ``mix``: each connection sends ``wrk.body`` to ``wrk.path`` (the POST), then as many
+#: GETs of ``mix`` as ``every`` says, and again
+MIX_LUA = """
+local requests = {{}}
+function request()
+  if #requests == 0 then
+    table.insert(requests, wrk.format())
+    for i = 1, {every} do table.insert(requests, wrk.format("GET", "{path}", nil, "")) end
+    turn = 0
+  end
+  turn = turn % #requests + 1
+  return requests[turn]
 end
 """
 
@@ -154,11 +171,17 @@ def wrk(
     conns: int = 32,
     pid: int | None = None,
     threads: int = 1,
+    mix: str | None = None,
+    every: int = 1,
 ) -> dict[str, float]:
     """One wrk run; with ``pid``, also the server's CPU time per request (``cpu_us``), which a
-    busy, shared machine disturbs far less than throughput."""
+    busy, shared machine disturbs far less than throughput. With ``mix`` (a path), each
+    connection alternates the request given with ``every`` GETs of that path."""
+    mixing = "" if mix is None else MIX_LUA.format(path=mix, every=every)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA.format(method=method, body=json.dumps(body), key=key, expect=expect))
+        script.write(
+            LUA.format(method=method, body=json.dumps(body), key=key, expect=expect, mix=mixing)
+        )
     cmd = [
         "wrk",
         f"-t{threads}",
@@ -221,7 +244,9 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
         "in-process worker on; the instant sandbox renders each task on these same cores",
     ),
 }
-ENDPOINTS = ("bare", "create", "record")
+ENDPOINTS = ("bare", "create", "record", "mixed")
+#: the mixed run: one createTask, then this many recordInfo of the polled task, and again
+MIXED_POLLS = 3
 
 
 def throughput(
@@ -256,6 +281,15 @@ def throughput(
                 "body": json.dumps(BODY),
             },
             "record": {"url": f"{base}/api/v1/jobs/recordInfo?taskId={task}"},
+            # Every create commits, so the polls around it read the task again: what a busy
+            # server's recordInfo costs when nothing can be answered from memory for long.
+            "mixed": {
+                "url": f"{base}/api/v1/jobs/createTask",
+                "method": "POST",
+                "body": json.dumps(BODY),
+                "mix": f"/api/v1/jobs/recordInfo?taskId={task}",
+                "every": MIXED_POLLS,
+            },
         }
         # interleaved, so drift on this shared machine hits each endpoint alike
         for _ in range(args.rounds):
@@ -286,7 +320,7 @@ def report(results: dict[str, list[dict[str, float]]], state: str) -> None:
     for name in ENDPOINTS:
         rps, cpu = med(name, "rps"), med(name, "cpu_us")
         bad = sum(r["bad"] for r in results[name])
-        label = f"record ({state})" if name == "record" else name
+        label = {"record": f"record ({state})", "mixed": f"mixed (1:{MIXED_POLLS})"}.get(name, name)
         print(
             f"{label:<18}{rps:>10.0f}{rps / bare:>8.2f}{med(name, 'p50_ms'):>9.2f}"
             f"{med(name, 'p99_ms'):>9.2f}{bad:>8.0f}{cpu:>12.0f}{bare_cpu / cpu:>11.2f}"

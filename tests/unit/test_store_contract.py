@@ -812,6 +812,46 @@ async def test_sqlite_reads_see_other_processes_commits_from_the_next_loop_turn(
     assert failures == []
 
 
+async def test_sqlite_poll_answers_are_kept_only_while_the_database_is_unchanged(
+    tmp_path: Path,
+) -> None:
+    """``poll_task`` hands out the same view while nothing changed, and a fresh one after any
+    commit: another process's from the next loop turn, this store's own at once."""
+    import sqlite3
+
+    db = tmp_path / "seedbed.db"
+    store = SqlStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        await add_key(store, "10")
+        first, second = await create(store), await create(store)
+        kept = await store.poll_task(second.id)
+        assert kept is not None and kept.queue_position == 1
+        await asyncio.sleep(0)
+        assert await store.poll_task(second.id) is kept  # a later turn, nothing changed
+        assert await store.poll_task("0" * 32) is None
+
+        elsewhere = sqlite3.connect(db, isolation_level=None)
+        try:
+            elsewhere.execute("UPDATE tasks SET progress = 40 WHERE id = ?", (second.id,))
+        finally:
+            elsewhere.close()
+        assert await store.poll_task(second.id) is kept  # this turn's snapshot predates it
+        await asyncio.sleep(0)
+        seen = await store.poll_task(second.id)
+        assert seen is not None and seen.progress == 40 and seen.queue_position == 1
+
+        # this store's own commit: the first task leaves the queue, the second moves up
+        assert await store.claim(worker_id="w", models=None, lease_seconds=60) is not None
+        await store.start_generating(first.id, worker_id="w")
+        moved = await store.poll_task(second.id)
+        assert moved is not None and moved.queue_position == 0
+        ahead = await store.poll_task(first.id)
+        assert ahead is not None and ahead.state is TaskState.GENERATING
+    finally:
+        await store.close()
+
+
 async def test_sql_store_keeps_its_data_across_reopening(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'deep' / 'dir' / 'seedbed.db'}"  # parents created
     store = SqlStore(url)

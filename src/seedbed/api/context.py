@@ -24,7 +24,7 @@ from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
 
-__all__ = ["Context", "FinishedTasks", "FlagsCache", "KeyCache", "context"]
+__all__ = ["Context", "FlagsCache", "KeyCache", "Records", "context"]
 
 
 class FlagsCache:
@@ -82,38 +82,45 @@ class KeyCache:
         return key
 
 
-class FinishedTasks:
-    """The last finished tasks, by id: a finished task never changes, so it need not be read
-    again (clients poll until done, then often once more, and their callbacks' receivers too).
+class Records:
+    """recordInfo's reads and answers, kept while they hold.
+
+    A finished task never changes, so it is read only once (clients poll until done, then
+    often once more, and their callbacks' receivers too). Each answer is serialised once per
+    view of the task: the store hands out the same view object while the task, and the queue
+    ahead of it, are unchanged (see ``SqlStore.poll_task``), and a finished task's for good.
     """
 
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._tasks: OrderedDict[str, TaskView] = OrderedDict()
-        #: recordInfo answers already serialised, by (task id, base URL of its result links)
-        self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._finished: OrderedDict[str, TaskView] = OrderedDict()
+        #: answers already serialised, by (task id, base URL of its result links), with the
+        #: view each was rendered from
+        self._bodies: OrderedDict[tuple[str, str], tuple[TaskView, bytes]] = OrderedDict()
 
     def body(self, task: TaskView, base_url: str, render: Callable[[], bytes]) -> bytes:
-        """The finished task's recordInfo answer, rendered once."""
+        """The recordInfo answer for this view of the task, rendered once."""
         key = (task.id, base_url)
         found = self._bodies.get(key)
-        if found is None:
-            found = self._bodies[key] = render()
-            if len(self._bodies) > self.MAX_ENTRIES:
-                self._bodies.popitem(last=False)
-        return found
+        if found is not None and found[0] is task:
+            return found[1]
+        body = render()
+        self._bodies[key] = (task, body)
+        if found is None and len(self._bodies) > self.MAX_ENTRIES:
+            self._bodies.popitem(last=False)
+        return body
 
     async def poll(self, task_id: str, store: Store) -> TaskView | None:
         """The task as :meth:`Store.poll_task` gives it; a finished task is read only once."""
-        found = self._tasks.get(task_id)
+        found = self._finished.get(task_id)
         if found is not None:
             return found
         found = await store.poll_task(task_id)
         if found is not None and found.state.is_terminal:
-            self._tasks[task_id] = found
-            if len(self._tasks) > self.MAX_ENTRIES:
-                self._tasks.popitem(last=False)
+            self._finished[task_id] = found
+            if len(self._finished) > self.MAX_ENTRIES:
+                self._finished.popitem(last=False)
         return found
 
 
@@ -131,7 +138,7 @@ class Context:
     links: Links
     feed: TaskFeed
     limiter: RateLimiter = field(default_factory=RateLimiter)
-    finished: FinishedTasks = field(default_factory=FinishedTasks)
+    records: Records = field(default_factory=Records)
     #: wakes the callback dispatcher (this process's, and those of other processes here)
     callback_wakeup: Wakeup = field(default_factory=Wakeup)
     #: how user URLs' host names are resolved (tests put a stub here)

@@ -199,15 +199,12 @@ async def record_info(request: Request) -> Response:
     task_id = _task_id_param(request)
     if not task_id:
         raise errors.MissingParameter("taskId parameter is required")
-    task = await ctx.finished.poll(task_id, ctx.store)
+    task = await ctx.records.poll(task_id, ctx.store)
     if task is None or task.key_id != key.id:
         raise errors.TaskNotFound()
     base_url = ctx.base_url(request)
-    if task.state.is_terminal:
-        # A finished task's answer never changes: serialise it once.
-        render = partial(_record_body, task, base_url, None)
-        return envelope.raw(ctx.finished.body(task, base_url, render))
-    return envelope.raw(_record_body(task, base_url, task.queue_position))
+    render = partial(_record_body, task, base_url, task.queue_position)
+    return envelope.raw(ctx.records.body(task, base_url, render))
 
 
 def _task_id_param(request: Request) -> str | None:
