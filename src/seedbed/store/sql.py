@@ -201,6 +201,7 @@ class SqlStore:
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None
+        self._polls = _PollCache()  # a new connection numbers its data versions anew
         if runner is not None:
             await runner.close()
 
