@@ -14,6 +14,8 @@ Starts ``seedbed serve`` (one process, SQLite, sandbox engine) on loopback and d
     512x512 JPEG per task (about 8 ms of CPU) on the same two cores as the server and wrk.
     Behind thousands of creates a second it never catches up, so it uses every spare cycle.
 
+* a mixed run: one createTask, then three recordInfo, polling 32 tasks in turn; each create
+  commits, after which the polls read their tasks from the database again;
 * createTask answered → state ``generating``, polled as fast as one client can;
 * start-up to ready, idle resident memory, and that torch is not imported.
 
@@ -138,14 +140,17 @@ end
 """
 
 
-#: with ``mix``: each connection sends ``wrk.body`` to ``wrk.path`` (the POST), then as many
-#: GETs of ``mix`` as ``every`` says, and again
+#: with ``mix``: the polls of ``mix`` in turn, a POST of ``wrk.body`` before every ``every``
+#: of them, and again (wrk calls ``request`` for each request of every connection)
 MIX_LUA = """
+local polls = {paths}
 local requests = {{}}
 function request()
   if #requests == 0 then
-    table.insert(requests, wrk.format())
-    for i = 1, {every} do table.insert(requests, wrk.format("GET", "{path}", nil, "")) end
+    for i, path in ipairs(polls) do
+      if (i - 1) % {every} == 0 then table.insert(requests, wrk.format()) end
+      table.insert(requests, wrk.format("GET", path, nil, ""))
+    end
     turn = 0
   end
   turn = turn % #requests + 1
@@ -171,13 +176,14 @@ def wrk(
     conns: int = 32,
     pid: int | None = None,
     threads: int = 1,
-    mix: str | None = None,
+    mix: list[str] | None = None,
     every: int = 1,
 ) -> dict[str, float]:
     """One wrk run; with ``pid``, also the server's CPU time per request (``cpu_us``), which a
-    busy, shared machine disturbs far less than throughput. With ``mix`` (a path), each
-    connection alternates the request given with ``every`` GETs of that path."""
-    mixing = "" if mix is None else MIX_LUA.format(path=mix, every=every)
+    busy, shared machine disturbs far less than throughput. With ``mix`` (paths), GETs of
+    those paths in turn, and the request given before every ``every`` of them."""
+    paths = "{" + ", ".join(json.dumps(path) for path in mix or ()) + "}"
+    mixing = "" if mix is None else MIX_LUA.format(paths=paths, every=every)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             LUA.format(method=method, body=json.dumps(body), key=key, expect=expect, mix=mixing)
@@ -245,8 +251,10 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 ENDPOINTS = ("bare", "create", "record", "mixed")
-#: the mixed run: one createTask, then this many recordInfo of the polled task, and again
+#: the mixed run: one createTask, then this many recordInfo, and again, polling this many
+#: tasks in turn (a busy server's clients poll their own tasks, not all the same one)
 MIXED_POLLS = 3
+MIXED_TASKS = 32
 
 
 def throughput(
@@ -272,6 +280,10 @@ def throughput(
                 if state in ("success", "fail") or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
+            polled = [task] + [
+                client.post("/api/v1/jobs/createTask", json=BODY).json()["data"]["taskId"]
+                for _ in range(MIXED_TASKS - 1)
+            ]
         results: dict[str, list[dict[str, float]]] = {name: [] for name in ENDPOINTS}
         runs: dict[str, dict[str, Any]] = {
             "bare": {"url": f"{base}/healthz", "expect": '"status":"ok"'},
@@ -281,13 +293,13 @@ def throughput(
                 "body": json.dumps(BODY),
             },
             "record": {"url": f"{base}/api/v1/jobs/recordInfo?taskId={task}"},
-            # Every create commits, so the polls around it read the task again: what a busy
-            # server's recordInfo costs when nothing can be answered from memory for long.
+            # Every create commits, so the polls after it read their tasks again: what a
+            # busy server's recordInfo costs when little can be answered from memory.
             "mixed": {
                 "url": f"{base}/api/v1/jobs/createTask",
                 "method": "POST",
                 "body": json.dumps(BODY),
-                "mix": f"/api/v1/jobs/recordInfo?taskId={task}",
+                "mix": [f"/api/v1/jobs/recordInfo?taskId={one}" for one in polled],
                 "every": MIXED_POLLS,
             },
         }
