@@ -11,6 +11,7 @@
     │   └── TaskNotFound            422  unknown or foreign taskId ("recordInfo is null")
     ├── RateLimited                 429  request rate or open-task cap (carries Retry-After)
     ├── Maintenance                 455  maintenance mode: no new tasks
+    ├── StorageFull                 500  the server cannot store files now (disk full, read-only)
     └── ModelUnavailable            505  model disabled or not served by any engine
 
 Task failures (``failCode`` on a task, not an HTTP answer) are separate: ``TaskFailure`` and
@@ -29,6 +30,7 @@ __all__ = [
     "ModelUnavailable",
     "RateLimited",
     "SeedbedError",
+    "StorageFull",
     "TaskFailure",
     "TaskNotFound",
     "Unauthorized",
@@ -94,6 +96,12 @@ class Maintenance(SeedbedError):
     """The service is under maintenance; no new tasks are accepted"""
 
     code = 455
+
+
+class StorageFull(SeedbedError):
+    """Storage is full: the server cannot store files right now; try again later"""
+
+    code = 500
 
 
 class ModelUnavailable(SeedbedError):
