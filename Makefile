@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck unit bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ unit: $(STAMP)
 
 bench: $(STAMP)  ## the API benchmark (figures go in docs/benchmarks.md)
 	$(BIN)/python bench/api_bench.py
+
+fuzz: $(STAMP)  ## the long schemathesis run (make test runs a short one); SEEDBED_FUZZ_EXAMPLES=N
+	SEEDBED_FUZZ_EXAMPLES=$${SEEDBED_FUZZ_EXAMPLES:-500} $(BIN)/pytest tests/integration/test_fuzz.py -p no:cacheprovider -q --timeout=3600
 
 clean:
 	rm -rf $(VENV) seedbed-data .pytest_cache .mypy_cache .ruff_cache

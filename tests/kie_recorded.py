@@ -57,3 +57,14 @@ CALLBACK_FAIL = (
     '"data":{"taskId":"bd8f0e58d58a6cb69e5c6a55170398da","model":"seedream/4.5-edit","state":"fail","param":"{}",'
     '"failCode":"400","failMsg":"content policy","costTime":89,"creditsConsumed":0}}'
 )
+
+#: base64 uploads as real kie.ai took them (file-base64-upload recordings): a plain-text file
+#: and a 70-byte PNG that Pillow cannot decode (its IHDR checksum is wrong); both answered 200
+UPLOAD_TEXT_REQUEST = '{"base64Data":"SGVsbG8gV29ybGQ=","uploadPath":"documents/test-uploads","fileName":"test.txt"}'
+
+UPLOAD_TEXT = '{"success":true,"code":200,"msg":"File uploaded successfully","data":{"success":true,"fileName":"test.txt","filePath":"kieai/136592/documents/test-uploads/test.txt","downloadUrl":"https://tempfile.redpandaai.co/kieai/136592/documents/test-uploads/test.txt","fileSize":11,"mimeType":"text/plain","uploadedAt":"2026-04-16T07:19:10.400Z"}}'
+
+UPLOAD_PNG_REQUEST = '{"base64Data":"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFCcSAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==","uploadPath":"images/test-uploads","fileName":"test-base64.png","mimeType":"image/png"}'
+
+#: file-stream-upload (wan-27-i2v recording): an ``uploadPath`` with a dot, made a folder
+UPLOAD_DOTTED_FOLDER = '{"success":true,"code":200,"msg":"File uploaded successfully","data":{"success":true,"fileName":"1775638903493-8uhskrvrrtt.jpg","filePath":"kieai/136592/uploads/1775638903039_cat1.jpg/1775638903493-8uhskrvrrtt.jpg","downloadUrl":"https://tempfile.redpandaai.co/kieai/136592/uploads/1775638903039_cat1.jpg/1775638903493-8uhskrvrrtt.jpg","fileSize":83558,"mimeType":"image/jpeg","uploadedAt":"2026-04-08T09:01:43.780Z"}}'

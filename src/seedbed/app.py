@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from seedbed import __version__, errors, netguard
@@ -226,7 +226,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         error = errors.SeedbedError(str(exc.detail))
         error.code = exc.status_code
-        return envelope.error_response(error)
+        # Starlette's 405 carries the route's ``Allow`` (RFC 9110); keep what it sets.
+        return envelope.error_response(error, exc.headers)
+
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client left mid-body (or httpguard cut off a too-slow one): nobody reads this
+        # answer, and a stream of such clients must not fill the log with tracebacks.
+        log.debug("client gone on %s %s", request.method, request.url.path)
+        return envelope.error_response(errors.ValidationFailed("body: the client disconnected"))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Logged with its traceback by the server; the client never sees internals.
@@ -235,4 +242,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(errors.SeedbedError, on_seedbed_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)

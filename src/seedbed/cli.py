@@ -135,8 +135,6 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the API server (with a worker inside, unless --no-worker)."""
-    import uvicorn
-
     from seedbed.app import create_app
 
     settings = _settings(
@@ -154,20 +152,10 @@ def serve(
         application = create_app(settings)
     except ValueError as exc:
         _fail(str(exc))
-    from seedbed.server import GracefulServer
+    from seedbed.server import GracefulServer, uvicorn_config
 
     server = GracefulServer(
-        uvicorn.Config(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=None,  # uvicorn's records go through seedbed's handler (JSON, redacted)
-            access_log=access_log,
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=30,
-        ),
+        uvicorn_config(application, settings, access_log=access_log),
         on_signal=application.state.ctx.begin_shutdown,
     )
     server.run()

@@ -131,6 +131,25 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, description="largest JSON request body accepted (413 above)"
     )
+    max_header_bytes: int = Field(
+        65_536, gt=0, description="request line and headers of one request, bytes (431 above)"
+    )
+    max_header_count: int = Field(100, gt=0, description="headers of one request (431 above)")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a request's line and headers may take from its first byte, or "
+        "from the connection's opening (408, connection closed)",
+    )
+    body_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds of grace for a request body; past them it must have averaged "
+        "body_min_rate (408, connection closed)",
+    )
+    body_min_rate: float = Field(
+        4096.0, gt=0, description="bytes per second a request body must average after its grace"
+    )
     log_level: str = "info"
     log_json: bool | None = Field(
         None, description="JSON log lines; default: JSON unless stderr is a terminal"

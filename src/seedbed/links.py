@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from seedbed.storage.local import is_valid_key
 
@@ -28,6 +28,7 @@ __all__ = [
     "UPLOADS",
     "Links",
     "OwnUrl",
+    "file_path",
     "load_or_create_secret",
 ]
 
@@ -35,6 +36,13 @@ RESULTS = "results/"
 UPLOADS = "uploads/"
 SECRET_FILE = "server-secret"
 _FILES_PATH = re.compile(r"^/files/(?P<key>.+)$")
+
+
+def file_path(key: str) -> str:
+    """``/files/<key>``, the key percent-encoded: an upload's folders and name may hold spaces,
+    ``#``, ``?``, ``%`` or any Unicode. Results' keys have none of these and come out as they are.
+    """
+    return "/files/" + quote(key, safe="/")
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -87,8 +95,10 @@ class Links:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def signed_url(self, base_url: str, key: str, expires: int) -> str:
-        """``<base>/files/<key>?expires=<Unix s>&signature=<hex>``."""
-        return f"{base_url}/files/{key}?expires={expires}&signature={self._signature(key, expires)}"
+        """``<base>/files/<key>?expires=<Unix s>&signature=<hex>`` (the key percent-encoded,
+        the signature over the key itself)."""
+        signature = self._signature(key, expires)
+        return f"{base_url}{file_path(key)}?expires={expires}&signature={signature}"
 
     def signature_valid(self, key: str, expires: int, signature: str, now: float) -> bool:
         """A signature this server made for ``key`` and ``expires``, not yet expired."""
@@ -118,7 +128,10 @@ class Links:
         match = _FILES_PATH.match(parts.path)
         if match is None:
             return None
-        key = match["key"]
+        try:
+            key = unquote(match["key"], errors="strict")
+        except UnicodeDecodeError:
+            return None
         if not key.startswith((RESULTS, UPLOADS)) or not is_valid_key(key):
             return None
         expires: int | None = None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import kie_recorded as rec
 from conftest import FileServer, LiveServer, auth
 from images_util import jpeg_bytes, png_bytes
 
@@ -97,12 +98,16 @@ def test_each_upload_endpoint_feeds_an_edit_task_whose_render_shows_it(
 def test_same_file_name_overwrites_and_names_follow_the_content(server: LiveServer) -> None:
     key, _ = server.add_key()
     first = _ok(_upload_stream(server, key, png_bytes(10, 10), uploadPath="a", fileName="x.png"))
-    second = _ok(_upload_stream(server, key, png_bytes(20, 20), uploadPath="/a/", fileName="x.png"))
+    second = _ok(_upload_stream(server, key, png_bytes(20, 20), uploadPath="a", fileName="x.png"))
     assert first["downloadUrl"] == second["downloadUrl"] and first["fileName"] == "x.png"
     assert server.client.get(second["downloadUrl"]).content == png_bytes(20, 20)
-    # the content decides the type, not the name or the declared type
+    # the content decides the type, not the name or the declared type; the name is kept
     jpeg = _ok(_upload_stream(server, key, jpeg_bytes(), uploadPath="a", fileName="photo.JPEG"))
-    assert (jpeg["fileName"], jpeg["mimeType"]) == ("photo.jpeg", "image/jpeg")
+    assert (jpeg["fileName"], jpeg["mimeType"]) == ("photo.JPEG", "image/jpeg")
+    named_png = _ok(_upload_stream(server, key, png_bytes(), uploadPath="a", fileName="y.jpg"))
+    assert (named_png["fileName"], named_png["mimeType"]) == ("y.jpg", "image/png")
+    served = server.client.get(named_png["downloadUrl"])
+    assert served.headers["content-type"] == "image/png"
     bare = _ok(_upload_stream(server, key, jpeg_bytes(), uploadPath="a", fileName="noext"))
     assert bare["fileName"] == "noext.jpg"
     auto = _ok(_upload_stream(server, key, png_bytes(), uploadPath="a"))
@@ -133,17 +138,9 @@ def test_bad_uploads_answer_kies_errors_and_store_nothing(
     ).json()
     _refused(no_file, 400, "Missing required parameter: file")
     _refused(_upload_stream(server, key, png, uploadPath="a/../b"), 400, "uploadPath: folder '..'")
-    _refused(
-        _upload_stream(server, key, png, uploadPath="a", fileName="x.jpg"),
-        400,
-        "fileName: the extension .jpg does not match the content (image/png)",
-    )
     _refused(_upload_stream(server, key, png, uploadPath="a", fileName="../x.png"), 400, "fileName")
-    _refused(
-        _upload_stream(server, key, b"<html><script>alert(1)</script>", uploadPath="a"),
-        400,
-        "file: not an image",
-    )
+    _refused(_upload_stream(server, key, png, uploadPath="a", fileName=".."), 400, "fileName: '..'")
+    _refused(_upload_stream(server, key, b"", uploadPath="a"), 400, "file: the file is empty")
     _refused(
         _upload_base64(server, key, uploadPath="a"), 400, "Missing required parameter: base64Data"
     )
@@ -245,3 +242,204 @@ def test_edit_input_pointing_at_a_missing_own_file_is_refused(
     body = {"model": "seedream/4.5-edit", "input": {"prompt": "x", "image_urls": [url]}}
     answer = server.create(key, body)
     assert answer["code"] == 422 and answer["msg"].startswith("input.image_urls[0]: no such file")
+
+
+# -- any file, as kie takes it (issue 13 #1) -----------------------------------------------------
+def test_kies_recorded_uploads_of_a_text_file_and_an_undecodable_png_are_stored(
+    server: LiveServer,
+) -> None:
+    key, _ = server.add_key()
+    for request, answer in (
+        (rec.UPLOAD_TEXT_REQUEST, rec.UPLOAD_TEXT),
+        (rec.UPLOAD_PNG_REQUEST, rec.UPLOAD_BASE64),
+    ):
+        body = json.loads(request)
+        ours = _ok(_upload_base64(server, key, **body))
+        kies = json.loads(answer)["data"]
+        for field in ("fileName", "fileSize", "mimeType"):
+            assert ours[field] == kies[field], (field, ours, kies)
+        assert ours["filePath"].endswith(kies["filePath"].split("/", 2)[2])  # after kieai/<id>/
+        served = server.client.get(ours["downloadUrl"])
+        assert served.status_code == 200
+        assert served.content == base64.b64decode(body["base64Data"])
+    # the text file is served as text, never sniffed into anything else by a browser
+    text = server.client.get(
+        _ok(_upload_base64(server, key, **json.loads(rec.UPLOAD_TEXT_REQUEST)))["downloadUrl"]
+    )
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    assert text.headers["x-content-type-options"] == "nosniff"
+    assert "content-disposition" not in text.headers
+
+
+#: (content, fileName, mimeType in the answer, Content-Type served, served as an attachment)
+SERVED = [
+    (png_bytes(), "p.png", "image/png", "image/png", False),
+    (jpeg_bytes(), "photo.html", "image/jpeg", "image/jpeg", False),  # the name is not the type
+    (b"plain words\n", "notes.txt", "text/plain", "text/plain; charset=utf-8", False),
+    (b'{"a": [1, 2]}', "data.json", "application/json", "application/json", False),
+    (
+        b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>",
+        "page.html",
+        "text/html",
+        "application/octet-stream",
+        True,
+    ),
+    (
+        b"<html><script>alert(1)</script>",
+        "innocent.png",
+        "text/html",
+        "application/octet-stream",
+        True,
+    ),
+    (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+        "logo.svg",
+        "image/svg+xml",
+        "application/octet-stream",
+        True,
+    ),
+    (b"<note><to>you</to></note>", None, "text/plain", "text/plain; charset=utf-8", False),
+    (b"%PDF-1.7\n...", "doc.pdf", "application/pdf", "application/octet-stream", True),
+    (bytes(range(256)) * 4, "blob", "application/octet-stream", "application/octet-stream", True),
+]
+
+
+@pytest.mark.parametrize(("content", "name", "mime", "served_as", "attachment"), SERVED)
+def test_any_file_is_stored_and_served_so_that_it_cannot_run_in_a_browser(
+    server: LiveServer,
+    content: bytes,
+    name: str | None,
+    mime: str,
+    served_as: str,
+    attachment: bool,
+) -> None:
+    key, _ = server.add_key()
+    fields = {"uploadPath": "any"} | ({"fileName": name} if name else {})
+    data = _ok(_upload_stream(server, key, content, **fields))
+    assert data["mimeType"] == mime and data["fileSize"] == len(content)
+    got = server.client.get(data["downloadUrl"])
+    assert got.status_code == 200 and got.content == content
+    assert got.headers["content-type"] == served_as
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in got.headers["content-security-policy"]
+    disposition = got.headers.get("content-disposition", "")
+    assert disposition.startswith("attachment") == attachment, disposition
+
+
+def test_an_uploaded_file_that_is_not_a_usable_image_fails_the_task_naming_its_index(
+    server: LiveServer,
+) -> None:
+    key, _ = server.add_key(credits=100)
+    good = _ok(_upload_stream(server, key, png_bytes(300, 200), uploadPath="in"))
+    text = _ok(_upload_base64(server, key, **json.loads(rec.UPLOAD_TEXT_REQUEST)))
+    broken = _ok(_upload_base64(server, key, **json.loads(rec.UPLOAD_PNG_REQUEST)))
+    for bad, reason in ((text, "not an image"), (broken, "image could not be decoded")):
+        body = {
+            "model": "seedream/5-lite-image-to-image",
+            "input": {
+                "prompt": "two swatches",
+                "image_urls": [good["downloadUrl"], bad["downloadUrl"]],
+            },
+        }
+        created = server.create(key, body)
+        assert created["code"] == 200, created
+        record = server.wait(key, created["data"]["taskId"])
+        assert record["state"] == "fail" and record["failCode"] == "400", record
+        assert record["failMsg"].startswith(f"input.image_urls[1]: {reason}"), record
+    assert server.balance(key) == 100  # both holds released
+
+
+# -- uploadPath: what kie allows, and only what is unsafe refused (issue 13 #2) ------------------
+ALLOWED_PATHS = [
+    "uploads/1775638903039_cat1.jpg",  # real kie.ai made this a folder
+    "a.b/c.d/e",
+    "..hidden/x..y/...",
+    ".config",
+    "with space/and (parens)",
+    "ünïcödé/写真/🐱",
+    "100%/#not-a-fragment/?not-a-query&x=1",
+    "a+b=c;d,e@f!g$h'i~j[k]",
+    "/".join(["d"] * 40),
+    "x" * 255,
+]
+REFUSED_PATHS = [
+    ("/absolute", "must not start with '/'"),
+    ("//twice", "must not start with '/'"),
+    ("a//b", "folder '' is empty"),
+    ("a/", "folder '' is empty"),
+    (".", "folder '.' is not allowed"),
+    ("a/./b", "folder '.' is not allowed"),
+    ("..", "folder '..' is not allowed"),
+    ("a/../../b", "folder '..' is not allowed"),
+    ("a\\b", "contains a backslash"),
+    ("..\\..\\etc", "contains a backslash"),
+    ("a\x00b", "contains the control character '\\x00'"),
+    ("a\nb", "contains the control character '\\n'"),
+    ("tab\there", "contains the control character '\\t'"),
+    ("del\x7f", "contains the control character '\\x7f'"),
+    ("c1\x85", "contains the control character '\\x85'"),
+    ("x" * 256, "is longer than 255 bytes"),
+    ("é" * 128, "is longer than 255 bytes"),
+    ("/".join(["abcdefghij"] * 47), "at most 512 bytes long"),
+]
+
+
+@pytest.mark.parametrize("upload_path", ALLOWED_PATHS)
+def test_upload_paths_kie_allows_are_stored_served_signed_and_usable(
+    server: LiveServer, upload_path: str
+) -> None:
+    key, _ = server.add_key(credits=100)
+    image = png_bytes(300, 200, (4, 250, 6))
+    data = _ok(
+        _upload_base64(
+            server,
+            key,
+            base64Data=base64.b64encode(image).decode(),
+            uploadPath=upload_path,
+            fileName="in put #1.png",
+        )
+    )
+    assert data["filePath"].split("/", 2)[2] == f"{upload_path}/in put #1.png"
+    assert server.client.get(data["downloadUrl"]).content == image
+    signed = server.client.post(
+        "/api/v1/common/download-url", json={"url": data["downloadUrl"]}, headers=auth(key)
+    ).json()
+    assert signed["code"] == 200, signed
+    assert server.client.get(signed["data"]).content == image
+    # an own URL: read from storage by the worker, whatever characters it holds
+    body = {
+        "model": "seedream/4.5-edit",
+        "input": {"prompt": "x", "image_urls": [data["downloadUrl"]]},
+    }
+    created = server.create(key, body)
+    assert created["code"] == 200, created
+    assert server.wait(key, created["data"]["taskId"])["state"] == "success"
+
+
+@pytest.mark.parametrize(("upload_path", "msg"), REFUSED_PATHS)
+def test_unsafe_upload_paths_are_refused_saying_why(
+    server: LiveServer, upload_path: str, msg: str
+) -> None:
+    key, _ = server.add_key()
+    answer = _upload_base64(server, key, base64Data="SGVsbG8=", uploadPath=upload_path)
+    _refused(answer, 400, f"uploadPath: {msg}" if "'/'" in msg or "512" in msg else msg)
+    assert answer["msg"].startswith("uploadPath: ")
+    assert not (server.settings.files_dir / "uploads").exists()
+
+
+def test_a_folder_where_a_file_is_and_a_file_where_a_folder_is_are_refused(
+    server: LiveServer,
+) -> None:
+    key, _ = server.add_key()
+    _ok(_upload_base64(server, key, base64Data="SGVsbG8=", uploadPath="a", fileName="b.txt"))
+    _refused(
+        _upload_base64(server, key, base64Data="SGVsbG8=", uploadPath="a/b.txt", fileName="c"),
+        400,
+        "clashes with an earlier upload",
+    )
+    _ok(_upload_base64(server, key, base64Data="SGVsbG8=", uploadPath="x/y.txt", fileName="z"))
+    _refused(
+        _upload_base64(server, key, base64Data="SGVsbG8=", uploadPath="x", fileName="y.txt"),
+        400,
+        "clashes with an earlier upload",
+    )

@@ -1,4 +1,10 @@
-"""Reading request bodies with a size cap, and parsing JSON into kie's 422s."""
+"""Reading request bodies with a size cap, and parsing JSON into kie's 422s.
+
+A parsed body is also held to a nesting depth (``MAX_JSON_DEPTH``): orjson parses up to 1,024
+levels but serialises only up to 254, and createTask serialises what it accepts (the stored
+``param``, the idempotency hash). Refusing deep bodies at parse time keeps every later
+``orjson.dumps`` of an accepted body from raising.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,11 @@ from starlette.requests import ClientDisconnect, Request
 
 from seedbed import errors
 
-__all__ = ["parse_json_object", "read_body"]
+__all__ = ["MAX_JSON_DEPTH", "parse_json_object", "read_body"]
+
+#: deepest nesting of arrays and objects accepted in a JSON body; the body object is level 1,
+#: so createTask's ``input`` may itself be 63 levels deep. orjson serialises up to 254.
+MAX_JSON_DEPTH = 64
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -35,14 +45,50 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, or ``ValidationFailed`` (422) saying which rule it broke."""
     if not raw.strip():
         raise errors.ValidationFailed("body: a JSON object is required")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if exc.msg == "depth limit exceeded":  # orjson's own cap, 1,024 levels
+            raise errors.ValidationFailed(_too_deep("body")) from exc
         raise errors.ValidationFailed(
             f"body: not valid JSON ({exc.msg} at position {exc.pos})"
         ) from exc
     if not isinstance(value, dict):
         raise errors.ValidationFailed("body: must be a JSON object")
+    # Fewer brackets than the limit, inside strings or not, cannot nest deeper than it: the
+    # walk runs only for bodies that could (bytes.count is C speed; the walk is Python).
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        for name, field in value.items():
+            if _deeper_than(field, MAX_JSON_DEPTH - 1):
+                raise errors.ValidationFailed(_too_deep(name))
     return value
+
+
+def _too_deep(where: str) -> str:
+    return (
+        f"{where}: nested too deeply: arrays and objects may nest at most {MAX_JSON_DEPTH} "
+        "levels deep in a request body"
+    )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` levels deep (a scalar is
+    level 0, ``[]`` level 1). Iterative: the depth it looks for is what recursion lacks."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -49,10 +50,15 @@ def raw(body: bytes) -> Response:
     return Response(body, status_code=200, media_type="application/json")
 
 
-def error_response(exc: errors.SeedbedError) -> Response:
-    """Business errors travel in ``code`` with HTTP 200, as kie does; a few keep a real status."""
-    headers = None
+def error_response(
+    exc: errors.SeedbedError, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Business errors travel in ``code`` with HTTP 200, as kie does; a few keep a real status.
+
+    ``headers`` go out with the answer (a 405's ``Allow``, RFC 9110 §15.5.6).
+    """
+    extra = dict(headers) if headers else None
     if isinstance(exc, errors.RateLimited):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after + 0.499)))}
+        extra = {**(extra or {}), "Retry-After": str(max(1, round(exc.retry_after + 0.499)))}
     status = _HTTP_STATUS.get(exc.code, 200)
-    return _response({"code": exc.code, "msg": exc.msg, "data": None}, status, headers)
+    return _response({"code": exc.code, "msg": exc.msg, "data": None}, status, extra)

@@ -3,14 +3,19 @@
 Answers use the upload API's own envelope, ``{"success", "code", "msg", "data"}``, with kie's
 messages. An upload is stored at ``uploads/<segment>/<uploadPath>/<fileName>``: the segment is
 secret and fixed per API key, so the same ``uploadPath`` and ``fileName`` overwrite the earlier
-file (kie's rule) and nobody can guess another key's URLs. The content is sniffed from its
-bytes, never from the name or the declared type, and only images are accepted: they are what
-Seedream takes, and a server that hosts no HTML or scripts cannot be used to serve them.
+file (kie's rule) and nobody can guess another key's URLs.
+
+Any file is accepted, as kie's uploads accept any (real kie.ai stores a ``test.txt``, and a PNG
+Pillow cannot decode): whether a file is a usable image is decided when a task uses it as an
+input (the worker's decoding names the input's index). ``mimeType`` is sniffed from the bytes,
+never taken from the name or a declared type (``seedbed.sniff``), and ``/files/`` serves what
+could run in a browser (HTML, SVG, ...) only as an ``application/octet-stream`` attachment.
+Folder and file names follow kie too: anything but what is unsafe on a file system
+(``storage.local.segment_problem``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -26,36 +31,26 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from seedbed import errors, images, netguard
+from seedbed import errors, netguard
 from seedbed.api import auth
 from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
-from seedbed.api.views import file_url
-from seedbed.links import UPLOADS, Links
+from seedbed.links import UPLOADS, Links, file_path
 from seedbed.outbox import FileKind, StoredFile
-from seedbed.storage.base import StoredFileNotFound
+from seedbed.sniff import Sniffed, sniff
+from seedbed.storage.base import StorageConflict, StoredFileNotFound
+from seedbed.storage.local import segment_problem
 from seedbed.tasks import ApiKey
 
-__all__ = ["UPLOAD_TYPES", "router"]
+__all__ = ["MAX_UPLOAD_PATH_BYTES", "router"]
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["uploads"], route_class=LeanRoute)
 
-#: what uploads may be: sniffed format → (MIME type, extension, extensions a name may have)
-UPLOAD_TYPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "JPEG": ("image/jpeg", "jpg", ("jpg", "jpeg")),
-    "PNG": ("image/png", "png", ("png",)),
-    "WEBP": ("image/webp", "webp", ("webp",)),
-    "GIF": ("image/gif", "gif", ("gif",)),
-    "BMP": ("image/bmp", "bmp", ("bmp",)),
-    "TIFF": ("image/tiff", "tiff", ("tif", "tiff")),
-}
-_ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_FILE_NAME = re.compile(r"^(?P<stem>[A-Za-z0-9_-]{1,100})(?:\.(?P<ext>[A-Za-z0-9]{1,5}))?$")
-_MAX_DEPTH = 8
+#: the longest ``uploadPath``, in bytes of UTF-8 (each folder: at most 255)
+MAX_UPLOAD_PATH_BYTES = 512
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,", re.I)
 #: multipart framing and the small fields around the file
 _FORM_OVERHEAD = 64 * 1024
@@ -74,7 +69,7 @@ def _answer(body: dict[str, Any], status: int = 200) -> Response:
 def _failure(exc: errors.SeedbedError) -> Response:
     # kie's upload host answers its own words for a bad key
     msg = "Authentication failed: Invalid API Key" if exc.code == 401 else exc.msg
-    status = exc.code if exc.code in (413, 429) else 200
+    status = exc.code if exc.code in (413, 429, 500) else 200
     return _answer({"success": False, "code": exc.code, "msg": msg}, status)
 
 
@@ -229,17 +224,26 @@ async def _store(
 ) -> Response:
     _check_size(len(data), ctx.settings.upload_max_bytes)
     folder = _clean_path(upload_path)
-    fmt = await asyncio.to_thread(images.sniff_format, data) if data else None
-    if fmt not in UPLOAD_TYPES:
-        what = "an empty file" if not data else "not an image"
-        raise UploadError(f"file: {what}; upload a {_ACCEPTED} image")
-    mime, extension, extensions = UPLOAD_TYPES[fmt]
-    name = _file_name(file_name, extension, extensions, mime)
+    if not data:
+        raise UploadError("file: the file is empty")
+    # the first bytes only, no decoding: cheaper than a thread hop, so it runs here
+    found = sniff(data)
+    name = _file_name(file_name, found)
     storage_key = f"{UPLOADS}{ctx.links.upload_segment(key.id)}/{folder}/{name}"
-    await ctx.storage.put(storage_key, data, mime)
+    try:
+        await ctx.storage.put(storage_key, data, found.mime)
+    except StorageConflict as exc:
+        raise UploadError(
+            f"uploadPath, fileName: {folder}/{name} clashes with an earlier upload "
+            "(a file where a folder is needed, or a folder where the file would go)"
+        ) from exc
     record = await ctx.store.record_file(
         StoredFile(
-            key=storage_key, kind=FileKind.UPLOAD, key_id=key.id, size=len(data), content_type=mime
+            key=storage_key,
+            kind=FileKind.UPLOAD,
+            key_id=key.id,
+            size=len(data),
+            content_type=found.mime,
         )
     )
     uploaded_at = datetime.fromtimestamp(record.created_at / 1000, tz=UTC)
@@ -252,9 +256,9 @@ async def _store(
                 "success": True,
                 "fileName": name,
                 "filePath": storage_key,
-                "downloadUrl": file_url(ctx.base_url(request), storage_key),
+                "downloadUrl": ctx.base_url(request) + file_path(storage_key),
                 "fileSize": len(data),
-                "mimeType": mime,
+                "mimeType": found.mime,
                 "uploadedAt": uploaded_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             },
         }
@@ -280,41 +284,41 @@ def _text_field(value: Any, name: str, *, required: bool = True) -> str:
 
 
 def _clean_path(upload_path: str) -> str:
-    """``uploadPath`` as stored: slashes around it dropped (kie's docs say to leave them off),
-    then one to eight segments of letters, digits, ``-`` and ``_``."""
-    stripped = upload_path.strip("/")
-    if not stripped:
-        raise UploadError("Missing required parameter: uploadPath")
-    segments = stripped.split("/")
-    if len(segments) > _MAX_DEPTH:
-        raise UploadError(f"uploadPath: at most {_MAX_DEPTH} folders deep")
-    for segment in segments:
-        if not _SEGMENT.fullmatch(segment):
-            raise UploadError(
-                f"uploadPath: folder {segment[:64]!r} may contain only letters, digits, "
-                "'-' and '_' (1 to 64 characters)"
-            )
-    return "/".join(segments)
+    """``uploadPath`` as stored: folders separated by ``/``.
+
+    kie accepts more than letters and digits (it made ``uploads/1775638903039_cat1.jpg`` a
+    folder), so only what is unsafe is refused: a leading ``/`` (an absolute path), empty
+    folders (``a//b``, a trailing ``/``), ``.`` and ``..``, backslashes, control characters,
+    folders over 255 bytes and paths over :data:`MAX_UPLOAD_PATH_BYTES`.
+    """
+    if upload_path.startswith("/"):
+        raise UploadError(
+            "uploadPath: must not start with '/': it names folders inside your uploads "
+            "(e.g. images/user-1)"
+        )
+    if len(upload_path.encode(errors="surrogatepass")) > MAX_UPLOAD_PATH_BYTES:
+        raise UploadError(f"uploadPath: at most {MAX_UPLOAD_PATH_BYTES} bytes long")
+    for folder in upload_path.split("/"):
+        problem = segment_problem(folder)
+        if problem is not None:
+            raise UploadError(f"uploadPath: folder {folder[:64]!r} {problem}")
+    return upload_path
 
 
-def _file_name(given: str | None, extension: str, allowed: tuple[str, ...], mime: str) -> str:
-    """The stored name: the given one (its extension must match the content; it is written in
-    lower case), the content's extension added to a name without one, or kie's automatic
+def _file_name(given: str | None, found: Sniffed) -> str:
+    """The stored name: the given one as it is (any extension: the type is the content's), a
+    name without an extension gets the content's, and no name at all kie's automatic
     ``<epochMs>-<base36>.<ext>``."""
     if not given:
-        return f"{int(time.time() * 1000)}-{_base36(secrets.randbits(56))}.{extension}"
-    match = _FILE_NAME.fullmatch(given)
-    if match is None:
-        raise UploadError(
-            "fileName: may contain only letters, digits, '-' and '_', then one extension "
-            "(e.g. photo_1.png; at most 100 characters before the dot)"
-        )
-    ext = (match["ext"] or "").lower()
-    if not ext:
-        return f"{match['stem']}.{extension}"
-    if ext not in allowed:
-        raise UploadError(f"fileName: the extension .{ext} does not match the content ({mime})")
-    return f"{match['stem']}.{ext}"
+        return f"{int(time.time() * 1000)}-{_base36(secrets.randbits(56))}.{found.extension}"
+    if "/" in given:
+        raise UploadError("fileName: may not contain '/' (folders go in uploadPath)")
+    stem, dot, _ = given.rpartition(".")
+    name = given if dot and stem else f"{given}.{found.extension}"
+    problem = segment_problem(name)
+    if problem is not None:
+        raise UploadError(f"fileName: {name[:64]!r} {problem}")
+    return name
 
 
 def _base36(number: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["Storage", "StoredFileNotFound"]
+__all__ = ["Storage", "StorageConflict", "StoredFileNotFound"]
 
 
 class StoredFileNotFound(Exception):
@@ -19,3 +19,7 @@ class Storage(Protocol):
         """Raise ``StoredFileNotFound`` when absent."""
 
     async def delete(self, key: str) -> None: ...
+
+
+class StorageConflict(Exception):
+    """A folder of the key is already a file, or the key itself is already a folder."""

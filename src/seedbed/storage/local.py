@@ -3,26 +3,77 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import re
 import tempfile
 from pathlib import Path
 
-from seedbed.storage.base import StoredFileNotFound
+from seedbed.errors import StorageFull
+from seedbed.storage.base import StorageConflict, StoredFileNotFound
 
-__all__ = ["LocalStorage", "is_valid_key"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_SEGMENT_BYTES",
+    "LocalStorage",
+    "is_valid_key",
+    "segment_problem",
+]
 
-# Keys are made by seedbed itself; the pattern keeps a key read from a URL inside the root.
-_KEY = re.compile(r"^[a-z]+(?:/[A-Za-z0-9_-]+)*/[A-Za-z0-9_-]+\.[a-z0-9]{1,5}$")
+log = logging.getLogger(__name__)
+
+#: the longest name of one file or folder, in bytes of UTF-8 (Linux's NAME_MAX)
+MAX_SEGMENT_BYTES = 255
+#: the longest key, in bytes of UTF-8 (well inside PATH_MAX with any data directory)
+MAX_KEY_BYTES = 1024
+
+#: the first segment names the space (``results``, ``uploads``)
+_SPACE = re.compile(r"^[a-z]+/")
+#: characters no segment may hold: control characters (C0, DEL, C1), lone surrogates (not
+#: encodable) and the backslash (a separator elsewhere). ``/`` separates segments.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\\ud800-\udfff]")
+#: errors that mean the file system is out of space or the quota is used up
+_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def segment_problem(segment: str) -> str | None:
+    """Why ``segment`` cannot be one folder or file name of a key (``"is empty"``, ...), or
+    ``None`` when it can.
+
+    Only what is unsafe or impossible is refused: empty names, ``.`` and ``..`` (they would
+    leave the folder), backslashes, control characters and names over 255 bytes. Dots,
+    spaces and any other Unicode are fine: keys are percent-encoded in URLs.
+    """
+    if not segment:
+        return "is empty (two '/' in a row, or one at the end)"
+    if segment in (".", ".."):
+        return "is not allowed (no '.' or '..' folders)"
+    found = _FORBIDDEN.search(segment)
+    if found is not None:
+        char = found.group()
+        if char == "\\":
+            return "contains a backslash"
+        if "\ud800" <= char <= "\udfff":
+            return "contains a character that is not valid Unicode"
+        return f"contains the control character {char!r}"
+    if len(segment.encode()) > MAX_SEGMENT_BYTES:
+        return f"is longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
 
 
 def is_valid_key(key: str) -> bool:
-    return bool(_KEY.fullmatch(key)) and ".." not in key
+    """A key that stays inside the storage root: ``<space>/<segment>/.../<name>``."""
+    if not _SPACE.match(key) or _FORBIDDEN.search(key) or len(key.encode()) > MAX_KEY_BYTES:
+        return False
+    return all(segment_problem(segment) is None for segment in key.split("/")[1:])
 
 
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # made at once: free-space checks (``shutil.disk_usage``) read it before any file
+        root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         if not is_valid_key(key):
@@ -30,12 +81,24 @@ class LocalStorage:
         return self.root / key
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._write, self.path(key), data)
+        """Store ``data``; ``StorageFull`` when the disk or quota is full (nothing is left
+        behind), ``StorageConflict`` when a folder of the key is a file or the key a folder."""
+        path = self.path(key)
+        try:
+            await asyncio.to_thread(self._write, path, data)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                # the key is not logged: an upload's key holds its owner's secret folder
+                log.warning("storage is full: %d bytes not stored (%s)", len(data), exc.strerror)
+                raise StorageFull() from exc
+            if isinstance(exc, FileExistsError | NotADirectoryError | IsADirectoryError):
+                raise StorageConflict(key) from exc
+            raise
 
     async def read(self, key: str) -> bytes:
         try:
             return await asyncio.to_thread(self.path(key).read_bytes)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise StoredFileNotFound(key) from exc
 
     async def delete(self, key: str) -> None:
