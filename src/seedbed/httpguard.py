@@ -170,8 +170,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) >= self.limits.max_header_count:
             self._refusal = (
                 431,
-                "Request header fields too large: at most "
-                f"{self.limits.max_header_count} headers",
+                f"Request header fields too large: at most {self.limits.max_header_count} headers",
             )
             raise _Refused()
         super().on_header(name, value)
@@ -238,7 +237,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_body_timer(now + self.limits.body_timeout)
             return
         limits = self.limits
-        deadline = self._body_started + limits.body_timeout + self._body_bytes / limits.body_min_rate
+        deadline = (
+            self._body_started + limits.body_timeout + self._body_bytes / limits.body_min_rate
+        )
         if now < deadline:
             self._arm_body_timer(deadline)
             return

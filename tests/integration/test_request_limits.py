@@ -11,9 +11,7 @@ from conftest import LiveServer, auth
 from seedbed.api.body import MAX_JSON_DEPTH
 
 T2I = "seedream/4.5-text-to-image"
-TOO_DEEP = (
-    "nested too deeply: arrays and objects may nest at most 64 levels deep in a request body"
-)
+TOO_DEEP = "nested too deeply: arrays and objects may nest at most 64 levels deep in a request body"
 
 
 def _nested(levels: int) -> bytes:

@@ -50,9 +50,7 @@ def raw(body: bytes) -> Response:
     return Response(body, status_code=200, media_type="application/json")
 
 
-def error_response(
-    exc: errors.SeedbedError, headers: Mapping[str, str] | None = None
-) -> Response:
+def error_response(exc: errors.SeedbedError, headers: Mapping[str, str] | None = None) -> Response:
     """Business errors travel in ``code`` with HTTP 200, as kie does; a few keep a real status.
 
     ``headers`` go out with the answer (a 405's ``Allow``, RFC 9110 §15.5.6).
