@@ -53,6 +53,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.loop_restarts = Counter(
+            "seedbed_loop_restarts",
+            "Background loops (worker, callbacks, retention, feed, health) that died and were "
+            "restarted by the supervisor.",
+            ["loop"],
+            registry=r,
+        )
         self.credits_charged = Counter(
             "seedbed_credits_charged",
             "Credits charged for successful tasks.",

@@ -101,6 +101,10 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
 
+    async def check_writable(self) -> None:
+        """Raise if the store cannot commit a write now (disk full, locked, read-only, its
+        file removed): one small write, for readiness."""
+
     # -- keys and credits ------------------------------------------------------------------
     async def create_key(self, new: NewKey) -> ApiKey: ...
 

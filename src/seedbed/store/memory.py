@@ -153,6 +153,9 @@ class MemoryStore:
     async def ping(self) -> None:
         """Always reachable."""
 
+    async def check_writable(self) -> None:
+        """Always writable."""
+
     # -- keys and credits --------------------------------------------------------------------
     async def create_key(self, new: NewKey) -> ApiKey:
         credits = to_milli(new.credits)

@@ -97,6 +97,8 @@ def _states(*states: str, column: Any = _T.state) -> Any:
 _IS_OPEN = _states(*_OPEN)
 MAINTENANCE = "maintenance"
 DISABLED = "model_disabled:"
+#: the row readiness rewrites to prove the store takes writes (``check_writable``)
+PROBE = "health_probe"
 
 
 #: binds whose type SQLAlchemy cannot infer from a compared column (CASE branches,

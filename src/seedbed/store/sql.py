@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import time
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
@@ -40,6 +42,7 @@ from seedbed.outbox import (
     StoredFile,
     after_attempt,
 )
+from seedbed.private import private_file
 from seedbed.store import outbox_queries as oq
 from seedbed.store import queries as q
 from seedbed.store.base import (
@@ -177,6 +180,8 @@ class SqlStore:
         if self._dialect == "sqlite" and sqlite_path(self._url) is None:
             raise ValueError("SqlStore needs a SQLite file; use memory:// for a throwaway store")
         self._runner: _Runner | None = None
+        #: (device, inode) of the SQLite file when opened: a removed file is noticed
+        self._file_id: tuple[int, int] | None = None
         self._polls = _PollCache()
         self._finish_listeners: list[Callable[[Task], None]] = []
 
@@ -193,6 +198,12 @@ class SqlStore:
     async def open(self) -> None:
         if self._runner is not None:
             return
+        path = sqlite_path(self._url) if self._dialect == "sqlite" else None
+        if path is not None:
+            # Created 0600 before SQLite makes it (its -wal and -shm files copy the mode):
+            # the database holds webhook keys, for no other user of the machine.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file_id = _file_id(private_file(path))
         await asyncio.to_thread(upgrade, self._url.render_as_string(hide_password=False))
         if self._dialect == "sqlite":
             self._runner = SqliteRunner(self._url)
@@ -207,6 +218,19 @@ class SqlStore:
 
     async def ping(self) -> None:
         await self._db.read(_one, q.PING, {})
+
+    async def check_writable(self) -> None:
+        path = sqlite_path(self._url) if self._dialect == "sqlite" else None
+        if path is not None:
+            try:
+                now_id = _file_id(path)
+            except FileNotFoundError:
+                now_id = None
+            if now_id != self._file_id:
+                # SQLite goes on writing to the open, unlinked file: everything written from
+                # now on would be lost at the next start. Say so rather than accept work.
+                raise OSError(errno.ENOENT, "the database file was removed or replaced", str(path))
+        await self._db.write(self._set_flag, q.PROBE, str(self._now()))
 
     # -- keys and credits --------------------------------------------------------------------
     async def create_key(self, new: NewKey) -> ApiKey:
@@ -760,3 +784,8 @@ def _result_file(task: Task, key: str) -> StoredFile:
 
 def _release_leases(conn: Connection, worker_ids: list[str]) -> int:
     return int(execute(conn, q.RELEASE_LEASES, {"p_workers": worker_ids}).rowcount)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return (info.st_dev, info.st_ino)
