@@ -5,7 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -443,3 +449,118 @@ def test_a_folder_where_a_file_is_and_a_file_where_a_folder_is_are_refused(
         400,
         "clashes with an earlier upload",
     )
+
+
+# -- over-long names under /files/ (issue 13 #7) -------------------------------------------------
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of the server thread, uvicorn's own (which do not propagate) too."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "uvicorn.error")]
+    for one in loggers:
+        one.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for one in loggers:
+            one.removeHandler(handler)
+
+
+def test_an_over_long_name_under_files_is_404_without_a_traceback(
+    server: LiveServer, server_log: list[logging.LogRecord]
+) -> None:
+    key, _ = server.add_key(credits=100)
+    folder = _ok(_upload_stream(server, key, png_bytes(), uploadPath="a"))["filePath"]
+    folder = folder.rsplit("/", 1)[0]
+    created = server.create(key, {"model": "bytedance/seedream", "input": {"prompt": "x"}})
+    server.wait(key, created["data"]["taskId"])  # results/ exists: names are looked up in it
+    names = [
+        f"{folder}/{'a' * 256}",
+        f"{folder}/{'a' * 252}.png",  # the old key pattern's form
+        f"{folder}/{'é' * 128}.png",  # 256 bytes
+        f"{folder}/{'d' * 256}/x.png",
+        f"results/{'r' * 300}.png",
+        f"{folder}/" + "/".join(["d" * 200] * 30),
+    ]
+    for name in names:
+        for _ in range(2):
+            got = server.client.get(f"/files/{name}")
+            assert got.status_code == 404, (name, got.text)
+            assert got.json() == {"code": 404, "msg": "Not Found", "data": None}
+    assert not [r for r in server_log if r.exc_info or r.levelno >= logging.ERROR], server_log
+
+
+# -- a full disk (issue 13 #4) -------------------------------------------------------------------
+def test_an_upload_on_a_full_disk_says_storage_is_full_and_leaves_nothing(
+    tmp_path: Path, server_log: list[logging.LogRecord]
+) -> None:
+    if os.geteuid() != 0:
+        # Not root: the same test as root of a user namespace of its own, where mounting a
+        # tmpfs needs no privilege (CI runs as root and takes the branch below).
+        _rerun_in_user_namespace(
+            "test_an_upload_on_a_full_disk_says_storage_is_full_and_leaves_nothing"
+        )
+        return
+    from conftest import make_settings, serve_in_thread
+
+    settings = make_settings(tmp_path)
+    files = settings.files_dir
+    files.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(files)], check=True)
+    try:
+        with serve_in_thread(settings) as server:
+            key, _ = server.add_key()
+            big = os.urandom(600_000)  # two do not fit in 1 MiB
+            first = _ok(_upload_stream(server, key, big, uploadPath="full", fileName="a.bin"))
+            full = server.client.post(
+                "/api/file-stream-upload",
+                files={"file": ("b.bin", big, "application/octet-stream")},
+                data={"uploadPath": "full", "fileName": "b.bin"},
+                headers=auth(key),
+            )
+            assert full.status_code == 500
+            assert full.json() == {
+                "success": False,
+                "code": 500,
+                "msg": "Storage is full: the server cannot store files right now; try again later",
+            }
+            folder = files / first["filePath"].rsplit("/", 1)[0]
+            assert sorted(p.name for p in folder.iterdir()) == ["a.bin"]  # no half-written file
+            # space back (retention, an operator): uploads work again
+            (folder / "a.bin").unlink()
+            _ok(_upload_stream(server, key, big, uploadPath="full", fileName="b.bin"))
+    finally:
+        subprocess.run(["umount", "-l", str(files)], check=False)
+    assert not [r for r in server_log if r.exc_info], "a full disk is no traceback"
+
+
+def _rerun_in_user_namespace(test: str) -> None:
+    done = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            sys.executable,
+            "-m",
+            "pytest",
+            f"{__file__}::{test}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
