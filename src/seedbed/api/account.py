@@ -17,7 +17,11 @@ router = APIRouter(tags=["account"], route_class=LeanRoute)
 
 @router.get("/api/v1/chat/credit")
 async def credit(request: Request) -> Response:
-    """The key's balance: credits available to new tasks (open tasks' holds already deducted)."""
+    """The key's balance: credits available to new tasks (open tasks' holds already deducted).
+
+    Read from the store at each call, never from the key cache: a client that checks its
+    balance right after a createTask, or right after a task ended, sees the hold or the charge.
+    """
     ctx = context(request)
-    key = await auth.authenticate(request, ctx)
+    key = await auth.authenticate(request, ctx, fresh=True)
     return envelope.ok(envelope.json_number(key.balance))

@@ -11,13 +11,15 @@ from seedbed.tasks import ApiKey
 __all__ = ["authenticate", "limit_create", "limit_record"]
 
 
-async def authenticate(request: Request, ctx: Context) -> ApiKey:
+async def authenticate(request: Request, ctx: Context, *, fresh: bool = False) -> ApiKey:
+    """The calling key; ``fresh`` reads it from the store, not the cache (answers that show
+    its balance)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise errors.Unauthorized()
-    key = await ctx.keys.get(keys.hash_key(token))
+    key = await ctx.keys.get(keys.hash_key(token), fresh=fresh)
     if key is None or key.revoked:
         raise errors.Unauthorized()
     return key

@@ -59,7 +59,9 @@ class KeyCache:
 
     A revoked key is refused within ``ttl`` (the ``admin_refresh_seconds`` setting). The
     cached ``open_tasks`` and ``balance`` only serve early answers and messages: the store's
-    own conditional update is what enforces credits and the open-task cap, exactly.
+    own conditional update is what enforces credits and the open-task cap, exactly. An answer
+    that *shows* the balance reads the key with ``fresh=True``: a hold taken or a charge made a
+    moment ago, by this process or another, must show at once.
     """
 
     MAX_ENTRIES = 10_000
@@ -69,11 +71,14 @@ class KeyCache:
         self._ttl = ttl
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
 
-    async def get(self, key_hash: str) -> ApiKey | None:
+    async def get(self, key_hash: str, *, fresh: bool = False) -> ApiKey | None:
+        """The key with this hash (``None``: no such key); ``fresh`` reads the store even
+        when a cached record is young, and keeps what it read."""
         now = time.monotonic()
-        hit = self._entries.get(key_hash)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
+        if not fresh:
+            hit = self._entries.get(key_hash)
+            if hit is not None and now - hit[0] < self._ttl:
+                return hit[1]
         key = await self._store.key_by_hash(key_hash)
         if self._ttl > 0:
             if len(self._entries) >= self.MAX_ENTRIES:
