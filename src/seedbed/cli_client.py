@@ -1,13 +1,15 @@
 """The key's side of the ``seedbed`` command, over HTTP: ``generate``, ``get``, ``balance``.
 
 They talk to a server (seedbed or kie.ai) with ``seedbed.client``, unlike the admin commands,
-which work on the data directory. Where the server and key come from, highest first:
+which work on the data directory. Where the server and key come from, highest first (the
+Python client's own rules, ``seedbed.client.config``):
 
 1. the flags ``--url``, ``--key``, ``--upload-url``;
-2. the environment: ``SEEDBED_URL``, ``SEEDBED_API_KEY``, ``SEEDBED_UPLOAD_URL``;
-3. a TOML file with ``url``, ``api_key``, ``upload_url``: ``--client-config PATH``, else
-   ``SEEDBED_CLIENT_CONFIG``, else ``$XDG_CONFIG_HOME/seedbed/client.toml``
-   (``~/.config/seedbed/client.toml``);
+2. the environment: ``SEEDBED_URL``, ``SEEDBED_API_KEY`` (``KIE_API_KEY`` first when the URL
+   is kie.ai's), ``SEEDBED_UPLOAD_URL``;
+3. a TOML file with ``url``, ``api_key``, ``upload_url`` (any other key is an error):
+   ``--client-config PATH``, else ``SEEDBED_CLIENT_CONFIG``, else
+   ``$XDG_CONFIG_HOME/seedbed/client.toml`` (``~/.config/seedbed/client.toml``);
 4. ``http://127.0.0.1:8000`` and no key.
 
 Failures print one line on stderr and exit 1 (a bad flag: typer's usage message, exit 2);
@@ -17,12 +19,9 @@ Failures print one line on stderr and exit 1 (a bad flag: typer's usage message,
 from __future__ import annotations
 
 import json
-import os
-import tomllib
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -31,10 +30,10 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from seedbed.client import Client, Task
+    from seedbed.client.config import ClientConfig
 
-__all__ = ["ClientConfig", "config_path", "register_client_commands", "resolve_config"]
+__all__ = ["config_path", "register_client_commands", "resolve_config"]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MODEL = "seedream/4.5-text-to-image"
 #: where the CLI's uploads of local reference images go on the server
 UPLOAD_PATH = "seedbed-cli"
@@ -46,46 +45,23 @@ class CliFailure(Exception):
     """A failure to report as one line (exit 1)."""
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    url: str
-    api_key: str | None
-    upload_url: str | None
-
-
 def config_path(explicit: Path | None = None) -> Path:
     """The client config file: the flag, ``SEEDBED_CLIENT_CONFIG``, or the XDG location."""
-    if explicit is not None:
-        return explicit
-    if os.environ.get("SEEDBED_CLIENT_CONFIG"):
-        return Path(os.environ["SEEDBED_CLIENT_CONFIG"])
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "seedbed" / "client.toml"
+    from seedbed.client import config
+
+    return config.config_path(explicit)
 
 
 def resolve_config(
     url: str | None, key: str | None, upload_url: str | None, config_file: Path | None
 ) -> ClientConfig:
     """Flags, then the environment, then the config file, then the defaults."""
-    path = config_path(config_file)
-    stored: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            stored = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CliFailure(f"cannot read the client config {path}: {exc}") from exc
-    elif config_file is not None:
-        raise CliFailure(f"no client config at {path}")
+    from seedbed.client import ConfigError, config
 
-    def pick(flag: str | None, env: str, name: str) -> str | None:
-        value = flag or os.environ.get(env) or stored.get(name)
-        return str(value) if value else None
-
-    return ClientConfig(
-        url=pick(url, "SEEDBED_URL", "url") or DEFAULT_URL,
-        api_key=pick(key, "SEEDBED_API_KEY", "api_key"),
-        upload_url=pick(upload_url, "SEEDBED_UPLOAD_URL", "upload_url"),
-    )
+    try:
+        return config.resolve(url, key, upload_url, config_file=config_file)
+    except ConfigError as exc:
+        raise CliFailure(str(exc)) from exc
 
 
 # -- options every command shares ----------------------------------------------------------
@@ -95,7 +71,11 @@ Url = Annotated[
 ]
 Key = Annotated[
     str | None,
-    typer.Option("--key", help="API key (env SEEDBED_API_KEY).", show_default=False),
+    typer.Option(
+        "--key",
+        help="API key (env SEEDBED_API_KEY; KIE_API_KEY first for kie.ai).",
+        show_default=False,
+    ),
 ]
 UploadUrl = Annotated[
     str | None,

@@ -258,3 +258,14 @@ def test_generate_uploads_a_local_image_to_the_real_server(
     (uploaded,) = json.loads(json.loads(record["param"])["input"])["image_urls"]
     assert uploaded.startswith(f"{running.url}/files/uploads/") and "/seedbed-cli/" in uploaded
     assert httpx.get(uploaded, trust_env=False).content == ref.read_bytes()
+
+
+def test_a_config_file_with_an_unknown_key_is_one_line_not_a_401(tmp_path: Path) -> None:
+    config = tmp_path / ".config" / "seedbed" / "client.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('url = "http://127.0.0.1:9"\napikey = "sb-typo"\n')
+    done = seedbed("balance", home=tmp_path)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"error: client config {config}: unknown key 'apikey' (did you mean 'api_key'?)"
+    )

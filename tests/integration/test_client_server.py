@@ -24,6 +24,7 @@ from seedbed.client import (
     AsyncClient,
     BadRequest,
     Client,
+    ConfigError,
     Generation,
     InsufficientCredits,
     Maintenance,
@@ -43,6 +44,15 @@ from seedbed.client import (
 
 T2I = "seedream/4.5-text-to-image"
 QUICK_RETRY = RetryPolicy(initial=0.05, max_delay=2.0)
+CLIENT_ENV = ("SEEDBED_URL", "SEEDBED_API_KEY", "SEEDBED_UPLOAD_URL", "KIE_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def no_client_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The client reads SEEDBED_* and a config file where it is not told: none here."""
+    for name in CLIENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SEEDBED_CLIENT_CONFIG", str(tmp_path / "no-client-config.toml"))
 
 
 def client_for(server: LiveServer, key: str, **kwargs: Any) -> Client:
@@ -85,6 +95,34 @@ def test_generate_every_model_downloads_images_of_the_contract_size(
         assert len(done.files) >= 2 and all(p.suffix == ".png" for p in done.files[1:])
     assert seen[-1].state is TaskState.SUCCESS and seen[-1].progress == 100
     assert done.task.credits_consumed is not None and done.task.credits_consumed > 0
+
+
+def test_a_client_told_nothing_uses_the_environment_as_the_cli_does(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key, _ = server.add_key(credits="12.5")
+    monkeypatch.setenv("SEEDBED_URL", server.url)
+    monkeypatch.setenv("SEEDBED_API_KEY", key)
+    with Client(trust_env=False) as client:
+        assert client.credits() == Decimal("12.5")
+        uploaded = client.upload(png_bytes(), upload_path="env")
+        assert uploaded.download_url.startswith(server.url + "/files/uploads/")
+
+    async def balance() -> Decimal:
+        async with AsyncClient(trust_env=False) as client:
+            return await client.credits()
+
+    assert asyncio.run(balance()) == Decimal("12.5")
+    # a typo in the config file is reported before anything is sent, not as a 401
+    monkeypatch.delenv("SEEDBED_API_KEY")
+    config = tmp_path / "client.toml"
+    config.write_text('api-key = "' + key + '"\n')
+    monkeypatch.setenv("SEEDBED_CLIENT_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="unknown key 'api-key' \\(did you mean 'api_key'"):
+        Client(trust_env=False)
+    config.write_text('api_key = "' + key + '"\n')
+    with Client(trust_env=False) as client:
+        assert client.credits() == Decimal("12.5")
 
 
 def test_credits_follow_the_charges(server: LiveServer, tmp_path: Path) -> None:

@@ -12,12 +12,27 @@ from rich.console import Console
 
 from seedbed import cli_client
 from seedbed.cli_client import CliFailure, build_input, resolve_config
-from seedbed.client import Task, TaskState
+from seedbed.client import (
+    KIE_BASE_URL,
+    KIE_UPLOAD_URL,
+    AsyncClient,
+    Client,
+    ConfigError,
+    Task,
+    TaskState,
+)
+from seedbed.client.config import ClientConfig
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in ("SEEDBED_URL", "SEEDBED_API_KEY", "SEEDBED_UPLOAD_URL", "SEEDBED_CLIENT_CONFIG"):
+    for name in (
+        "SEEDBED_URL",
+        "SEEDBED_API_KEY",
+        "SEEDBED_UPLOAD_URL",
+        "SEEDBED_CLIENT_CONFIG",
+        "KIE_API_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     return tmp_path
@@ -26,7 +41,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_flags_beat_the_environment_which_beats_the_file(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert resolve_config(None, None, None, None) == cli_client.ClientConfig(
+    assert resolve_config(None, None, None, None) == ClientConfig(
         url="http://127.0.0.1:8000", api_key=None, upload_url=None
     )
     file = clean_env / "xdg" / "seedbed" / "client.toml"
@@ -52,6 +67,89 @@ def test_a_missing_or_broken_config_file_is_reported(clean_env: Path) -> None:
     broken.write_text("url = \n")
     with pytest.raises(CliFailure, match="cannot read the client config"):
         resolve_config(None, None, None, broken)
+
+
+def _config_file(clean_env: Path, text: str) -> Path:
+    file = clean_env / "xdg" / "seedbed" / "client.toml"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text)
+    return file
+
+
+def test_an_unknown_key_in_the_config_file_is_an_error_not_a_silent_401(clean_env: Path) -> None:
+    file = _config_file(clean_env, 'url = "http://file"\napikey = "typo"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'apikey' \(did you mean 'api_key'\?\)"):
+        Client()
+    with pytest.raises(ConfigError, match="unknown key 'apikey'"):
+        AsyncClient()
+    with pytest.raises(CliFailure, match=f"client config {file}: unknown key 'apikey'"):
+        resolve_config(None, None, None, None)
+    file.write_text('colour = "blue"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'colour' \(it may hold url, api_key"):
+        Client()
+    file.write_text("api_key = 12345\n")
+    with pytest.raises(ConfigError, match="api_key must be a string"):
+        Client()
+    # a program that says everything itself does not need the file
+    assert Client("k", base_url="http://x", upload_url="http://y").api_key == "k"
+
+
+def test_the_client_reads_the_environment_and_the_file_like_the_command(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = Client()
+    assert (bare.base_url, bare.api_key, bare.upload_url) == (
+        "http://127.0.0.1:8000",
+        None,
+        "http://127.0.0.1:8000",
+    )
+    _config_file(clean_env, 'url = "http://file:1"\napi_key = "file-key"\n')
+    from_file = Client()
+    assert (from_file.base_url, from_file.api_key, from_file.upload_url) == (
+        "http://file:1",
+        "file-key",
+        "http://file:1",
+    )
+    monkeypatch.setenv("SEEDBED_URL", "http://env:2/")
+    monkeypatch.setenv("SEEDBED_API_KEY", "env-key")
+    monkeypatch.setenv("SEEDBED_UPLOAD_URL", "http://uploads:3")
+    for client in (Client(), AsyncClient()):
+        assert (client.base_url, client.api_key, client.upload_url) == (
+            "http://env:2",
+            "env-key",
+            "http://uploads:3",
+        )
+    given = Client("arg-key", base_url="http://arg:4", upload_url="http://arg:5")
+    assert (given.base_url, given.api_key, given.upload_url) == (
+        "http://arg:4",
+        "arg-key",
+        "http://arg:5",
+    )
+
+
+def test_kies_own_key_variable_is_read_for_kie_only(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KIE_API_KEY", "kie-key")
+    assert Client().api_key is None  # never sent to another server
+    assert Client(base_url="http://127.0.0.1:8000").api_key is None
+    for kie in (Client.for_kie(), AsyncClient.for_kie(), Client(base_url=KIE_BASE_URL)):
+        assert (kie.api_key, kie.upload_url) == ("kie-key", KIE_UPLOAD_URL)
+    monkeypatch.setenv("SEEDBED_API_KEY", "seedbed-key")
+    assert Client.for_kie().api_key == "kie-key"  # kie's own variable first, for kie
+    assert Client().api_key == "seedbed-key"
+    assert Client.for_kie("given").api_key == "given"
+    monkeypatch.delenv("KIE_API_KEY")
+    monkeypatch.setenv("SEEDBED_URL", KIE_BASE_URL)  # kie configured the seedbed way
+    kie = Client()
+    assert (kie.base_url, kie.api_key, kie.upload_url) == (
+        KIE_BASE_URL,
+        "seedbed-key",
+        KIE_UPLOAD_URL,
+    )
+    assert resolve_config(None, None, None, None).api_key == "seedbed-key"
+    monkeypatch.setenv("KIE_API_KEY", "kie-key")
+    assert resolve_config(None, None, None, None).api_key == "kie-key"  # the CLI alike
 
 
 def test_build_input_keeps_given_fields_and_refuses_foreign_ones() -> None:

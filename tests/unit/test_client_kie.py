@@ -76,6 +76,14 @@ T2I_INPUT = {
 CREATED = '{{"code":200,"msg":"success","data":{{"taskId":"{0}","recordId":"{0}"}}}}'
 
 
+@pytest.fixture(autouse=True)
+def no_client_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The client reads SEEDBED_*, KIE_API_KEY and a config file where it is not told."""
+    for name in ("SEEDBED_URL", "SEEDBED_API_KEY", "SEEDBED_UPLOAD_URL", "KIE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SEEDBED_CLIENT_CONFIG", str(tmp_path / "no-client-config.toml"))
+
+
 def kie_client(standin: KieStandIn, **kwargs: Any) -> AsyncClient:
     kwargs.setdefault("poll", FAST_POLL)
     kwargs.setdefault("retry", FAST_RETRY)
@@ -178,6 +186,28 @@ async def test_credits_are_decimal_and_download_url() -> None:
             await client.download_url("https://cdn.kie.ai/files/sample-test-file.mp4")
     assert caught.value.code == 422 and caught.value.msg == "url is wrong"
     assert caught.value.http_status == 200
+
+
+async def test_for_kie_reads_kies_own_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    standin = KieStandIn()
+    transport = httpx.ASGITransport(app=standin.app())
+    monkeypatch.setenv("SEEDBED_API_KEY", "a-local-seedbed-key")  # for the local server only
+    monkeypatch.setenv("KIE_API_KEY", KEY)
+    async with AsyncClient.for_kie(transport=transport, retry=NO_RETRY) as client:
+        assert await client.credits() == Decimal("5916.25")
+        uploaded = await client.upload_base64(b"Hello World", upload_path="documents/test-uploads")
+    assert uploaded.file_name  # the stand-in's recorded answer
+    sent = [
+        r for r in standin.requests if r.path in ("/api/v1/chat/credit", "/api/file-base64-upload")
+    ]
+    assert [(r.host, r.headers["authorization"]) for r in sent] == [
+        ("api.kie.ai", f"Bearer {KEY}"),
+        ("kieai.redpandaai.co", f"Bearer {KEY}"),
+    ]
+    monkeypatch.setenv("KIE_API_KEY", "not-the-key")
+    async with AsyncClient.for_kie(transport=transport, retry=NO_RETRY) as client:
+        with pytest.raises(Unauthorized):
+            await client.credits()
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from seedbed.client import protocol
+from seedbed.client.config import resolve, upload_url_for
 from seedbed.client.errors import ClientError, NotFound, ResponseError, TaskFailed, WaitTimeout
 from seedbed.client.inputs import prepare_input
 from seedbed.client.protocol import Endpoint, PollSchedule, RetryPolicy
@@ -39,7 +40,7 @@ class AsyncClient:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = protocol.DEFAULT_BASE_URL,
+        base_url: str | None = None,
         upload_url: str | None = None,
         timeout: float | httpx.Timeout = 30.0,
         retry: RetryPolicy | None = None,
@@ -48,17 +49,21 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         trust_env: bool = True,
     ) -> None:
-        self.api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.upload_url = (upload_url or base_url).rstrip("/")
+        # what is not given comes from SEEDBED_URL, SEEDBED_API_KEY (KIE_API_KEY for kie.ai),
+        # SEEDBED_UPLOAD_URL or the client config file, as for the CLI (``client.config``)
+        config = resolve(base_url, api_key, upload_url)
+        self.api_key = config.api_key
+        self.base_url = config.url.rstrip("/")
+        self.upload_url = (config.upload_url or upload_url_for(config.url)).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
         self.use_events = use_events
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=trust_env)
 
     @classmethod
-    def for_kie(cls, api_key: str, **kwargs: Any) -> AsyncClient:
-        """A client of kie.ai: its API host, its upload host, polling (kie has no events)."""
+    def for_kie(cls, api_key: str | None = None, **kwargs: Any) -> AsyncClient:
+        """A client of kie.ai: its API host, its upload host, polling (kie has no events);
+        the key, when not given, from ``KIE_API_KEY`` (then ``SEEDBED_API_KEY``)."""
         kwargs.setdefault("base_url", protocol.KIE_BASE_URL)
         kwargs.setdefault("upload_url", protocol.KIE_UPLOAD_URL)
         kwargs.setdefault("use_events", False)

@@ -39,6 +39,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "ClientError",
+    "ConfigError",
     "GenerationFailed",
     "InsufficientCredits",
     "Maintenance",
@@ -62,6 +63,11 @@ __all__ = [
 
 class ClientError(Exception):
     """Root of everything ``seedbed.client`` raises."""
+
+
+class ConfigError(ClientError, ValueError):
+    """The client's configuration is unusable: a config file that is missing (when named),
+    unreadable, or holds a key the client does not know (a typo would otherwise be a 401)."""
 
 
 class ApiError(ClientError):

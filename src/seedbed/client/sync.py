@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel
 
 from seedbed.client import protocol
+from seedbed.client.config import resolve, upload_url_for
 from seedbed.client.errors import ClientError, NotFound, ResponseError, TaskFailed, WaitTimeout
 from seedbed.client.inputs import prepare_input
 from seedbed.client.protocol import Endpoint, PollSchedule, RetryPolicy
@@ -45,15 +46,19 @@ class Client:
     ...     done = client.generate("seedream/4.5-text-to-image", {"prompt": "a fox"}, out="img")
 
     ``base_url`` serves the jobs API; ``upload_url`` the uploads (default: ``base_url``; kie.ai
-    serves them from ``https://kieai.redpandaai.co``, see ``Client.for_kie``). ``transport``
-    replaces httpx's (tests, proxies); one connection pool is reused for every call.
+    serves them from ``https://kieai.redpandaai.co``, see ``Client.for_kie``). What is not
+    given comes from the environment (``SEEDBED_URL``, ``SEEDBED_API_KEY``, ``KIE_API_KEY`` for
+    kie.ai, ``SEEDBED_UPLOAD_URL``) or the client config file, as for the ``seedbed`` command
+    (``seedbed.client.config``): ``Client()`` alone is enough where those are set.
+    ``transport`` replaces httpx's (tests, proxies); one connection pool is reused for every
+    call.
     """
 
     def __init__(
         self,
         api_key: str | None = None,
         *,
-        base_url: str = protocol.DEFAULT_BASE_URL,
+        base_url: str | None = None,
         upload_url: str | None = None,
         timeout: float | httpx.Timeout = 30.0,
         retry: RetryPolicy | None = None,
@@ -62,9 +67,12 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         trust_env: bool = True,
     ) -> None:
-        self.api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.upload_url = (upload_url or base_url).rstrip("/")
+        # what is not given comes from SEEDBED_URL, SEEDBED_API_KEY (KIE_API_KEY for kie.ai),
+        # SEEDBED_UPLOAD_URL or the client config file, as for the CLI (``client.config``)
+        config = resolve(base_url, api_key, upload_url)
+        self.api_key = config.api_key
+        self.base_url = config.url.rstrip("/")
+        self.upload_url = (config.upload_url or upload_url_for(config.url)).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
         #: False once the server answered 404 for the events stream: poll from then on
@@ -72,8 +80,9 @@ class Client:
         self._http = httpx.Client(timeout=timeout, transport=transport, trust_env=trust_env)
 
     @classmethod
-    def for_kie(cls, api_key: str, **kwargs: Any) -> Client:
-        """A client of kie.ai: its API host, its upload host, polling (kie has no events)."""
+    def for_kie(cls, api_key: str | None = None, **kwargs: Any) -> Client:
+        """A client of kie.ai: its API host, its upload host, polling (kie has no events);
+        the key, when not given, from ``KIE_API_KEY`` (then ``SEEDBED_API_KEY``)."""
         kwargs.setdefault("base_url", protocol.KIE_BASE_URL)
         kwargs.setdefault("upload_url", protocol.KIE_UPLOAD_URL)
         kwargs.setdefault("use_events", False)
