@@ -43,6 +43,7 @@ class Receiver:
         answers: list[int | None] | None = None,
         hmac_key: str | None = None,
         delay: float = 0.0,
+        port: int = 0,
     ):
         self.answers = list(answers or [200])
         self.hmac_key = hmac_key
@@ -63,7 +64,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"

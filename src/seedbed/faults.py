@@ -90,6 +90,10 @@ def describe(exc: BaseException) -> str:
             return one.msg
     if is_storage_full(exc):
         return "storage is full: no space left on the device"
+    for one in causes(exc):
+        if isinstance(one, OSError) and one.errno is not None and one.strerror:
+            # the system's words for it, without the path (readiness bodies are not private)
+            return f"{one.strerror} ({errno.errorcode.get(one.errno, one.errno)})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
