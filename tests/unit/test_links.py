@@ -71,6 +71,19 @@ def test_upload_segments_are_stable_per_key_and_secret() -> None:
         ("http://h/x/files/results/t.png", None, None),
         ("ftp://h/files/results/t.png", None, None),
         ("not a url", None, None),
+        # upload folders and names may hold dots, spaces, '#', '?', '%' and any Unicode
+        (
+            "http://h/files/uploads/s/cat1.jpg/a%20b%23c%3F.png",
+            None,
+            "uploads/s/cat1.jpg/a b#c?.png",
+        ),
+        ("http://h/files/uploads/s/%E5%86%99%E7%9C%9F/100%25", None, "uploads/s/写真/100%"),
+        ("http://h/files/uploads/s/%2E%2E/x.png", None, None),  # '..', encoded
+        ("http://h/files/uploads/s/a%00b", None, None),
+        ("http://h/files/uploads/s/a%5Cb", None, None),  # a backslash
+        ("http://h/files/uploads/s/%FF", None, None),  # not UTF-8
+        ("http://h/files/uploads/s//x.png", None, None),
+        ("http://h/files/uploads/s/" + "a" * 256, None, None),
     ],
 )
 def test_parse_recognises_only_this_servers_file_space(
@@ -80,3 +93,16 @@ def test_parse_recognises_only_this_servers_file_space(
     assert (own.key if own else None) == key
     if own is not None:
         assert own == OwnUrl(key=key or "", expires=None, signature=None)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["results/t_0_ab.png", "uploads/s/a b/#1?.png", "uploads/s/写真/100%", "uploads/s/x.y/+;=&"],
+)
+def test_signed_links_to_any_key_round_trip_through_parse(key: str) -> None:
+    links = Links(b"k" * 32)
+    url = links.signed_url("http://h", key, 1000)
+    assert "#" not in url.split("?")[0] and " " not in url
+    own = Links.parse(url)
+    assert own is not None and own.key == key and own.signature is not None
+    assert links.signature_valid(own.key, 1000, own.signature, now=0)

@@ -48,7 +48,7 @@ def segment_problem(segment: str) -> str | None:
     if not segment:
         return "is empty (two '/' in a row, or one at the end)"
     if segment in (".", ".."):
-        return "is not allowed (no '.' or '..' folders)"
+        return "is not allowed ('.' and '..' name no folder or file of their own)"
     found = _FORBIDDEN.search(segment)
     if found is not None:
         char = found.group()
