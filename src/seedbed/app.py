@@ -19,6 +19,7 @@ from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, build_engines
+from seedbed.engines.relay import RelayEngine
 from seedbed.feed import TaskFeed
 from seedbed.links import Links, load_or_create_secret
 from seedbed.metrics import HttpMetrics
@@ -149,6 +150,9 @@ def build_context(
 
 def build_worker(ctx: Context) -> Worker:
     settings = ctx.settings
+    for engine in ctx.engines:
+        if isinstance(engine, RelayEngine):
+            engine.observer = ctx.metrics  # upstream requests, latency, images bought
     return Worker(
         store=ctx.store,
         storage=ctx.storage,

@@ -617,10 +617,16 @@ def tasks_get(
 ) -> None:
     """Show one task in full."""
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
-    task = _with_store(settings, lambda store: store.get_task(task_id))
+
+    async def read(store: Any) -> Any:
+        return await store.get_task(task_id), await store.task_engine(task_id)
+
+    task, ran_on = _with_store(settings, read)
     if task is None:
         _fail(f"no task {task_id}")
     shown = _task_json(task)
+    # the engine that ran it (a route may have moved it on) and a relay's upstream task id
+    shown["engine"], shown["upstreamTaskId"] = ran_on or (None, None)
     if as_json:
         print(json.dumps(shown))
         return

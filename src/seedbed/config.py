@@ -20,7 +20,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["DiffusersEngineSettings", "ModelRoute", "Settings"]
+__all__ = [
+    "ArkEngineSettings",
+    "DiffusersEngineSettings",
+    "EngineSettings",
+    "KieEngineSettings",
+    "ModelRoute",
+    "RelayEngineSettings",
+    "Settings",
+]
 
 
 class _RenderSettings(BaseModel):
@@ -95,12 +103,124 @@ class DiffusersEngineSettings(_RenderSettings):
         description="pipeline components loaded as None (from_pretrained(..., NAME=None)), e.g. "
         '["processor"] for Qwen-Image-Layered where torchvision is missing',
     )
+    spill_after_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="routes: a task moves to the next engine of its [models] route when this "
+        "engine's estimated queue wait is longer; unset: it waits",
+    )
+
+
+class RelayEngineSettings(BaseModel):
+    """What every relay engine (an upstream API in place of a local pipeline) shares.
+
+    The upstream's key is never in this file: ``api_key_env`` names the environment variable
+    that holds it, read once at start-up.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="the upstream's API root, e.g. https://api.kie.ai")
+    api_key_env: str = Field(
+        min_length=1, description="the environment variable holding the upstream's API key"
+    )
+    max_concurrency: PositiveInt = Field(
+        32, description="upstream requests in flight at once (tasks run on the event loop)"
+    )
+    spill_after_seconds: float | None = Field(
+        None, gt=0, description="routes: move on when this engine's estimated wait is longer"
+    )
+    max_input_images: int = Field(14, ge=0, description="input images one task may send")
+    max_outputs: PositiveInt | None = Field(None, description="images per task at most")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to the upstream")
+    request_timeout: float = Field(
+        180.0, gt=0, description="seconds the upstream has to answer one generation request"
+    )
+    download_timeout: float = Field(60.0, gt=0, description="seconds to download one result")
+    max_image_bytes: PositiveInt = Field(
+        64 * 1024 * 1024, description="largest result image accepted from the upstream"
+    )
+    max_image_pixels: PositiveInt = Field(
+        6240 * 6240, description="largest result pixel count decoded (a decompression-bomb cap)"
+    )
+    retry_budget_seconds: float = Field(
+        60.0, ge=0, description="per task: time spent waiting between retries of 429/5xx/timeouts"
+    )
+    max_retries: int = Field(4, ge=0, description="per task: retries of 429/5xx/timeouts")
+    retry_base_seconds: float = Field(
+        0.5, ge=0, description="first backoff delay; doubles per retry, with full jitter"
+    )
+    circuit_failures: PositiveInt = Field(
+        5, description="upstream failures in a row (5xx, timeouts, refused) that open the circuit"
+    )
+    circuit_open_seconds: float = Field(
+        30.0, gt=0, description="how long an open circuit refuses before one trial request"
+    )
+
+
+class ArkEngineSettings(RelayEngineSettings):
+    """``kind = "ark"``: ByteDance's images API (BytePlus ModelArk, Volcengine Ark)."""
+
+    kind: Literal["ark"]
+    model_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="Seedream model id -> Ark model or endpoint id, over the default map",
+    )
+    watermark: bool = Field(False, description='Ark\'s "AI生成" mark on results')
+    response_format: Literal["url", "b64_json"] = Field(
+        "url", description="url: results downloaded from Ark's links; b64_json: inline"
+    )
+
+
+class KieEngineSettings(RelayEngineSettings):
+    """``kind = "kie"``: a kie-compatible upstream (kie.ai itself, or another seedbed)."""
+
+    kind: Literal["kie"]
+    upload_base_url: str | None = Field(
+        None, description="where /api/file-stream-upload lives; default: base_url"
+    )
+    events: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="follow upstream tasks by /api/v1/jobs/events (a seedbed upstream); auto: "
+        "try it once, fall back to polling recordInfo",
+    )
+    poll_schedule: list[float] = Field(
+        default_factory=lambda: [2.0, 2.0, 3.0, 3.0, 5.0],
+        description="seconds between recordInfo polls (the last repeats); kie suggests 2-5 s",
+    )
+    task_timeout: float = Field(
+        900.0, gt=0, description="seconds an upstream task may take before it is given up"
+    )
+
+
+#: ``[engines.NAME]``: a table without ``kind`` is a diffusers pipeline (as before relays)
+EngineSettings = Annotated[
+    DiffusersEngineSettings | ArkEngineSettings | KieEngineSettings, Field(discriminator="kind")
+]
 
 
 class ModelRoute(_RenderSettings):
     """``[models."<model id>"]``: which engine serves a Seedream model, and overrides for it."""
 
     engine: str = Field(description='an [engines.NAME] name, or "sandbox"')
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="the rest of the route: engines tried in order when the ones before are "
+        'down or busy; the TOML form is a list, ["gpu", "ark"]',
+    )
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        """Every engine of the route, in order."""
+        return (self.engine, *self.fallback)
+
+
+#: the levels both logging and uvicorn know
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -233,8 +353,9 @@ class Settings(BaseSettings):
     # -- engines ---------------------------------------------------------------------------
     sandbox_steps: int = Field(4, description="progress steps the sandbox engine reports")
     sandbox_step_seconds: float = Field(0.0, description="delay per sandbox step (demos and tests)")
-    engines: dict[str, DiffusersEngineSettings] = Field(
-        default_factory=dict, description="[engines.NAME] tables: the pipelines (docs/engines.md)"
+    engines: dict[str, EngineSettings] = Field(
+        default_factory=dict,
+        description="[engines.NAME] tables: pipelines and upstreams (docs/engines.md)",
     )
     models: dict[str, ModelRoute] = Field(
         default_factory=dict,
@@ -280,9 +401,20 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _engine_names(cls, value: Any) -> Any:
-        # A bare engine name is short for a table with only ``engine``.
+        # A bare engine name is short for a table with only ``engine``; a list is a route.
         if isinstance(value, dict):
-            return {k: {"engine": v} if isinstance(v, str) else v for k, v in value.items()}
+            return {k: _route_table(v) for k, v in value.items()}
+        return value
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _engine_kinds(cls, value: Any) -> Any:
+        # ``kind`` defaults to "diffusers", the only kind before relay engines existed.
+        if isinstance(value, dict):
+            return {
+                k: {"kind": "diffusers", **v} if isinstance(v, dict) and "kind" not in v else v
+                for k, v in value.items()
+            }
         return value
 
     @property
@@ -315,6 +447,20 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def _route_table(value: Any) -> Any:
+    """``"gpu"``, ``["gpu", "ark"]`` or a table (whose ``engine`` may be such a list)."""
+    if isinstance(value, str):
+        return {"engine": value}
+    if isinstance(value, list):
+        value = {"engine": value}
+    if isinstance(value, dict) and isinstance(value.get("engine"), list):
+        names = value["engine"]
+        if not names:
+            raise ValueError("a route lists at least one engine")
+        value = {**value, "engine": names[0], "fallback": list(names[1:])}
+    return value
 
 
 def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:

@@ -87,6 +87,27 @@ class Metrics:
         self.event_streams = Gauge(
             "seedbed_event_streams", "Open live-event (SSE) streams.", registry=r
         )
+        # relay engines (issue 15): what each upstream was asked and answered
+        self.upstream_requests = Counter(
+            "seedbed_upstream_requests",
+            "Requests to relay engines' upstreams, by engine and outcome "
+            "(ok, refused, retry, key, down, download).",
+            ["engine", "outcome"],
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "seedbed_upstream_seconds",
+            "Time an upstream took to answer one request, by engine.",
+            ["engine"],
+            buckets=_GENERATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_images = Counter(
+            "seedbed_upstream_images",
+            "Images bought from upstreams (returned by them), by engine.",
+            ["engine"],
+            registry=r,
+        )
 
     # -- recording -------------------------------------------------------------------------
     def created(self, model: str) -> None:
@@ -104,6 +125,15 @@ class Metrics:
 
     def generated(self, task: Task, seconds: float) -> None:
         self.generation_seconds.labels(task.model).observe(seconds)
+
+    def upstream_request(self, engine: str, outcome: str, seconds: float) -> None:
+        """One exchange of a relay engine with its upstream (a ``RelayObserver`` call)."""
+        self.upstream_requests.labels(engine, outcome).inc()
+        if outcome != "down":  # nothing answered: no latency to record
+            self.upstream_seconds.labels(engine).observe(seconds)
+
+    def upstream_bought(self, engine: str, images: int) -> None:
+        self.upstream_images.labels(engine).inc(images)
 
     # -- scraping --------------------------------------------------------------------------
     def set_queue(self, engine: str, queue: QueueSummary) -> None:

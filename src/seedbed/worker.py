@@ -30,6 +30,7 @@ from seedbed import catalogue, errors, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan
+from seedbed.engines.relay_routes import RouteRunner
 from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.storage.base import Storage, StoredFileNotFound
@@ -119,6 +120,10 @@ class Worker:
         self._observer = observer
         #: tasks handed back to the queue at shutdown: never finished by this worker
         self._abandoned: set[str] = set()
+        #: slots per engine, and routes: relay engines run on the loop beside the threads
+        self._routes = RouteRunner(
+            engines, threads=config.concurrency, record=store.set_task_engine
+        )
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
@@ -144,6 +149,7 @@ class Worker:
             for cancel in self._running.values():
                 cancel.set()
             self._engine_threads.shutdown(wait=False, cancel_futures=True)
+            await asyncio.shield(self._routes.aclose())  # relay engines' HTTP pools
 
     def stop(self) -> None:
         """Claim nothing more; what is running goes on (see ``drain``)."""
@@ -189,11 +195,11 @@ class Worker:
         while not self._stopping.is_set():
             self.wakeup.clear()
             claimed = False
-            while len(self._running) < self.config.concurrency:
+            while models := self._routes.claimable(served):
                 try:
                     task = await self.store.claim(
                         worker_id=self.worker_id,
-                        models=served,
+                        models=models,
                         lease_seconds=self.config.lease_seconds,
                     )
                 except Exception:
@@ -206,6 +212,7 @@ class Worker:
                     break
                 claimed = True
                 self._running[task.id] = threading.Event()
+                self._routes.take(task.id, task.model)
                 log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))
                 self._changed(task.id)
                 group.create_task(self._process(task))
@@ -288,6 +295,7 @@ class Worker:
                         self._observer.finished(done)
         finally:
             self._running.pop(task.id, None)
+            self._routes.release(task.id)
             self.wakeup.kick()
 
     async def _attempt(self, task: Task) -> Outcome | None:
@@ -297,7 +305,7 @@ class Worker:
             )
         spec = catalogue.CATALOGUE[task.model]
         inp = spec.input_model.model_validate(task.input)
-        engine = self.engines.for_model(task.model)
+        engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
         if engine is None:
             return Outcome.failure("505", f"no engine serves {task.model} on this worker")
         inputs = await self._fetch_inputs(spec, spec.image_urls(inp))
@@ -318,7 +326,9 @@ class Worker:
         progress = self._progress_reporter(task.id)
         started = time.monotonic()
         try:
-            artifacts = await self._in_engine_thread(engine.run, job, progress, cancel)
+            artifacts = await self._routes.run(
+                task.id, job, progress, cancel, self._in_engine_thread, time.monotonic
+            )
         except errors.TaskFailure:
             raise
         except Exception as exc:

@@ -1118,3 +1118,14 @@ async def test_the_wal_starts_over_under_a_steady_stream_of_writes(
         assert (await holdings(store))[2] == len(created)
     finally:
         await store.close()
+
+
+async def test_task_engine_is_recorded_and_replaced(store: Store) -> None:
+    await add_key(store)
+    task = await create(store)
+    assert await store.task_engine(task.id) is None
+    await store.set_task_engine(task.id, "gpu")
+    assert await store.task_engine(task.id) == ("gpu", None)
+    # a fallback moves the task on, and a relay learns the upstream's id of it
+    await store.set_task_engine(task.id, "upstream", "f400b7ea65483c2f983d61fdaeeceea8")
+    assert await store.task_engine(task.id) == ("upstream", "f400b7ea65483c2f983d61fdaeeceea8")

@@ -46,6 +46,11 @@ async def readyz(request: Request) -> Response:
         checks["store"] = "unreachable"
     engines = [engine.name for engine in ctx.engines]
     checks["engines"] = "ok" if engines else "none configured"
+    for engine in ctx.engines:
+        # relay engines: an upstream that rejects this server's key needs the operator
+        readiness = getattr(engine, "readiness", None)
+        if callable(readiness):
+            checks[f"upstream:{engine.name}"] = str(readiness())
     limit = ctx.settings.ready_queue_limit
     checks["queue"] = "ok" if queued < limit else f"{queued} queued (limit {limit})"
     ready = all(value == "ok" for value in checks.values())

@@ -5,19 +5,31 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     # Only a type here: the catalogue (and so ``seedbed.client``) imports this module, and
     # Pillow is a tenth of a second of start-up that the client does not need.
     from PIL import Image
 
-__all__ = ["Artifact", "Engine", "EngineJob", "EngineLimits", "OutputPlan", "ProgressFn"]
+__all__ = [
+    "Artifact",
+    "AsyncEngine",
+    "Engine",
+    "EngineJob",
+    "EngineLimits",
+    "NoteFn",
+    "OutputPlan",
+    "ProgressFn",
+    "is_async",
+]
 
 ImageFormat = Literal["png", "jpeg"]
 
 #: called by an engine with a percentage 0..100; cheap and safe from any thread
 ProgressFn = Callable[[int], None]
+#: called by a relay engine with the upstream's id of the task as soon as it is known
+NoteFn = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,3 +93,39 @@ class Engine(Protocol):
         Report progress as it goes and stop (raising) soon after ``cancel`` is set. Each
         artifact must have exactly ``job.plan``'s pixel size.
         """
+
+
+@runtime_checkable
+class AsyncEngine(Engine, Protocol):
+    """An engine whose work is waiting on another service (a relay to an upstream API).
+
+    The worker runs it on its event loop, not on one of its engine threads: one worker holds
+    up to ``max_concurrency`` of its tasks at once, beside the thread engines' slots, so the
+    upstream's latency does not limit throughput.
+    """
+
+    #: tasks of this engine one worker runs at once
+    max_concurrency: int
+    #: routes: the next engine takes a task when this one's estimated wait is longer
+    spill_after_seconds: float | None
+
+    def is_up(self) -> bool:
+        """False while the engine knows its upstream is down (its circuit is open)."""
+
+    async def run_async(
+        self,
+        job: EngineJob,
+        progress: ProgressFn,
+        cancel: threading.Event,
+        note: NoteFn | None = None,
+    ) -> list[Artifact]:
+        """Generate the job's images on the event loop; same contract as ``run``.
+
+        Raises ``seedbed.engines.relay.UpstreamDown`` when the upstream cannot be reached
+        (the task may then move to the next engine of its route).
+        """
+
+
+def is_async(engine: Engine) -> bool:
+    """Whether ``engine`` runs on the event loop (``AsyncEngine``) rather than a thread."""
+    return isinstance(engine, AsyncEngine)

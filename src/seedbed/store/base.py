@@ -218,6 +218,15 @@ class Store(Protocol):
     async def lease_owners(self) -> set[str]:
         """Worker ids that currently hold a lease on an open task."""
 
+    # -- engines -------------------------------------------------------------------------------
+    async def set_task_engine(
+        self, task_id: str, engine: str, upstream_task_id: str | None = None
+    ) -> None:
+        """Record the engine running a task (and, for a relay, the upstream's id of it)."""
+
+    async def task_engine(self, task_id: str) -> tuple[str, str | None] | None:
+        """``(engine, upstream task id)`` recorded for a task, or None."""
+
     # -- webhook keys ------------------------------------------------------------------------
     async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
         """Set (or, with None, remove) a key's webhook HMAC key; False for an unknown key."""

@@ -113,6 +113,7 @@ class MemoryStore:
         self._callbacks: dict[str, CallbackRecord] = {}
         self._attempts: list[CallbackAttempt] = []
         self._files: dict[str, StoredFile] = {}
+        self._engines: dict[str, tuple[str, str | None]] = {}
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -491,6 +492,14 @@ class MemoryStore:
         }
 
     # -- webhook keys ------------------------------------------------------------------------
+    async def set_task_engine(
+        self, task_id: str, engine: str, upstream_task_id: str | None = None
+    ) -> None:
+        self._engines[task_id] = (engine, upstream_task_id)
+
+    async def task_engine(self, task_id: str) -> tuple[str, str | None] | None:
+        return self._engines.get(task_id)
+
     async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
         async with self._lock:
             key = self._keys.get(key_id)

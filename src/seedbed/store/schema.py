@@ -44,6 +44,7 @@ __all__ = [
     "flags",
     "from_milli",
     "metadata",
+    "task_engines",
     "tasks",
     "to_milli",
 ]
@@ -211,6 +212,18 @@ files = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("deleted_at", BigInteger, nullable=True),
     Index("ix_files_kind_deleted_at_created_at", "kind", "deleted_at", "created_at"),
+)
+
+#: which engine ran a task and, for a relay engine, the upstream's id of the task: written
+#: by the worker when it starts the engine, read by ``seedbed tasks get`` (migration 0005); a
+#: table of its own so the hot task rows and their statements stay as they are
+task_engines = Table(
+    "task_engines",
+    metadata,
+    Column("task_id", CHAR(32), primary_key=True),
+    Column("engine", String(200), nullable=False),
+    Column("upstream_task_id", String(200), nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 

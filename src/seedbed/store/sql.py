@@ -55,7 +55,7 @@ from seedbed.store.base import (
     TaskStats,
 )
 from seedbed.store.migrate import sqlite_path, upgrade
-from seedbed.store.schema import callbacks, from_milli, to_milli
+from seedbed.store.schema import callbacks, from_milli, task_engines, to_milli
 from seedbed.store.sqlite import SqliteRunner, execute
 from seedbed.tasks import (
     ApiKey,
@@ -587,6 +587,34 @@ class SqlStore:
         return {row.lease_owner for row in await self._db.read(_all, q.LEASE_OWNERS, {})}
 
     # -- webhook keys ------------------------------------------------------------------------
+    async def set_task_engine(
+        self, task_id: str, engine: str, upstream_task_id: str | None = None
+    ) -> None:
+        await self._db.write(self._set_task_engine, task_id, engine, upstream_task_id)
+
+    def _set_task_engine(
+        self, conn: Connection, task_id: str, engine: str, upstream_task_id: str | None
+    ) -> None:
+        # update, else insert: portable, and one transaction holds the row for its task
+        table = task_engines
+        values = {"engine": engine, "upstream_task_id": upstream_task_id, "updated_at": self._now()}
+        done = conn.execute(table.update().where(table.c.task_id == task_id).values(**values))
+        if done.rowcount == 0:
+            conn.execute(table.insert().values(task_id=task_id, **values))
+
+    async def task_engine(self, task_id: str) -> tuple[str, str | None] | None:
+        return await self._db.read(self._task_engine, task_id)
+
+    @staticmethod
+    def _task_engine(conn: Connection, task_id: str) -> tuple[str, str | None] | None:
+        table = task_engines
+        row = conn.execute(
+            table.select()
+            .with_only_columns(table.c.engine, table.c.upstream_task_id)
+            .where(table.c.task_id == task_id)
+        ).first()
+        return None if row is None else (row.engine, row.upstream_task_id)
+
     async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
         params = {"p_key_id": key_id, "p_hmac_key": hmac_key}
         return await self._db.write(self._rowcount, oq.SET_HMAC_KEY, params) > 0
