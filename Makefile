@@ -2,17 +2,42 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Two installs: `make serve` needs the package alone (about 140 MB); `make test` adds the dev
+# extra (torch, diffusers, pytest, mypy: over 1 GB).
 STAMP  := $(VENV)/.installed-stamp
+SERVE_STAMP := $(VENV)/.serve-stamp
 
 .PHONY: serve test lint typecheck unit bench fuzz clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# A stamp is written only after its install succeeded, so a failed run is simply run again.
+.DELETE_ON_ERROR:
 
-serve: $(STAMP)  ## run the server on the embedded default (SQLite + local files + in-process worker)
+# A venv whose python cannot run pip (a first run cut short, its Python upgraded away) is not
+# trusted: its stamps go now, and the recipes below make the venv again from scratch.
+ifneq ($(wildcard $(VENV)),)
+ifneq ($(shell $(BIN)/python -m pip --version >/dev/null 2>&1 && echo ok),ok)
+$(shell rm -f $(STAMP) $(SERVE_STAMP))
+endif
+endif
+
+define venv
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { \
+	  echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); \
+	  { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip; } \
+	  || { rm -rf $(VENV); echo "could not create $(VENV): see 'If the install fails' in README.md" >&2; exit 1; }; }
+endef
+
+$(SERVE_STAMP): pyproject.toml
+	$(venv)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml
+	$(venv)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)  ## run the server on the embedded default (SQLite + local files + in-process worker)
 	$(BIN)/seedbed serve $(ARGS)
 
 test: lint typecheck unit  ## everything CI runs
@@ -30,8 +55,8 @@ unit: $(STAMP)
 bench: $(STAMP)  ## the API benchmark (figures go in docs/benchmarks.md)
 	$(BIN)/python bench/api_bench.py
 
-fuzz: $(STAMP)  ## the long schemathesis run (make test runs a short one); SEEDBED_FUZZ_EXAMPLES=N
-	SEEDBED_FUZZ_EXAMPLES=$${SEEDBED_FUZZ_EXAMPLES:-500} $(BIN)/pytest tests/integration/test_fuzz.py -p no:cacheprovider -q --timeout=3600
+fuzz: $(STAMP)  ## the long schemathesis run (make test runs a short one); FUZZ_EXAMPLES=N per operation and mode
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/pytest tests/e2e/test_fuzz.py tests/unit/test_input_properties.py -p no:cacheprovider -q -s --timeout=3600
 
 clean:
 	rm -rf $(VENV) seedbed-data .pytest_cache .mypy_cache .ruff_cache
