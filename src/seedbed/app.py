@@ -12,9 +12,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from seedbed import __version__, errors, netguard
+from seedbed import __version__, errors, netguard, startup
 from seedbed import store as store_module
-from seedbed.api import account, common, envelope, events, files, health, jobs, models, uploads
+from seedbed.api import (
+    account,
+    common,
+    docs,
+    envelope,
+    events,
+    files,
+    health,
+    jobs,
+    models,
+    openapi,
+    uploads,
+)
 from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
@@ -64,6 +76,7 @@ def create_app(
             background.append((dispatcher, asyncio.create_task(dispatcher.run(), name="callbacks")))
         sweeper = build_sweeper(ctx)
         background.append((sweeper, asyncio.create_task(sweeper.run(), name="retention")))
+        startup.log_serving(ctx)
         try:
             yield
         finally:
@@ -93,10 +106,14 @@ def create_app(
         version=__version__,
         description="A self-hosted, kie.ai-compatible task server for Seedream image models.",
         lifespan=lifespan,
+        # served from the package (api/docs.py): FastAPI's own pages load their assets from CDNs
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
-    for module in (jobs, events, account, common, uploads, models, files, health):
+    for module in (jobs, events, account, common, uploads, models, files, health, docs):
         app.include_router(module.router)
+    openapi.install(app)
     app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     _install_error_handlers(app)
     return app

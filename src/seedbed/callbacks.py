@@ -8,7 +8,8 @@ the task; this module only reads and updates those rows (CONTRACT §5):
   ``retry_delays`` with ±``jitter`` (default: 10 attempts over about six hours), then the row
   is marked dead and kept for ``seedbed callbacks redeliver``.
 * Every attempt sends the same body (rendered from the finished task, which never changes)
-  and, when the task's key has a webhook HMAC key, kie's signature headers.
+  and, when the task's key has a webhook HMAC key, kie's signature headers; its
+  ``User-Agent`` is ``seedbed/<version>``.
 * Deliveries run concurrently, at most ``concurrency`` at once: a slow or dead receiver holds
   one slot for at most ``timeout``, never the others, and never the worker (the dispatcher
   runs beside it, woken by ``Store.on_finish``).
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from seedbed import netguard
+from seedbed import __version__, netguard
 from seedbed.api.views import callback_body
 from seedbed.outbox import Delivery
 from seedbed.store.base import Store
@@ -41,6 +42,7 @@ from seedbed.wakeup import Wakeup
 
 __all__ = [
     "DEFAULT_RETRY_DELAYS",
+    "USER_AGENT",
     "Dispatcher",
     "DispatcherConfig",
     "signature",
@@ -55,6 +57,8 @@ DEFAULT_RETRY_DELAYS: tuple[float, ...] = tuple(45.0 * 2**i for i in range(9))
 LEASE_MARGIN = 15.0
 #: pause after the store failed a claim (it is down or busy)
 STORE_RETRY = 1.0
+#: every callback says who sends it (receivers log it, firewalls filter on it), not httpx's
+USER_AGENT = f"seedbed/{__version__}"
 
 
 def signature(hmac_key: str, task_id: str, timestamp: str) -> str:
@@ -264,7 +268,7 @@ class Dispatcher:
     async def _send(self, delivery: Delivery, task: Task) -> tuple[int | None, str | None]:
         base_url = self.config.public_url or task.origin or self.config.fallback_base_url
         body = callback_body(task, base_url=base_url.rstrip("/"))
-        headers: dict[str, str] = {}
+        headers = {"User-Agent": USER_AGENT}
         if delivery.hmac_key:
             headers.update(signature_headers(delivery.hmac_key, task.id, self._clock()))
         try:

@@ -126,6 +126,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # alembic names its plugins and its SQLite settings at info on every start: noise to an
+    # operator. What a migration changed, seedbed logs itself (``store.migrate``).
+    debug = root.level <= logging.DEBUG
+    logging.getLogger("alembic").setLevel(logging.NOTSET if debug else logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's own handlers are not installed (log_config=None): its records come here
         logger = logging.getLogger(name)

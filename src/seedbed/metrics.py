@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from seedbed.api.envelope import KIE_CODE
 from seedbed.store.base import QueueSummary
 from seedbed.tasks import Task
 
@@ -22,6 +23,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "Metrics"]
 
 #: generation times run from a sandbox's milliseconds to a large model's minutes
 _GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
+#: API answers take from a fraction of a millisecond (recordInfo from memory) to seconds (an
+#: upload fetched from a URL)
+_HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
@@ -68,10 +72,27 @@ class Metrics:
         )
         self.http_requests = Counter(
             "seedbed_http_requests",
-            "HTTP requests answered, by route template and HTTP status.",
+            "HTTP requests answered, by route template and the answer's kie code (the envelope's "
+            "code: 401, 422, 455, ... come with HTTP 200; the HTTP status where there is no "
+            "envelope).",
             ["route", "code"],
             registry=r,
         )
+        self.http_duration = Histogram(
+            "seedbed_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by route template (an event "
+            "stream's is its whole life).",
+            ["route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "seedbed_rate_limited",
+            "Requests refused with 429, by limit (create_rate, open_tasks, record_rate).",
+            ["limit"],
+            registry=r,
+        )
+        self._rate_limited: dict[str, Any] = {}
         self.queue_depth = Gauge(
             "seedbed_queue_depth",
             "Tasks waiting or queuing (not yet generating), by engine.",
@@ -118,6 +139,13 @@ class Metrics:
             child = self._created[model] = self.tasks_created.labels(model)
         child.inc()
 
+    def refused(self, limit: str) -> None:
+        """A request refused by a rate limit or the open-task cap (``limit`` names which)."""
+        child = self._rate_limited.get(limit)
+        if child is None:
+            child = self._rate_limited[limit] = self.rate_limited.labels(limit)
+        child.inc()
+
     def finished(self, task: Task) -> None:
         self.tasks_finished.labels(task.model, task.state.value).inc()
         if task.credits_consumed:
@@ -149,23 +177,28 @@ class Metrics:
 
 
 class HttpMetrics:
-    """ASGI middleware counting answers by route template and status.
+    """ASGI middleware counting answers by route template and kie code, and timing them.
 
     The label is the matched route's path template (``/files/{key:path}``), never the raw
     path, so unknown URLs and file names cannot blow up the number of series; unmatched
-    requests count as ``"unmatched"``. Children are cached: the hot path is a dict look-up
-    and an increment.
+    requests count as ``"unmatched"``. The code is the one a kie client reads: a refusal leaves
+    its envelope's ``code`` in the scope (``envelope.KIE_CODE``); any other answer's is its
+    HTTP status (a success envelope's code is 200, like its status). Children are cached: the
+    hot path is two dict look-ups, an increment and an observation.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self._counter = metrics.http_requests
+        self._histogram = metrics.http_duration
         self._children: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         status = [500]
 
         async def send_and_note(message: Message) -> None:
@@ -178,8 +211,12 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            key = (template, status[0])
+            key = (template, scope.get(KIE_CODE, status[0]))
             child = self._children.get(key)
             if child is None:
-                child = self._children[key] = self._counter.labels(template, str(status[0]))
+                child = self._children[key] = self._counter.labels(template, str(key[1]))
             child.inc()
+            timer = self._timers.get(template)
+            if timer is None:
+                timer = self._timers[template] = self._histogram.labels(template)
+            timer.observe(time.perf_counter() - started)

@@ -12,6 +12,7 @@ import pytest
 from conftest import FileServer, LiveServer, make_settings, serve_in_thread
 from metrics_util import value, wait_for_value
 from receiver import Receiver
+from seedbed import __version__
 from seedbed.outbox import CallbackState
 
 SUCCESS_MSG = "Playground task completed successfully."
@@ -80,6 +81,8 @@ def test_signed_callback_is_retried_until_it_arrives_with_kies_body(
     assert [hit.answered for hit in hits] == [500, 500, 200]
     assert all(hit.signature_ok for hit in hits), [hit.headers for hit in hits]
     assert all(hit.headers["content-type"] == "application/json" for hit in hits)
+    # every attempt says who sends it, not the HTTP library's default
+    assert [hit.headers["user-agent"] for hit in hits] == [f"seedbed/{__version__}"] * 3
     assert len({hit.body for hit in hits}) == 1  # the same body on every attempt
     assert hits[0].json == {"code": 200, "msg": SUCCESS_MSG, "data": _kie_view(record)}
     assert list(hits[0].json) == ["code", "msg", "data"]

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from seedbed.api import auth, envelope
+from seedbed.api import auth, envelope, openapi, schemas
 from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
 
@@ -15,7 +15,11 @@ __all__ = ["router"]
 router = APIRouter(tags=["account"], route_class=LeanRoute)
 
 
-@router.get("/api/v1/chat/credit")
+@router.get(
+    "/api/v1/chat/credit",
+    responses=openapi.answers(schemas.CreditAnswer),
+    openapi_extra=openapi.SECURED,
+)
 async def credit(request: Request) -> Response:
     """The key's balance: credits available to new tasks (open tasks' holds already deducted).
 

@@ -26,18 +26,21 @@ async def authenticate(request: Request, ctx: Context, *, fresh: bool = False) -
 
 
 def limit_create(ctx: Context, key: ApiKey) -> None:
-    """createTask's per-key rate limit and open-task cap (429 with Retry-After)."""
+    """createTask's per-key rate limit and open-task cap (429 with Retry-After); each refusal
+    is counted in ``seedbed_rate_limited_total{limit}``."""
     settings = ctx.settings
     per_window = key.limits.create_per_window or settings.create_rate_limit
     window = key.limits.create_window_seconds or settings.create_rate_window
     wait = ctx.limiter.hit(f"create:{key.id}", per_window, window)
     if wait > 0:
+        ctx.metrics.refused("create_rate")
         raise errors.RateLimited(
             f"Rate limit exceeded: {per_window} createTask calls per {window:g} s",
             retry_after=wait,
         )
     cap = key.limits.open_task_cap or settings.open_task_cap
     if key.open_tasks >= cap:
+        ctx.metrics.refused("open_tasks")
         raise errors.RateLimited(
             f"Too many open tasks: this key has {key.open_tasks} unfinished (limit {cap})",
             retry_after=1.0,
@@ -48,6 +51,7 @@ def limit_record(ctx: Context, key: ApiKey) -> None:
     per_second = key.limits.record_per_second or ctx.settings.record_rate_limit
     wait = ctx.limiter.hit(f"record:{key.id}", per_second, 1.0)
     if wait > 0:
+        ctx.metrics.refused("record_rate")
         raise errors.RateLimited(
             f"Rate limit exceeded: {per_second} recordInfo calls per second", retry_after=wait
         )

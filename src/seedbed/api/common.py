@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seedbed import errors
-from seedbed.api import auth, envelope
+from seedbed.api import auth, envelope, openapi, schemas
 from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
@@ -21,23 +21,25 @@ __all__ = ["router"]
 router = APIRouter(tags=["common"], route_class=LeanRoute)
 
 _BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["url"],
-                "properties": {"url": {"type": "string", "format": "uri"}},
-            }
+    **openapi.SECURED,
+    **openapi.json_body(
+        {
+            "type": "object",
+            "required": ["url"],
+            "properties": {"url": {"type": "string", "format": "uri"}},
         }
-    },
+    ),
 }
 
 #: kie's words for every URL it did not issue (observed traffic)
 URL_IS_WRONG = "url is wrong"
 
 
-@router.post("/api/v1/common/download-url", openapi_extra={"requestBody": _BODY})
+@router.post(
+    "/api/v1/common/download-url",
+    responses=openapi.answers(schemas.DownloadUrlAnswer, 413),
+    openapi_extra=_BODY,
+)
 async def download_url(request: Request) -> Response:
     """A signed link to one of this key's files (a result or an upload), valid 20 minutes."""
     ctx = context(request)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from seedbed import errors
-from seedbed.api import auth
+from seedbed.api import auth, openapi, schemas
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
 from seedbed.api.views import task_record
@@ -39,15 +39,23 @@ PROGRESS_INTERVAL = 0.5
 RETRY_MS = 2000
 
 _PARAMS = {
+    **openapi.SECURED,
     "parameters": [
         {"name": "taskId", "in": "query", "required": True, "schema": {"type": "string"}},
         {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
     ],
-    "responses": {"200": {"content": {"text/event-stream": {}}}},
 }
+_ANSWERS = openapi.answers(schemas.ErrorAnswer, 429)
+_ANSWERS[200] = {
+    "model": schemas.ErrorAnswer,
+    "description": "The task's events; a refusal (bad key, no such task) is kie's JSON "
+    "envelope instead, with HTTP 200 as kie answers.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+_ANSWERS[204] = {"description": "The task had ended and the client saw its last event."}
 
 
-@router.get("/api/v1/jobs/events", openapi_extra=_PARAMS)
+@router.get("/api/v1/jobs/events", responses=_ANSWERS, openapi_extra=_PARAMS)
 async def task_events(request: Request) -> Response:
     """Follow one task live; ends after its terminal event."""
     ctx = context(request)

@@ -7,9 +7,10 @@ import logging
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from seedbed import catalogue
+from seedbed.api import schemas
 from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
 from seedbed.engines import Engines
@@ -24,13 +25,19 @@ router = APIRouter(tags=["health"], route_class=LeanRoute)
 _OK = b'{"status":"ok"}'
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={200: {"model": schemas.Health, "description": "Up."}})
 async def healthz() -> Response:
     """The process is up (no store access: a cheap, constant answer)."""
     return Response(_OK, media_type="application/json")
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": schemas.Readiness, "description": "Ready: every check is ok."},
+        503: {"model": schemas.Readiness, "description": "Not ready: a check is not ok."},
+    },
+)
 async def readyz(request: Request) -> Response:
     """Ready for traffic: the store answers, an engine is configured, the queue is below
     ``ready_queue_limit``. 200 when all hold, else 503; the body names each check."""
@@ -60,7 +67,16 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format: this process's counters and the store's queue per engine."""
     ctx = context(request)

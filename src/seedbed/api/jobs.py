@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seedbed import catalogue, errors, netguard
-from seedbed.api import auth, envelope
+from seedbed.api import auth, envelope, openapi, schemas
 from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
@@ -37,28 +37,12 @@ MAX_IDEMPOTENCY_KEY = 200
 
 router = APIRouter(tags=["jobs"], route_class=LeanRoute)
 
-_CREATE_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["model", "input"],
-                "properties": {
-                    "model": {"type": "string", "enum": list(catalogue.CATALOGUE)},
-                    "callBackUrl": {"type": "string", "format": "uri"},
-                    "input": {
-                        "type": "object",
-                        "description": "model-specific; see GET /api/v1/models for each schema",
-                    },
-                },
-            }
-        }
-    },
-}
 
-
-@router.post("/api/v1/jobs/createTask", openapi_extra={"requestBody": _CREATE_BODY})
+@router.post(
+    "/api/v1/jobs/createTask",
+    responses=openapi.answers(schemas.TaskCreatedAnswer, 413, 429),
+    openapi_extra=openapi.CREATE_TASK_BODY,
+)
 async def create_task(request: Request) -> Response:
     """Accept a generation task; answers its ``taskId`` once it is stored durably."""
     ctx = context(request)
@@ -111,6 +95,8 @@ async def create_task(request: Request) -> Response:
     try:
         task = await ctx.store.create_task(new, open_task_cap=cap)
     except CreateRefused as exc:
+        if exc.reason == "open_tasks":  # the cap, reached by a create racing this one
+            ctx.metrics.refused("open_tasks")
         raise _refusal(exc, reserve, key.balance, cap) from exc
     except IdempotencyConflict as exc:
         raise errors.ValidationFailed(
@@ -135,19 +121,12 @@ def _idempotency_key(request: Request) -> str | None:
 
 @router.post(
     "/api/v1/jobs/cancelTask",
+    responses=openapi.answers(schemas.TaskAnswer, 413),
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["taskId"],
-                        "properties": {"taskId": {"type": "string"}},
-                    }
-                }
-            },
-        }
+        **openapi.SECURED,
+        **openapi.json_body(
+            {"type": "object", "required": ["taskId"], "properties": {"taskId": {"type": "string"}}}
+        ),
     },
 )
 async def cancel_task(request: Request) -> Response:
@@ -182,15 +161,20 @@ async def cancel_task(request: Request) -> Response:
 
 
 _TASK_ID_PARAM = {
+    **openapi.SECURED,
     "parameters": [
         {"name": "taskId", "in": "query", "required": True, "schema": {"type": "string"}}
-    ]
+    ],
 }
 
 
 # The query parameter is read by hand (and documented through openapi_extra): FastAPI's
 # parameter machinery is a measurable share of this, the most frequent call.
-@router.get("/api/v1/jobs/recordInfo", openapi_extra=_TASK_ID_PARAM)
+@router.get(
+    "/api/v1/jobs/recordInfo",
+    responses=openapi.answers(schemas.TaskAnswer, 429),
+    openapi_extra=_TASK_ID_PARAM,
+)
 async def record_info(request: Request) -> Response:
     """A task's state, progress and results, in kie's recordInfo form."""
     ctx = context(request)

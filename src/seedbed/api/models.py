@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seedbed import catalogue
-from seedbed.api import envelope
+from seedbed.api import envelope, openapi, schemas
 from seedbed.api.context import context
 from seedbed.api.routing import LeanRoute
 
@@ -18,7 +18,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["models"], route_class=LeanRoute)
 
 
-@router.get("/api/v1/models")
+@router.get("/api/v1/models", responses=openapi.answers(schemas.ModelsAnswer))
 async def list_models(request: Request) -> Response:
     """Every Seedream model id, whether this server serves it, its input schema and prices."""
     ctx = context(request)

@@ -13,6 +13,7 @@ second process waits, then finds the schema at head and does nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +35,8 @@ __all__ = [
     "sqlite_path",
     "upgrade",
 ]
+
+log = logging.getLogger(__name__)
 
 #: where alembic finds ``env.py`` and ``versions/``: a package resource, so it works installed
 SCRIPT_LOCATION = "seedbed.store:migrations"
@@ -182,4 +186,13 @@ def _run_in_transaction(conn: Connection) -> None:
     config = alembic_config()
     # env.py runs on this connection; alembic sees an outer transaction and leaves it alone
     config.attributes["connection"] = conn
+    before = _revision(conn)
     command.upgrade(config, "head")
+    after = _revision(conn)
+    if after != before:
+        # alembic's own lines are quiet below debug (logs.configure_logging); this says it all
+        log.info("database schema upgraded from %s to %s", before or "empty", after)
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
