@@ -182,5 +182,9 @@ def test_cancel_here_cancels_the_upstream_task(
     relayed = upstream.wait(upstream_key, up_id, timeout=15)
     # ended by its cancelTask (the upstream's own cancel code), not run to the end
     assert relayed["state"] == "fail" and relayed["failCode"] == CANCELED_FAIL_CODE, relayed
+    # the upstream's engine stops at its next step (it was not left to run all 100)
+    deadline = time.monotonic() + 5
+    while stepping.stopped_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert stepping.stopped_at is not None and stepping.stopped_at < stepping.steps
     assert downstream.wait(key, task_id)["state"] == "fail"
