@@ -60,7 +60,9 @@ CALLBACK_FAIL = (
 
 #: base64 uploads as real kie.ai took them (file-base64-upload recordings): a plain-text file
 #: and a 70-byte PNG that Pillow cannot decode (its IHDR checksum is wrong); both answered 200
-UPLOAD_TEXT_REQUEST = '{"base64Data":"SGVsbG8gV29ybGQ=","uploadPath":"documents/test-uploads","fileName":"test.txt"}'
+UPLOAD_TEXT_REQUEST = (
+    '{"base64Data":"SGVsbG8gV29ybGQ=","uploadPath":"documents/test-uploads","fileName":"test.txt"}'
+)
 
 UPLOAD_TEXT = '{"success":true,"code":200,"msg":"File uploaded successfully","data":{"success":true,"fileName":"test.txt","filePath":"kieai/136592/documents/test-uploads/test.txt","downloadUrl":"https://tempfile.redpandaai.co/kieai/136592/documents/test-uploads/test.txt","fileSize":11,"mimeType":"text/plain","uploadedAt":"2026-04-16T07:19:10.400Z"}}'
 
