@@ -2,7 +2,9 @@
 
 Admin commands work on the database directly (not over HTTP), so they work whether or not a
 server is running; a running server picks up maintenance and model switches within
-``admin_refresh_seconds``.
+``admin_refresh_seconds``. They never create a database: only ``serve`` and ``init`` do, so an
+admin command run from the wrong folder says so instead of minting a key the server never sees.
+Exit codes are in ``seedbed.exit_codes`` (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -17,37 +19,75 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from seedbed.cli_client import register_client_commands
+from seedbed.exit_codes import FAILED, REFUSED, USAGE
 
 if TYPE_CHECKING:
     # Imported where used: ``seedbed generate`` (and each admin command) starts faster without
     # pydantic-settings, asyncio and rich's tables when it does not need them.
+    from rich.table import Table
+
     from seedbed.config import Settings
 
 __all__ = ["app", "main"]
 
 T = TypeVar("T")
 
-app = typer.Typer(
+
+def _group(help_text: str, **options: Any) -> typer.Typer:
+    # rich_markup_mode=None: help texts are printed as written. With rich markup, "[engines]"
+    # in a help text is read as a style tag and silently dropped.
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None, **options)
+
+
+app = _group(
+    "A self-hosted, kie.ai-compatible task server for Seedream image models.",
     name="seedbed",
-    help="A self-hosted, kie.ai-compatible task server for Seedream image models.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
-credits_app = typer.Typer(help="Credit balances.", no_args_is_help=True)
-models_app = typer.Typer(help="Per-model switches.", no_args_is_help=True)
-callbacks_app = typer.Typer(help="The callback outbox: inspect, redeliver.", no_args_is_help=True)
-tasks_app = typer.Typer(help="Tasks: list and inspect.", no_args_is_help=True)
+keys_app = _group("API keys: create, list, revoke.")
+credits_app = _group("Credit balances.")
+models_app = _group("Per-model switches.")
+callbacks_app = _group("The callback outbox: inspect, redeliver.")
+tasks_app = _group("Tasks: list and inspect.")
+config_app = _group("The settings in force and where each comes from.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
 app.add_typer(callbacks_app, name="callbacks")
+app.add_typer(config_app, name="config")
 
-err = Console(stderr=True)
+# soft_wrap: an error stays one line whatever the terminal's (or a pipe's 80-column) width
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("seedbed")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from seedbed import __version__ as number
+        print(f"seedbed {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A self-hosted, kie.ai-compatible task server for Seedream image models."""
+
 
 DataDir = Annotated[
     Path | None,
@@ -67,36 +107,90 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment and config file, with the flags that were given on top."""
-    from seedbed.config import Settings
+    """Settings from the environment and config file, with the flags that were given on top;
+    a configuration mistake is one line and exit 2."""
+    from seedbed.settings_check import SettingsError, load_settings
 
-    given = {k: v for k, v in overrides.items() if v is not None and v != []}
     try:
-        return Settings(**given)
-    except Exception as exc:  # pydantic's ValidationError, a bad TOML file
-        _fail(f"invalid settings: {exc}")
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        _fail(str(exc), USAGE)
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+def _fail(message: str, code: int = FAILED) -> NoReturn:
+    # Text, not markup: a message that quotes "[engines.x]" or a path must print as it is.
+    err.print(Text.assemble(("error:", "red"), " ", message))
     raise typer.Exit(code)
 
 
+def _missing_database(settings: Settings) -> str | None:
+    """Why ``settings`` names no existing database, or None when it names one.
+
+    Only SQLite is checked: its database is a file that opening would create. A PostgreSQL
+    database is made by its operator; opening it only migrates the schema.
+    """
+    from seedbed.store.migrate import sqlite_path
+
+    url = settings.database
+    if not url.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy import make_url
+
+    path = sqlite_path(make_url(url))
+    if path is None or (path.is_file() and path.stat().st_size > 0):
+        return None
+    where = f"the data directory {settings.data_dir}" if not settings.database_url else url
+    return (
+        f"no seedbed database in {where} ({path} does not exist): pass the server's --data-dir "
+        "(or SEEDBED_DATA_DIR / --config), or create one with `seedbed init`"
+    )
+
+
 def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(store)`` on the existing database; a missing one is refused (exit 2)."""
     import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
 
     from seedbed.store import open_store
 
+    missing = _missing_database(settings)
+    if missing is not None:
+        _fail(missing, USAGE)
+
     async def run() -> T:
         store = open_store(settings.database)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         await store.open()
         try:
             return await action(store)
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"database {settings.database}: {_reason(exc)}", FAILED)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a database error: the driver's own words, without SQLAlchemy's SQL and
+    background link."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def _stdout() -> Console:
+    """Where tables go. Not a terminal (a pipe, a file): as wide as the rows, so that IDs and
+    model names are never cut to a pretend 80 columns."""
+    console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=100_000, soft_wrap=True)
+
+
+def _print_table(table: Table) -> None:
+    _stdout().print(table)
 
 
 def _tune_gc() -> None:
@@ -106,6 +200,14 @@ def _tune_gc() -> None:
 
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+
+
+def _private_files() -> None:
+    """Everything a server or worker process creates is for its own user alone (the
+    database's -wal and -shm files, results, sockets), whatever umask it was started with."""
+    import os
+
+    os.umask(0o077)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -148,10 +250,11 @@ def serve(
     )
     _configure_logging(settings)
     _tune_gc()
+    _private_files()
     try:
         application = create_app(settings)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(str(exc), USAGE)
     from seedbed.server import GracefulServer, uvicorn_config
 
     server = GracefulServer(
@@ -199,12 +302,16 @@ def worker_command(
         worker_concurrency=concurrency,
         allow_network=allow_network,
     )
+    missing = _missing_database(settings)
+    if missing is not None:  # a worker serves a server's database; it never makes one
+        _fail(missing, USAGE)
     _configure_logging(settings)
     _tune_gc()
+    _private_files()
     try:
         engines = build_engines(settings, only=engine or (), device=device)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(str(exc), USAGE)
 
     async def run() -> None:
         ctx = build_context(settings, engines=engines)
@@ -228,6 +335,74 @@ def worker_command(
             await ctx.store.close()
 
     asyncio.run(run())
+
+
+@app.command()
+def init(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create the data directory and its database (what `serve` does at its first start).
+
+    Safe to run again: an existing database is brought to the newest schema, nothing else.
+    """
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from seedbed.links import load_or_create_secret
+    from seedbed.store import open_store
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    existed = _missing_database(settings) is None
+
+    async def create() -> None:
+        store = open_store(settings.database)
+        await store.open()  # creates the file and runs the migrations
+        await store.close()
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(create())
+        load_or_create_secret(settings.data_dir)
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"database {settings.database}: {_reason(exc)}", FAILED)
+    state = "holds a database (schema up to date)" if existed else "created"
+    err.print(Text(f"{settings.data_dir.resolve()}: {state}; database {settings.database}"))
+
+
+# -- config ----------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Print every setting in force (secrets masked) and where it came from: flag, env, file
+    or default."""
+    from seedbed.settings_check import mask, origins
+
+    flags = {"data_dir": data_dir, "database_url": database_url, "config": config}
+    settings = _settings(**flags)
+    names = list(type(settings).model_fields)
+    where = origins(names, {k: v for k, v in flags.items() if v is not None})
+    values = settings.model_dump(mode="json")
+    shown = {name: {"value": mask(name, values[name]), "source": where[name]} for name in names}
+    # the store in force, which data_dir implies unless database_url is set
+    derived = "database_url" if settings.database_url else "data_dir"
+    shown["database"] = {
+        "value": mask("database_url", settings.database),
+        "source": f"{where[derived]} ({derived})",
+    }
+    if as_json:
+        print(json.dumps(shown))
+        return
+    width = max(len(name) for name in shown)
+    for name, entry in shown.items():
+        value = json.dumps(entry["value"], ensure_ascii=False)
+        print(f"{name:<{width}}  {value}  # {entry['source']}")
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -260,7 +435,7 @@ def keys_create(
 
     amount = _decimal(credits, "--credits")
     if amount < 0:
-        _fail("--credits must not be negative")
+        _fail("--credits must not be negative", USAGE)
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     plain = keys.new_key()
     limits = KeyLimits(
@@ -307,7 +482,7 @@ def keys_rotate_hmac(
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     hmac_key = keys.new_hmac_key()
     if not _with_store(settings, lambda store: store.set_hmac_key(key_id, hmac_key)):
-        _fail(f"no key {key_id}")
+        _fail(f"no key {key_id}", REFUSED)
     if as_json:
         print(json.dumps({"id": key_id, "hmacKey": hmac_key}))
         return
@@ -341,7 +516,7 @@ def keys_list(
             _when(k.created_at),
             _when(k.revoked_at) if k.revoked_at else "",
         )
-    Console().print(table)
+    _print_table(table)
 
 
 @keys_app.command("revoke")
@@ -354,15 +529,16 @@ def keys_revoke(
     """Revoke a key: it is refused (401) from the next request on."""
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     if not _with_store(settings, lambda store: store.revoke_key(key_id)):
-        _fail(f"no key {key_id}")
+        _fail(f"no key {key_id}", REFUSED)
     err.print(f"Revoked {key_id}.")
 
 
 # -- credits ---------------------------------------------------------------------------------
-@credits_app.command("add")
+# ignore_unknown_options: "-10" is an amount, not an unknown option, so no "--" is needed
+@credits_app.command("add", context_settings={"ignore_unknown_options": True})
 def credits_add(
     key_id: Annotated[str, typer.Argument(help="The key's id.")],
-    amount: Annotated[str, typer.Argument(help="Credits to add (negative to remove).")],
+    amount: Annotated[str, typer.Argument(help="Credits to add; negative (e.g. -10) to remove.")],
     note: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -376,9 +552,9 @@ def credits_add(
         try:
             balance: Decimal = await store.add_credits(key_id, value, note)
         except KeyError:
-            _fail(f"no key {key_id}")
+            _fail(f"no key {key_id}", REFUSED)
         except ValueError as exc:
-            _fail(str(exc))
+            _fail(str(exc), REFUSED)
         return balance
 
     balance = _with_store(settings, add)
@@ -395,7 +571,7 @@ def maintenance(
 ) -> None:
     """Turn maintenance mode on (createTask answers 455) or off."""
     if state not in ("on", "off"):
-        _fail("say 'on' or 'off'")
+        _fail("say 'on' or 'off'", USAGE)
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     _with_store(settings, lambda store: store.set_maintenance(state == "on"))
     err.print(f"Maintenance {state}.")
@@ -405,7 +581,7 @@ def _switch_model(model: str, enabled: bool, settings: Settings) -> None:
     from seedbed import catalogue
 
     if model not in catalogue.CATALOGUE:
-        _fail(f"unknown model {model!r}; see `seedbed models list`")
+        _fail(f"unknown model {model!r}; see `seedbed models list`", USAGE)
     _with_store(settings, lambda store: store.set_model_enabled(model, enabled))
     err.print(f"{model} {'enabled' if enabled else 'disabled'}.")
 
@@ -460,7 +636,7 @@ def models_list(
     table = Table("id", "title", "enabled")
     for row in rows:
         table.add_row(row["id"], row["title"], "yes" if row["enabled"] else "no")
-    Console().print(table)
+    _print_table(table)
 
 
 # -- callbacks -------------------------------------------------------------------------------
@@ -495,7 +671,7 @@ def callbacks_list(
             last,
             row.url,
         )
-    Console().print(table)
+    _print_table(table)
 
 
 @callbacks_app.command("redeliver")
@@ -511,7 +687,7 @@ def callbacks_redeliver(
     """
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     if not _with_store(settings, lambda store: store.redeliver_callback(task_id)):
-        _fail(f"no callback for task {task_id}")
+        _fail(f"no callback for task {task_id}", REFUSED)
     err.print(f"Callback for {task_id} queued.")
 
 
@@ -530,7 +706,7 @@ def _since_ms(text: str) -> int:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"--since: {text!r} is neither a duration (30m, 1h, 2d) nor an ISO date-time")
+        _fail(f"--since: {text!r} is neither a duration (30m, 1h, 2d) nor an ISO date-time", USAGE)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -581,7 +757,7 @@ def tasks_list(
     try:
         wanted = None if state is None else TaskState(state)
     except ValueError:
-        _fail(f"--state must be one of {', '.join(s.value for s in TaskState)}")
+        _fail(f"--state must be one of {', '.join(s.value for s in TaskState)}", USAGE)
     where = TaskFilter(
         state=wanted,
         model=model,
@@ -604,7 +780,7 @@ def tasks_list(
         table.add_row(
             t.id, t.model, t.state.value, f"{t.progress}%", t.key_id, _when(t.create_time), fail
         )
-    Console().print(table)
+    _print_table(table)
 
 
 @tasks_app.command("get")
@@ -623,7 +799,7 @@ def tasks_get(
 
     task, ran_on = _with_store(settings, read)
     if task is None:
-        _fail(f"no task {task_id}")
+        _fail(f"no task {task_id}", REFUSED)
     shown = _task_json(task)
     # the engine that ran it (a route may have moved it on) and a relay's upstream task id
     shown["engine"], shown["upstreamTaskId"] = ran_on or (None, None)
@@ -636,7 +812,7 @@ def tasks_get(
     for name, value in shown.items():
         text = _when(value) if name.endswith("Time") and name != "costTime" else value
         table.add_row(name, "" if text is None else str(text))
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -690,9 +866,9 @@ def _decimal(text: str, name: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        _fail(f"{name} must be a number, not {text!r}")
+        _fail(f"{name} must be a number, not {text!r}", USAGE)
     if not value.is_finite():
-        _fail(f"{name} must be a finite number")
+        _fail(f"{name} must be a finite number", USAGE)
     return value
 
 

@@ -12,8 +12,10 @@ Python client's own rules, ``seedbed.client.config``):
    ``$XDG_CONFIG_HOME/seedbed/client.toml`` (``~/.config/seedbed/client.toml``);
 4. ``http://127.0.0.1:8000`` and no key.
 
-Failures print one line on stderr and exit 1 (a bad flag: typer's usage message, exit 2);
-``--debug`` adds the traceback.
+Failures print one line on stderr; ``--debug`` adds the traceback. The exit code says which
+kind (``seedbed.exit_codes``, docs/cli.md): 2 a usage mistake (typer's usage message for a bad
+flag), 3 the server refused (a 4xx code), 1 the server failed or could not be reached, 4 the
+task ended ``fail``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
+
+from seedbed.exit_codes import FAILED, REFUSED, TASK_FAILED, USAGE
 
 if TYPE_CHECKING:
     from seedbed.client import Client, Task
@@ -42,7 +47,7 @@ err = Console(stderr=True)
 
 
 class CliFailure(Exception):
-    """A failure to report as one line (exit 1)."""
+    """A mistake in the command line or the client config, reported as one line (exit 2)."""
 
 
 def config_path(explicit: Path | None = None) -> Path:
@@ -97,9 +102,23 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+def _fail(message: str, code: int = FAILED) -> NoReturn:
+    # Text, not markup: a server's msg may hold square brackets
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit code for a failure: who said no, or what broke (``seedbed.exit_codes``)."""
+    from seedbed.client import ApiError, TaskFailed
+
+    if isinstance(exc, CliFailure | ValueError):
+        return USAGE
+    if isinstance(exc, TaskFailed):
+        return TASK_FAILED
+    if isinstance(exc, ApiError) and exc.code < 500:
+        return REFUSED
+    return FAILED  # 5xx, unreachable, not kie's envelope, a wait that timed out, local I/O
 
 
 def _describe(exc: BaseException) -> str:
@@ -112,7 +131,7 @@ def _describe(exc: BaseException) -> str:
 
 @contextmanager
 def _reported(debug: bool) -> Iterator[None]:
-    """Turn failures into one line and exit 1 (with the traceback under ``--debug``)."""
+    """Turn failures into one line and their exit code (the traceback under ``--debug``)."""
     from seedbed.client import ClientError
 
     try:
@@ -120,7 +139,7 @@ def _reported(debug: bool) -> Iterator[None]:
     except (ClientError, CliFailure, OSError, ValueError) as exc:
         if debug:
             traceback.print_exc()
-        _fail(_describe(exc))
+        _fail(_describe(exc), _exit_code(exc))
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None

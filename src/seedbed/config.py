@@ -11,14 +11,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+
+from seedbed.settings_check import check_environment, toml_source
 
 __all__ = [
     "ArkEngineSettings",
@@ -226,7 +227,9 @@ def _lower(value: Any) -> Any:
 class Settings(BaseSettings):
     """Every setting of a seedbed deployment; each is also ``SEEDBED_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SEEDBED_", extra="ignore")
+    # "forbid": an unknown key in the TOML file (``prot = 9001``) is an error, not ignored;
+    # unknown SEEDBED_ variables are refused by check_environment (settings_check.py)
+    model_config = SettingsConfigDict(env_prefix="SEEDBED_", extra="forbid")
 
     config: Path | None = Field(
         None, description="TOML file with settings (lower precedence than the environment)"
@@ -270,7 +273,9 @@ class Settings(BaseSettings):
     body_min_rate: float = Field(
         4096.0, gt=0, description="bytes per second a request body must average after its grace"
     )
-    log_level: str = "info"
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = Field(
+        "info", description="critical, error, warning, info or debug"
+    )
     log_json: bool | None = Field(
         None, description="JSON log lines; default: JSON unless stderr is a terminal"
     )
@@ -444,8 +449,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file(init_settings, env_settings)
+        check_environment(settings_cls.model_fields, config_file=config_file)
         if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(toml_source(settings_cls, config_file))
         return tuple(sources)
 
 

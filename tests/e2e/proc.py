@@ -39,6 +39,9 @@ def run_cli(
 
 
 def create_key(data_dir: Path, credits: int = 100) -> dict[str, Any]:
+    """A key in ``data_dir``'s database, made first (admin commands never create one)."""
+    initialised = run_cli(["init"], data_dir)
+    assert initialised.returncode == 0, initialised.stderr
     done = run_cli(
         ["keys", "create", "--name", "e2e", "--credits", str(credits), "--json"], data_dir
     )

@@ -18,6 +18,7 @@ from receiver import Receiver
 
 
 def _key_with_hmac(data_dir: Path) -> dict[str, Any]:
+    assert run_cli(["init"], data_dir).returncode == 0
     done = run_cli(
         ["keys", "create", "--name", "hooks", "--credits", "100", "--hmac", "--json"], data_dir
     )
@@ -114,8 +115,8 @@ def test_dead_letters_are_listed_and_redelivered_with_a_rotated_key(tmp_path: Pa
         assert hits[2].answered == 200 and hits[2].signature_ok
         assert _callbacks(tmp_path, "--dead") == []
         missing = run_cli(["callbacks", "redeliver", "0" * 32], tmp_path)
-        assert missing.returncode == 1 and "no callback" in missing.stderr
-        assert run_cli(["keys", "rotate-hmac", "key_nope"], tmp_path).returncode == 1
+        assert missing.returncode == 3 and "no callback" in missing.stderr  # refused
+        assert run_cli(["keys", "rotate-hmac", "key_nope"], tmp_path).returncode == 3
     finally:
         stop(worker)
         receiver.close()

@@ -14,6 +14,7 @@ from conftest import free_port
 
 
 def test_keys_create_prints_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
+    assert run_cli(["init"], tmp_path).returncode == 0
     done = run_cli(["keys", "create", "--name", "alice", "--credits", "12.5"], tmp_path)
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1]
@@ -30,14 +31,14 @@ def test_keys_json_credits_revoke_and_switches(tmp_path: Path) -> None:
     assert set(created) >= {"key", "id", "name", "balance", "limits"}
     added = run_cli(["credits", "add", created["id"], "2.25"], tmp_path)
     assert added.returncode == 0 and added.stdout.strip() == "7.25"
-    assert run_cli(["credits", "add", "key_nope", "1"], tmp_path).returncode == 1
+    assert run_cli(["credits", "add", "key_nope", "1"], tmp_path).returncode == 3  # refused
     bad = run_cli(["credits", "add", created["id"], "lots"], tmp_path)
-    assert bad.returncode == 1 and "must be a number" in bad.stderr
+    assert bad.returncode == 2 and "must be a number" in bad.stderr  # usage
     assert run_cli(["keys", "revoke", created["id"]], tmp_path).returncode == 0
     assert run_cli(["maintenance", "on"], tmp_path).returncode == 0
     assert run_cli(["models", "disable", "seedream/4.5-edit"], tmp_path).returncode == 0
     unknown = run_cli(["models", "disable", "seedream/9"], tmp_path)
-    assert unknown.returncode == 1 and "unknown model" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
     models = json.loads(run_cli(["models", "list", "--json"], tmp_path).stdout)
     disabled = [m["id"] for m in models if not m["enabled"]]
     assert disabled == ["seedream/4.5-edit"]
@@ -146,8 +147,8 @@ def test_tasks_list_get_and_stats(tmp_path: Path) -> None:
     assert [r["taskId"] for r in json.loads(failed.stdout)] == [ids[0]]
     other_model = run_cli(["tasks", "list", "--model", "seedream/4.5-edit", "--json"], tmp_path)
     assert json.loads(other_model.stdout) == []
-    assert run_cli(["tasks", "list", "--state", "lost"], tmp_path).returncode == 1
-    assert run_cli(["tasks", "list", "--since", "yesterday"], tmp_path).returncode == 1
+    assert run_cli(["tasks", "list", "--state", "lost"], tmp_path).returncode == 2
+    assert run_cli(["tasks", "list", "--since", "yesterday"], tmp_path).returncode == 2
     table = run_cli(["tasks", "list"], tmp_path)
     assert table.returncode == 0 and ids[0] in table.stdout
 
@@ -157,7 +158,7 @@ def test_tasks_list_get_and_stats(tmp_path: Path) -> None:
     assert shown["keyId"] == key["id"] and shown["model"] == "bytedance/seedream"
     assert run_cli(["tasks", "get", ids[0]], tmp_path).returncode == 0
     missing = run_cli(["tasks", "get", "0" * 32], tmp_path)
-    assert missing.returncode == 1 and "no task" in missing.stderr
+    assert missing.returncode == 3 and "no task" in missing.stderr
 
     stats = json.loads(run_cli(["stats", "--json"], tmp_path).stdout)
     assert stats["open"] == {"waiting": 2}

@@ -131,7 +131,7 @@ def test_balance_reads_the_config_file(running: Running) -> None:
     assert done.stdout.strip() == "100"
     # a flag beats the file
     wrong = seedbed("balance", "--key", "sb-wrong", home=running.home)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 3  # refused
     assert wrong.stderr.strip() == "error: You do not have access permissions (code 401)"
     explicit = running.home / "other.toml"
     explicit.write_text(f'url = "{running.url}"\napi_key = "{running.key}"\n')
@@ -146,7 +146,7 @@ def test_bad_flags_and_bad_values_are_one_line_without_traceback(running: Runnin
     assert "No such option" in unknown.stderr and "Traceback" not in unknown.stderr
 
     bad_ratio = seedbed("generate", "x", "--aspect-ratio", "7:3", *common, home=running.home)
-    assert bad_ratio.returncode == 1
+    assert bad_ratio.returncode == 3  # refused: the 422 the server would answer
     assert bad_ratio.stderr.strip() == (
         "error: input.aspect_ratio: must be one of 1:1, 4:3, 3:4, 16:9, 9:16, 2:3, 3:2, 21:9 "
         "(code 422)"
@@ -154,7 +154,7 @@ def test_bad_flags_and_bad_values_are_one_line_without_traceback(running: Runnin
     wrong_field = seedbed(
         "generate", "x", "-m", "bytedance/seedream", "--quality", "high", *common, home=running.home
     )
-    assert wrong_field.returncode == 1
+    assert wrong_field.returncode == 2  # usage
     assert wrong_field.stderr.strip() == "error: --quality: bytedance/seedream has no quality field"
     no_file = seedbed(
         "generate",
@@ -166,10 +166,10 @@ def test_bad_flags_and_bad_values_are_one_line_without_traceback(running: Runnin
         *common,
         home=running.home,
     )
-    assert no_file.returncode == 1
+    assert no_file.returncode == 2
     assert no_file.stderr.strip() == "error: --image ./missing.png: no such file"
     unknown_task = seedbed("get", "0" * 32, *common, home=running.home)
-    assert unknown_task.returncode == 1
+    assert unknown_task.returncode == 3
     assert unknown_task.stderr.strip() == "error: recordInfo is null (code 422)"
 
 
