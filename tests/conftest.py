@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
+import services
 from seedbed import keys
 from seedbed.app import create_app
 from seedbed.config import Settings
@@ -198,6 +199,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "zimage": tiny_pipelines.build_z_image(root / "zimage"),
         "layered": tiny_pipelines.build_qwen_image_layered(root / "layered"),
     }
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[services.Postgres]:
+    """One PostgreSQL for the session, started on first use; tests take a database each."""
+    with services.postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[services.SeaweedFS]:
+    """One SeaweedFS (S3) for the session, started on first use; tests take a key prefix each."""
+    with services.seaweedfs() as weed:
+        yield weed
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """One contract for every ``Store``: the same tests against MemoryStore and SqlStore.
 
-SqlStore runs on a SQLite file in ``tmp_path``, and also on PostgreSQL when
-``SEEDBED_TEST_POSTGRES_URL`` names a database that may be wiped (``postgresql://...``). Time is
-a fake clock that tests advance, so lease expiry needs no sleeping.
+SqlStore runs on a SQLite file in ``tmp_path`` and on a real PostgreSQL (the session's
+``postgres_server`` from ``tests/services.py``), each test in a database of its own. Time is a
+fake clock that tests advance, so lease expiry needs no sleeping.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,8 +45,7 @@ from seedbed.tasks import (
 
 D = Decimal
 T0 = 1_700_000_000.0
-PG_URL = os.environ.get("SEEDBED_TEST_POSTGRES_URL")
-KINDS = ["memory", "sqlite"] + (["postgres"] if PG_URL else [])
+KINDS = ["memory", "sqlite", "postgres"]
 
 
 class Clock:
@@ -63,24 +61,12 @@ class Clock:
         self.now += seconds
 
 
-async def _wipe_postgres(url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP SCHEMA public CASCADE"))
-        await conn.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
-
-
-def _make(kind: str, tmp_path: Path, clock: Callable[[], float]) -> Store:
+def _make(kind: str, tmp_path: Path, clock: Callable[[], float], pg_url: str = "") -> Store:
     if kind == "memory":
         return MemoryStore(clock=clock)
     if kind == "sqlite":
         return SqlStore(f"sqlite:///{tmp_path / 'seedbed.db'}", clock=clock)
-    assert PG_URL is not None
-    return SqlStore(PG_URL, clock=clock)
+    return SqlStore(pg_url, clock=clock)
 
 
 @pytest.fixture
@@ -92,10 +78,11 @@ def clock() -> Clock:
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
 ) -> AsyncIterator[Store]:
+    pg_url = ""
     if request.param == "postgres":
-        assert PG_URL is not None
-        await _wipe_postgres(PG_URL)
-    s = _make(request.param, tmp_path, clock)
+        # asked for here, not as an argument, so memory and SQLite runs never start PostgreSQL
+        pg_url = request.getfixturevalue("postgres_server").new_database()
+    s = _make(request.param, tmp_path, clock, pg_url)
     await s.open()
     try:
         yield s

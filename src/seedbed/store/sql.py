@@ -348,7 +348,9 @@ class SqlStore:
         if row.create_time <= self._now() - IDEMPOTENCY_SECONDS * 1000:
             execute(conn, q.FORGET_IDEMPOTENCY, {"p_seq": row.seq})  # expired: free the key
             return None
-        if row.request_hash != new.request_hash:
+        # CHAR(64): PostgreSQL pads a shorter value with blanks (a hash never ends in one)
+        stored = row.request_hash.rstrip(" ") if row.request_hash is not None else None
+        if stored != new.request_hash:
             raise IdempotencyConflict(new.idempotency_key)
         return q.task_from_row(row)
 
