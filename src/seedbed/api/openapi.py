@@ -19,7 +19,6 @@ import copy
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -95,19 +94,13 @@ def answers(
 
 
 def install(app: FastAPI) -> None:
-    """Build ``app``'s document with these parts, once, on the first request for it."""
+    """Add these parts to ``app``'s document, which FastAPI builds (and caches) as usual."""
+    build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = get_openapi(
-                title=app.title,
-                version=app.version,
-                openapi_version=app.openapi_version,
-                description=app.description,
-                routes=app.routes,
-                tags=app.openapi_tags,
-            )
-            components = document.setdefault("components", {})
+        document = build()
+        components = document.setdefault("components", {})
+        if BEARER not in components.get("securitySchemes", {}):  # once per built document
             components["securitySchemes"] = {
                 BEARER: {
                     "type": "http",
@@ -116,8 +109,7 @@ def install(app: FastAPI) -> None:
                 }
             }
             components.setdefault("schemas", {}).update(_create_task_schemas())
-            app.openapi_schema = document
-        return app.openapi_schema
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]
 
