@@ -36,7 +36,7 @@ from seedbed.feed import TaskFeed
 from seedbed.links import Links, load_or_create_secret
 from seedbed.metrics import HttpMetrics
 from seedbed.retention import Sweeper
-from seedbed.storage.local import LocalStorage
+from seedbed.storage import LocalStorage, S3Storage, open_storage
 from seedbed.store.base import Store
 from seedbed.tasks import Task
 from seedbed.wakeup import Wakeup
@@ -51,7 +51,7 @@ def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
-    storage: LocalStorage | None = None,
+    storage: LocalStorage | S3Storage | None = None,
     engines: Engines | None = None,
 ) -> FastAPI:
     """Build the API; the store opens, and the in-process worker starts, with the app's lifespan."""
@@ -137,7 +137,7 @@ def build_context(
     settings: Settings,
     *,
     store: Store | None = None,
-    storage: LocalStorage | None = None,
+    storage: LocalStorage | S3Storage | None = None,
     engines: Engines | None = None,
 ) -> Context:
     """The collaborators one process shares between its API and its worker."""
@@ -153,7 +153,13 @@ def build_context(
     return Context(
         settings=settings,
         store=store,
-        storage=storage or LocalStorage(settings.files_dir),
+        # local files unless storage_url names an object store (s3://BUCKET[/PREFIX])
+        storage=storage
+        or open_storage(
+            settings.storage_url,
+            files_dir=settings.files_dir,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        ),
         engines=engines if engines is not None else build_engines(settings),
         wakeup=Wakeup(settings.run_dir),
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),

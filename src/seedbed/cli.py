@@ -99,6 +99,15 @@ DatabaseUrl = Annotated[
         "--database-url", help="Store URL (env SEEDBED_DATABASE_URL).", show_default=False
     ),
 ]
+StorageUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-url",
+        help="Where files are stored: s3://BUCKET[/PREFIX] (env SEEDBED_STORAGE_URL); "
+        "default: <data-dir>/files.",
+        show_default=False,
+    ),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option("--config", help="TOML settings file (env SEEDBED_CONFIG).", show_default=False),
@@ -223,6 +232,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
     config: ConfigFile = None,
     allow_network: Annotated[
         list[str] | None,
@@ -244,6 +254,7 @@ def serve(
         port=port,
         data_dir=data_dir,
         database_url=database_url,
+        storage_url=storage_url,
         config=config,
         allow_network=allow_network,
         worker=worker,
@@ -268,6 +279,7 @@ def serve(
 def worker_command(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
     config: ConfigFile = None,
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
     allow_network: Annotated[
@@ -298,6 +310,7 @@ def worker_command(
     settings = _settings(
         data_dir=data_dir,
         database_url=database_url,
+        storage_url=storage_url,
         config=config,
         worker_concurrency=concurrency,
         allow_network=allow_network,

@@ -242,6 +242,27 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite at <data_dir>/seedbed.db"
     )
+    storage_url: str | None = Field(
+        None,
+        description="where results and uploads are stored: s3://BUCKET[/PREFIX] for an "
+        "S3-compatible object store shared by every process (the s3 extra; credentials and "
+        "region from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default: local "
+        "files in <data_dir>/files",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="the S3 API's URL for stores other than AWS (MinIO, R2, Garage, SeaweedFS), "
+        "e.g. http://127.0.0.1:8333",
+    )
+    s3_serve: Literal["redirect", "stream"] = Field(
+        "redirect",
+        description="how GET /files/... answers for results in object storage: a redirect to a "
+        "short-lived presigned URL of the store (clients must reach it), or the bytes streamed "
+        "through this server",
+    )
+    s3_presign_seconds: int = Field(
+        300, ge=1, le=604_800, description="lifetime of the presigned URLs redirects point to"
+    )
     public_url: str | None = Field(
         None,
         description="base URL clients reach this server at, for result links; "

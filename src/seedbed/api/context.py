@@ -19,6 +19,7 @@ from seedbed.links import Links
 from seedbed.metrics import Metrics
 from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
+from seedbed.storage.s3 import S3Storage
 from seedbed.store.base import Store
 from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
@@ -133,7 +134,7 @@ class Records:
 class Context:
     settings: Settings
     store: Store
-    storage: LocalStorage
+    storage: LocalStorage | S3Storage
     engines: Engines
     wakeup: Wakeup
     net_policy: netguard.NetPolicy

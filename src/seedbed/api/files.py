@@ -24,6 +24,7 @@ from seedbed.api.context import context
 from seedbed.links import RESULTS
 from seedbed.sniff import HEAD_BYTES, OCTET_STREAM, sniff
 from seedbed.storage.base import StoredFileNotFound
+from seedbed.storage.s3 import S3Storage
 
 __all__ = ["CONTENT_SECURITY_POLICY", "router"]
 
@@ -48,6 +49,11 @@ _RESULT_TYPES = {
 @router.get("/files/{key:path}", include_in_schema=False)
 async def get_file(request: Request, key: str) -> Response:
     ctx = context(request)
+    if isinstance(ctx.storage, S3Storage):
+        # object storage: redirected to the store or streamed (api/objects.py)
+        from seedbed.api.objects import get_object
+
+        return await get_object(request, ctx, ctx.storage, key)
     try:
         # refuses, without touching the disk, any key that could not have been stored:
         # over-long names, '..', control characters (404, as for any other unknown name)

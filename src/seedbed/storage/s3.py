@@ -94,9 +94,9 @@ class S3Storage:
         region: str | None = None,
     ) -> None:
         """Credentials and region given here win over the environment's (tests pass them)."""
+        # No ``root`` attribute, unlike LocalStorage: code that sees one takes it for a folder
+        # (the health monitor's free-space check).
         self.location = parse_s3_url(url)
-        #: where files live, for start-up messages (as ``LocalStorage.root``)
-        self.root = str(self.location)
         config: S3Config = {}
         if access_key_id is not None:
             config["access_key_id"] = access_key_id
