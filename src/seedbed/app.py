@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from seedbed import __version__, errors, netguard, startup
+from seedbed import __version__, errors, faults, netguard, startup
 from seedbed import store as store_module
 from seedbed.api import (
     account,
@@ -34,15 +33,25 @@ from seedbed.engines import Engines, build_engines
 from seedbed.engines.relay import RelayEngine
 from seedbed.feed import TaskFeed
 from seedbed.links import Links, load_or_create_secret
-from seedbed.metrics import HttpMetrics
+from seedbed.metrics import HttpMetrics, Metrics
+from seedbed.monitor import HealthMonitor
+from seedbed.private import private_dir
 from seedbed.retention import Sweeper
 from seedbed.storage import LocalStorage, S3Storage, open_storage
 from seedbed.store.base import Store
+from seedbed.supervise import Supervisor
 from seedbed.tasks import Task
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker, WorkerConfig
 
-__all__ = ["build_context", "build_dispatcher", "build_sweeper", "build_worker", "create_app"]
+__all__ = [
+    "build_context",
+    "build_dispatcher",
+    "build_monitor",
+    "build_sweeper",
+    "build_worker",
+    "create_app",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,43 +69,46 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.store.open()
-        feed_task = asyncio.create_task(ctx.feed.run(), name="seedbed-feed")
+        # Every background loop runs under the supervisor: one that dies is logged, counted
+        # and started again, and readiness knows while the worker is down.
+        supervisor = ctx.supervisor
+        supervisor.start("feed", ctx.feed.run)
         ctx.shutdown_hooks.append(ctx.feed.close)
-        worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
         if settings.worker:
             worker = ctx.worker = build_worker(ctx)
             ctx.shutdown_hooks.append(worker.stop)
-            worker_task = asyncio.create_task(worker.run(), name="seedbed-worker")
+            supervisor.start("worker", worker.run, on_crash=worker.hand_back)
+        monitor = build_monitor(ctx)
+        supervisor.start("health", monitor.run)
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
-        background: list[tuple[Dispatcher | Sweeper, asyncio.Task[None]]] = []
+        background: list[tuple[str, Dispatcher | Sweeper | HealthMonitor]] = [("health", monitor)]
         dispatcher: Dispatcher | None = None
         if settings.callbacks:
             dispatcher = build_dispatcher(ctx)
-            background.append((dispatcher, asyncio.create_task(dispatcher.run(), name="callbacks")))
+            supervisor.start("callbacks", dispatcher.run)
+            background.append(("callbacks", dispatcher))
         sweeper = build_sweeper(ctx)
-        background.append((sweeper, asyncio.create_task(sweeper.run(), name="retention")))
+        supervisor.start("retention", sweeper.run)
+        background.append(("retention", sweeper))
         startup.log_serving(ctx)
         try:
             yield
         finally:
             ctx.begin_shutdown()
-            if worker is not None and worker_task is not None:
-                await _drain(worker, worker_task, settings.shutdown_grace_seconds)
+            if worker is not None:
+                await _drain(worker, supervisor, settings.shutdown_grace_seconds)
             if dispatcher is not None:
                 # Callbacks of the tasks that just ended go out before the process does; what
                 # cannot be delivered in time stays in the outbox for the next start.
                 await dispatcher.flush(
                     min(settings.callback_timeout, settings.shutdown_grace_seconds)
                 )
-            for service, _ in background:
+            for _, service in background:
                 service.stop()
-            for _, task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed_task
+            for name, _ in background:
+                await supervisor.stop(name, timeout=10.0)
+            await supervisor.stop_all()  # the feed: its streams have ended
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
             await ctx.store.close()
@@ -119,18 +131,15 @@ def create_app(
     return app
 
 
-async def _drain(worker: Worker, worker_task: asyncio.Task[None], grace: float) -> None:
+async def _drain(worker: Worker, supervisor: Supervisor, grace: float) -> None:
     """Let running tasks end within ``grace``, hand the rest back, then stop the worker."""
     try:
         await worker.drain(grace)
     except Exception:
         log.exception("draining the worker failed")
     # What was handed back stops at its engine's next step; give it a moment, then cancel.
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(worker_task), timeout=2.0)
-    worker_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker_task
+    await supervisor.stop("worker", timeout=2.0)
+    worker.close()
 
 
 def build_context(
@@ -141,7 +150,7 @@ def build_context(
     engines: Engines | None = None,
 ) -> Context:
     """The collaborators one process shares between its API and its worker."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = store or store_module.open_store(settings.database)
     callback_wakeup = Wakeup(settings.run_dir / "callbacks")
 
@@ -150,7 +159,10 @@ def build_context(
             callback_wakeup.notify()
 
     store.on_finish(on_finish)
+    metrics = Metrics()
     return Context(
+        metrics=metrics,
+        supervisor=Supervisor(on_restart=lambda loop: metrics.loop_restarts.labels(loop).inc()),
         settings=settings,
         store=store,
         # local files unless storage_url names an object store (s3://BUCKET[/PREFIX])
@@ -168,6 +180,18 @@ def build_context(
         links=Links(load_or_create_secret(settings.data_dir)),
         callback_wakeup=callback_wakeup,
         feed=TaskFeed(store, interval=settings.events_poll_seconds),
+    )
+
+
+def build_monitor(ctx: Context) -> HealthMonitor:
+    """The probes behind readiness and createTask's storage check."""
+    settings = ctx.settings
+    return HealthMonitor(
+        store=ctx.store,
+        storage=ctx.storage,
+        health=ctx.health,
+        interval=settings.health_check_seconds,
+        min_free_bytes=int(settings.storage_min_free_mb * 2**20),
     )
 
 
@@ -189,9 +213,11 @@ def build_worker(ctx: Context) -> Worker:
             fetch_timeout=settings.fetch_timeout,
             net_policy=ctx.net_policy,
             engine_nice=settings.engine_nice,
+            fault_retry_seconds=settings.fault_retry_seconds,
         ),
         pricing=ctx.pricing,
         observer=_WorkerObserver(ctx),
+        health=ctx.health,
     )
 
 
@@ -263,6 +289,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return envelope.error_response(errors.ValidationFailed("body: the client disconnected"))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if faults.is_infrastructure_fault(exc):
+            # A disk, database or storage fault: one line (no traceback per request) and an
+            # answer that says what failed, without paths or internals.
+            reason = faults.describe(exc)
+            log.error("%s %s: %s", request.method, request.url.path, reason)
+            return envelope.error_response(_fault_error(exc))
         # Logged with its traceback by the server; the client never sees internals.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return envelope.error_response(errors.SeedbedError())
@@ -271,3 +303,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
+    # Registered by class too, so that Starlette answers them in its exception middleware
+    # (the catch-all above also re-raises to the server, which logs a traceback per request).
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for fault_type in (OSError, SQLAlchemyError):
+        app.add_exception_handler(fault_type, on_unexpected)
+
+
+def _fault_error(exc: Exception) -> errors.SeedbedError:
+    """What a client is told of an infrastructure fault: which part failed, to try later."""
+    if faults.is_storage_full(exc):
+        return errors.StorageFull()
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if any(isinstance(one, SQLAlchemyError) for one in faults.causes(exc)):
+        return errors.SeedbedError("The database is unavailable right now; try again later")
+    return errors.SeedbedError("Storage is unavailable right now; try again later")

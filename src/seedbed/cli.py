@@ -303,8 +303,9 @@ def worker_command(
     """
     import asyncio
     import signal
+    from functools import partial
 
-    from seedbed.app import build_context, build_worker
+    from seedbed.app import build_context, build_monitor, build_worker
     from seedbed.engines import build_engines
 
     settings = _settings(
@@ -340,9 +341,19 @@ def worker_command(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        # Supervised: a worker loop that dies is logged and restarted, never a silent exit;
+        # the health monitor logs when a fault the worker met has cleared.
+        monitor = build_monitor(ctx)
+        ctx.supervisor.start("health", monitor.run)
+        runner = ctx.supervisor.start(
+            "worker", partial(worker.run, burst=burst), on_crash=worker.hand_back
+        )
         try:
-            await worker.run(burst=burst)
+            await runner
         finally:
+            monitor.stop()
+            await ctx.supervisor.stop_all()
+            worker.close()
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
             await ctx.store.close()

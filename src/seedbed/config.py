@@ -314,6 +314,24 @@ class Settings(BaseSettings):
     ready_queue_limit: int = Field(
         10_000, description="/readyz reports not ready while this many tasks wait or more"
     )
+    health_check_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="how often the store and storage are probed with a small write (readiness, "
+        "createTask's storage check, recovery after a fault)",
+    )
+    storage_min_free_mb: float = Field(
+        64.0,
+        ge=0,
+        description="local storage counts as full below this much free space: createTask is "
+        "refused and /readyz says not ready until space comes back",
+    )
+    fault_retry_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="how long a task's step is retried through a disk, database or storage fault "
+        "before that attempt gives up",
+    )
 
     # -- limits (per key; each key may override) -------------------------------------------
     create_rate_limit: int = Field(20, description="createTask calls per window per key")
@@ -393,24 +411,6 @@ class Settings(BaseSettings):
     prices: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict,
         description='overrides per model id: {"seedream/4.5-edit": {"basic": 6, "high": 8}}',
-    )
-    health_check_seconds: float = Field(
-        1.0,
-        gt=0,
-        description="how often the store and storage are probed with a small write (readiness, "
-        "createTask's storage check, recovery after a fault)",
-    )
-    storage_min_free_mb: float = Field(
-        64.0,
-        ge=0,
-        description="local storage counts as full below this much free space: createTask is "
-        "refused and /readyz says not ready until space comes back",
-    )
-    fault_retry_seconds: float = Field(
-        600.0,
-        gt=0,
-        description="how long a task's step is retried through a disk, database or storage fault "
-        "before that attempt gives up",
     )
 
     @field_validator("allow_network", "callback_retry_delays", mode="before")

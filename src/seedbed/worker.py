@@ -5,6 +5,11 @@ created and polls only slowly, as a safety net for leases that expire. While it 
 renews their leases; a task whose worker died is taken up again when its lease expires, or at
 once when a worker on the same host sees that the holder's process is gone. After
 ``max_attempts`` such restarts the task fails with ``failCode`` "500".
+
+Infrastructure faults (a full disk, a locked or unreachable database, storage gone read-only)
+are not the task's fault: the step that met one is retried in place with backoff, for up to
+``fault_retry_seconds``, and the task finishes once the fault clears. Nothing a task, the store
+or storage raises ends the worker's loop (``_process`` never raises).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import socket
 import sys
@@ -26,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
-from seedbed import catalogue, errors, images, netguard
+from seedbed import catalogue, errors, faults, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan
@@ -46,6 +52,10 @@ R = TypeVar("R")
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
 CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
+#: backoff while a step meets an infrastructure fault: first wait, and the cap that bounds how
+#: long after the fault clears the task goes on (recovery within ~2 s)
+FAULT_FIRST_DELAY = 0.1
+FAULT_MAX_DELAY = 2.0
 
 
 def new_worker_id() -> str:
@@ -63,6 +73,9 @@ class WorkerConfig:
     net_policy: netguard.NetPolicy = field(default_factory=netguard.NetPolicy)
     #: added to the CPU nice value of the threads that run engines (Linux; 0: unchanged)
     engine_nice: int = 0
+    #: how long one step of a task is retried through an infrastructure fault before this
+    #: attempt gives up (storing results: the task fails "500"; the store: the lease lapses)
+    fault_retry_seconds: float = 600.0
 
 
 Fetcher = Callable[..., Awaitable[netguard.Fetched]]
@@ -94,6 +107,7 @@ class Worker:
         fetch: Fetcher = netguard.fetch,
         pricing: Callable[[ModelSpec], catalogue.Pricing] | None = None,
         observer: WorkerObserver | None = None,
+        health: faults.Health | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -120,6 +134,7 @@ class Worker:
         self._observer = observer
         #: tasks handed back to the queue at shutdown: never finished by this worker
         self._abandoned: set[str] = set()
+        self.health = health or faults.Health()
         #: slots per engine, and routes: relay engines run on the loop beside the threads
         self._routes = RouteRunner(
             engines, threads=config.concurrency, record=store.set_task_engine
@@ -127,7 +142,11 @@ class Worker:
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
-        """Serve tasks until ``stop()``; with ``burst``, return once no task is left."""
+        """Serve tasks until ``stop()``; with ``burst``, return once no task is left.
+
+        May be called again after it raised (a supervisor restarting it); ``close()`` ends
+        the worker for good.
+        """
         self.wakeup.listen()
         # Warm before claiming: a task is claimed by a worker that has its pipeline loaded.
         for engine in self.engines:
@@ -135,7 +154,9 @@ class Worker:
         try:
             await self._release_dead_leases()
         except Exception:
-            log.exception("could not check for dead workers' leases; they expire on their own")
+            self._log_failure(
+                "store", "could not check for dead workers' leases; they expire on their own"
+            )
         try:
             async with asyncio.TaskGroup() as group:
                 heartbeat = group.create_task(self._heartbeat_loop())
@@ -148,8 +169,19 @@ class Worker:
             # (their tasks are taken up again once the leases lapse).
             for cancel in self._running.values():
                 cancel.set()
-            self._engine_threads.shutdown(wait=False, cancel_futures=True)
             await asyncio.shield(self._routes.aclose())  # relay engines' HTTP pools
+
+    def close(self) -> None:
+        """Release the engine threads after the last ``run`` (running engines are not awaited)."""
+        for cancel in self._running.values():
+            cancel.set()
+        self._engine_threads.shutdown(wait=False, cancel_futures=True)
+
+    async def hand_back(self) -> None:
+        """After ``run`` died: make the tasks it held claimable now rather than at lease expiry."""
+        count = await self.store.release_leases([self.worker_id])
+        if count:
+            log.warning("handed %d task(s) back to the queue after the worker loop died", count)
 
     def stop(self) -> None:
         """Claim nothing more; what is running goes on (see ``drain``)."""
@@ -186,7 +218,9 @@ class Worker:
         try:
             await self.store.release_leases([self.worker_id])
         except Exception:
-            log.exception("could not release leases at shutdown; they expire on their own")
+            self._log_failure(
+                "store", "could not release leases at shutdown; they expire on their own"
+            )
         log.info("shutdown: handed %d running task(s) back to the queue", len(left))
         return left
 
@@ -205,7 +239,9 @@ class Worker:
                 except Exception:
                     # The store is unreachable or busy for too long: keep the worker alive and
                     # try again after a pause rather than dying with the error.
-                    log.exception("claiming a task failed; retrying in %s s", CLAIM_RETRY)
+                    self._log_failure(
+                        "store", f"claiming a task failed; retrying in {CLAIM_RETRY} s"
+                    )
                     await asyncio.sleep(CLAIM_RETRY)
                     break
                 if task is None:
@@ -236,7 +272,7 @@ class Worker:
                     ids, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds
                 )
             except Exception:
-                log.exception("heartbeat failed")
+                self._log_failure("store", "heartbeat failed")
                 continue
             for task_id in set(ids) - held:
                 # Another worker took it (we were too slow): stop spending effort on it.
@@ -257,46 +293,136 @@ class Worker:
             count = await self.store.release_leases(dead)
             log.info("took back %d task(s) from %d dead worker(s)", count, len(dead))
 
+    def _log_failure(self, part: str, what: str, extra: dict[str, Any] | None = None) -> None:
+        """Log the exception being handled: one line for an infrastructure fault (which also
+        marks ``part`` unhealthy), a traceback for anything else (a bug)."""
+        exc = sys.exc_info()[1]
+        if exc is not None and faults.is_infrastructure_fault(exc):
+            reason = faults.describe(exc)
+            self.health.fault(part, reason)
+            log.warning("%s: %s", what, reason, extra=extra)
+        else:
+            log.exception(what, extra=extra)
+
     def _changed(self, task_id: str) -> None:
         if self._observer is not None:
             self._observer.changed(task_id)
 
     # -- one task --------------------------------------------------------------------------
     async def _process(self, task: Task) -> None:
+        """Run one task to its end. Never raises: the worker's loop outlives any task."""
+        try:
+            await self._process_one(task)
+        except _GaveUp as exc:
+            if self._stopping.is_set():
+                log.info("task left to the next worker: stopping during a %s fault", exc.part)
+            else:
+                log.error(
+                    "gave up on this attempt after %s faults (%s); the task runs again once "
+                    "its lease lapses",
+                    exc.part,
+                    exc.reason,
+                    extra=task_extra(task),
+                )
+        except Exception:
+            # A bug, or a fault past its retry budget: the task stays leased until its lease
+            # lapses and another attempt takes it; the worker goes on.
+            log.exception("processing the task failed; it runs again later", extra=task_extra(task))
+        finally:
+            self._running.pop(task.id, None)
+            self._routes.release(task.id)
+            self.wakeup.kick()
+
+    async def _process_one(self, task: Task) -> None:
         extra = task_extra(task)
         try:
             outcome = await self._attempt(task)
         except errors.TaskFailure as exc:
             outcome = Outcome.failure(exc.fail_code, exc.fail_msg)
+        except _GaveUp as exc:
+            if exc.part != "storage" or self._stopping.is_set():
+                raise
+            outcome = Outcome.failure("500", f"storage unavailable: {exc.reason}")
         except Exception:
             log.exception("unexpected error while processing the task", extra=extra)
             outcome = Outcome.failure("500", "internal error while processing the task")
+        if task.id in self._abandoned:
+            outcome = None  # handed back at shutdown: the next worker runs it
+        elif self._running[task.id].is_set() and outcome is not None:
+            # Canceled (by the API, which already ended it) or taken by another worker:
+            # the guarded finish below then changes nothing.
+            log.info("task interrupted", extra=extra)
+        if outcome is None:
+            return
+        final = outcome
+
+        async def finish() -> Task | None:
+            # Shielded: a stop must not leave a task half-settled.
+            return await asyncio.shield(self.store.finish(task.id, final, worker_id=self.worker_id))
+
+        done = await self._through_faults(task, "store", finish)
+        if done is None and final.result_keys:
+            await self._drop_unused_results(task, final.result_keys)
+        if done is not None:
+            log.info(
+                "task finished: %s%s",
+                done.state.value,
+                f" ({done.fail_code}: {done.fail_msg})" if done.fail_code else "",
+                extra=extra,
+            )
+            self._changed(task.id)
+            if self._observer is not None:
+                self._observer.finished(done)
+
+    async def _drop_unused_results(self, task: Task, keys: Sequence[str]) -> None:
+        """The finish was refused: canceled meanwhile, or another worker took the task while
+        this one was stopped past its lease. Unless the record is this attempt's own (a retried
+        finish whose first commit did land), its files are nobody's: delete them, so that no
+        result is stored twice."""
         try:
-            if task.id in self._abandoned:
-                outcome = None  # handed back at shutdown: the next worker runs it
-            elif self._running[task.id].is_set() and outcome is not None:
-                # Canceled (by the API, which already ended it) or taken by another worker:
-                # the guarded finish below then changes nothing.
-                log.info("task interrupted", extra=extra)
-            if outcome is not None:
-                # Shielded: a stop must not leave a task half-settled.
-                done = await asyncio.shield(
-                    self.store.finish(task.id, outcome, worker_id=self.worker_id)
+            record = await self.store.get_task(task.id)
+        except Exception:
+            return  # cannot tell: keep the files (retention deletes them in time)
+        if record is not None and set(keys) & set(record.result_keys):
+            return
+        for key in keys:
+            with contextlib.suppress(Exception):
+                await self.storage.delete(key)
+        log.info(
+            "the task was ended elsewhere; this attempt's results were dropped",
+            extra=task_extra(task),
+        )
+
+    async def _through_faults(self, task: Task, part: str, step: Callable[[], Awaitable[R]]) -> R:
+        """Run ``step``, retrying it with backoff while it meets infrastructure faults.
+
+        Gives up (``_GaveUp``) once ``fault_retry_seconds`` have passed, or at once when the
+        worker stops or the task is canceled; any other error is raised as it is.
+        """
+        deadline = time.monotonic() + self.config.fault_retry_seconds
+        delay = FAULT_FIRST_DELAY
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not faults.is_infrastructure_fault(exc):
+                    raise
+                reason = faults.describe(exc)
+                # Readiness learns of it at once; the health monitor clears it once a probe
+                # of the same part succeeds again.
+                self.health.fault(part, reason)
+                cancel = self._running.get(task.id)
+                if (
+                    self._stopping.is_set()
+                    or (cancel is not None and cancel.is_set())
+                    or time.monotonic() + delay > deadline
+                ):
+                    raise _GaveUp(part, reason) from exc
+                log.warning(
+                    "%s fault, retrying in %.1f s: %s", part, delay, reason, extra=task_extra(task)
                 )
-                if done is not None:
-                    log.info(
-                        "task finished: %s%s",
-                        done.state.value,
-                        f" ({done.fail_code}: {done.fail_msg})" if done.fail_code else "",
-                        extra=extra,
-                    )
-                    self._changed(task.id)
-                    if self._observer is not None:
-                        self._observer.finished(done)
-        finally:
-            self._running.pop(task.id, None)
-            self._routes.release(task.id)
-            self.wakeup.kick()
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(FAULT_MAX_DELAY, delay * 2)
 
     async def _attempt(self, task: Task) -> Outcome | None:
         if task.attempts > self.config.max_attempts:
@@ -308,7 +434,7 @@ class Worker:
         engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
         if engine is None:
             return Outcome.failure("505", f"no engine serves {task.model} on this worker")
-        inputs = await self._fetch_inputs(spec, spec.image_urls(inp))
+        inputs = await self._fetch_inputs(task, spec, spec.image_urls(inp))
         plan = spec.plan(inp, [image.size for image in inputs])
         job = EngineJob(
             task_id=task.id,
@@ -319,7 +445,10 @@ class Worker:
             images=inputs,
         )
         await self._ensure_loaded(engine)
-        if not await self.store.start_generating(task.id, worker_id=self.worker_id):
+        started_generating = await self._through_faults(
+            task, "store", partial(self.store.start_generating, task.id, worker_id=self.worker_id)
+        )
+        if not started_generating:
             return None  # lease lost (another worker has it now) or the task was canceled
         self._changed(task.id)
         cancel = self._running[task.id]
@@ -338,7 +467,7 @@ class Worker:
         if self._observer is not None:
             self._observer.generated(task, time.monotonic() - started)
         _check_outputs(artifacts, plan)
-        keys = await self._store_results(task.id, artifacts)
+        keys = await self._store_results(task, artifacts)
         billable = len(artifacts) - 1 if plan.layers else len(artifacts)
         charge = spec.price(inp, billable, self._pricing(spec))
         return Outcome.success(tuple(keys), charge)
@@ -360,7 +489,9 @@ class Worker:
         if raising and key in self._load_errors:
             raise errors.EngineFailure(self._load_errors[key])
 
-    async def _fetch_inputs(self, spec: ModelSpec, urls: Sequence[str]) -> list[Image.Image]:
+    async def _fetch_inputs(
+        self, task: Task, spec: ModelSpec, urls: Sequence[str]
+    ) -> list[Image.Image]:
         rule = spec.image_input
         if rule is None or not urls:
             return []
@@ -372,7 +503,9 @@ class Worker:
             if own is not None:
                 # this server's own upload or result: read from storage, not over HTTP
                 try:
-                    content = await self.storage.read(own.key)
+                    content = await self._through_faults(
+                        task, "storage", partial(self.storage.read, own.key)
+                    )
                 except StoredFileNotFound as exc:
                     raise errors.InputImageError(
                         f"{where}: no such file on this server (deleted by retention?)"
@@ -418,7 +551,7 @@ class Worker:
         try:
             held = await self.store.set_progress(task_id, percent, worker_id=self.worker_id)
         except Exception:
-            log.exception("progress write failed", extra={"taskId": task_id})
+            self._log_failure("store", "progress write failed", extra={"taskId": task_id})
             return
         if not held:
             # The task was canceled (another process ended it) or another worker took it: the
@@ -428,13 +561,30 @@ class Worker:
         else:
             self._changed(task_id)
 
-    async def _store_results(self, task_id: str, artifacts: Sequence[Artifact]) -> list[str]:
-        keys = []
-        for index, artifact in enumerate(artifacts):
-            key = f"results/{task_id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
-            await self.storage.put(key, artifact.data, artifact.content_type)
-            keys.append(key)
+    async def _store_results(self, task: Task, artifacts: Sequence[Artifact]) -> list[str]:
+        keys: list[str] = []
+        try:
+            for index, artifact in enumerate(artifacts):
+                key = f"results/{task.id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
+                put = partial(self.storage.put, key, artifact.data, artifact.content_type)
+                await self._through_faults(task, "storage", put)
+                keys.append(key)
+        except BaseException:
+            # Nothing stored half: a task that cannot store all its results stores none.
+            for key in keys:
+                with contextlib.suppress(Exception):
+                    await self.storage.delete(key)
+            raise
         return keys
+
+
+class _GaveUp(Exception):
+    """A step met infrastructure faults past its retry budget (or the worker is stopping)."""
+
+    def __init__(self, part: str, reason: str) -> None:
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
 
 
 def _check_outputs(artifacts: Sequence[Artifact], plan: OutputPlan) -> None:

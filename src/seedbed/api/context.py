@@ -14,6 +14,7 @@ from seedbed import netguard
 from seedbed.catalogue.base import ModelSpec, Pricing
 from seedbed.config import Settings
 from seedbed.engines import Engines
+from seedbed.faults import Health
 from seedbed.feed import TaskFeed
 from seedbed.links import Links
 from seedbed.metrics import Metrics
@@ -21,6 +22,7 @@ from seedbed.ratelimit import RateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.storage.s3 import S3Storage
 from seedbed.store.base import Store
+from seedbed.supervise import Supervisor
 from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
@@ -152,6 +154,10 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     #: the worker running in this process, if any (cancels reach it directly)
     worker: Worker | None = None
+    #: what is unhealthy now (store, storage): readiness and createTask read it
+    health: Health = field(default_factory=Health)
+    #: the process's background loops, restarted when they die
+    supervisor: Supervisor = field(default_factory=Supervisor)
     #: called once when the process is told to stop (SIGTERM), before connections drain
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 

@@ -39,8 +39,10 @@ async def healthz() -> Response:
     },
 )
 async def readyz(request: Request) -> Response:
-    """Ready for traffic: the store answers, an engine is configured, the queue is below
-    ``ready_queue_limit``. 200 when all hold, else 503; the body names each check."""
+    """Ready for traffic: the store answers and takes writes, storage takes files, the worker
+    (where this process runs one) is running, an engine is configured, the queue is below
+    ``ready_queue_limit``. 200 when all hold, else 503; the body names each check, and a
+    failing one says why."""
     ctx = context(request)
     checks: dict[str, str] = {}
     queued = 0
@@ -51,6 +53,16 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         log.warning("readiness: the store is unreachable: %r", exc)
         checks["store"] = "unreachable"
+    # Write faults are found by the health monitor's probes (and by the worker as it meets
+    # them); a read answering is not enough to take tasks.
+    for part in ("store", "storage"):
+        problem = ctx.health.problem(part)
+        if checks.get(part, "ok") == "ok":
+            checks[part] = "ok" if problem is None else problem.reason
+    if ctx.settings.worker:
+        running = ctx.supervisor.running("worker")
+        error = ctx.supervisor.last_error("worker")
+        checks["worker"] = "ok" if running else f"not running (last error: {error or 'none'})"
     engines = [engine.name for engine in ctx.engines]
     checks["engines"] = "ok" if engines else "none configured"
     for engine in ctx.engines:

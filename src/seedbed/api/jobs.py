@@ -52,6 +52,12 @@ async def create_task(request: Request) -> Response:
     flags = await ctx.flags.get()
     if flags.maintenance:
         raise errors.Maintenance()
+    if (problem := ctx.health.problem("storage") or ctx.health.problem("store")) is not None:
+        # Accept only what can be finished: a task taken now could not store its result (or
+        # would be written to a database that is not there).
+        raise errors.StorageFull(
+            f"This server cannot store tasks or files right now ({problem.reason}); try again later"
+        )
     auth.limit_create(ctx, key)
     body = parse_json_object(raw)
     spec = catalogue.get(body.get("model"))
