@@ -67,6 +67,8 @@ def create_key(data_dir: Path) -> str:
     args = ["keys", "create", "--name", "bench", "--credits", "100000000", "--json"]
     limits = ["--create-rate", "100000000", "--record-rate", "100000000"]
     limits += ["--open-task-cap", "100000000"]
+    # admin commands never create a database: `init` does (safe if the server made it already)
+    subprocess.run([*SEEDBED, "init", "--data-dir", str(data_dir)], capture_output=True, check=True)
     done = subprocess.run(
         [*SEEDBED, *args, *limits, "--data-dir", str(data_dir)],
         capture_output=True,

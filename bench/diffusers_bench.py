@@ -127,6 +127,9 @@ def create_key(data_dir: Path, config: Path) -> str:
     command = [*SEEDBED, "keys", "create", "--name", "bench", "--credits", "1000000", "--json"]
     command += ["--open-task-cap", "100000", "--create-rate", "100000", "--record-rate", "100000"]
     command += ["--data-dir", str(data_dir), "--config", str(config)]
+    # admin commands never create a database: `init` does (safe if the server made it already)
+    init = [*SEEDBED, "init", "--data-dir", str(data_dir), "--config", str(config)]
+    subprocess.run(init, capture_output=True, check=True)
     done = subprocess.run(
         command,
         capture_output=True,

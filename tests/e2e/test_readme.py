@@ -95,16 +95,25 @@ def server_args(blocks: list[Block]) -> list[str]:
 
 
 def test_the_readme_marks_only_what_cannot_run_here() -> None:
-    """What is skipped is the install steps (make, pip) and nothing of the walk-through."""
-    blocks = readme_blocks(README.read_text())
-    skipped = [b.text for b in blocks if b.marker == "skip"]
-    assert len(skipped) == 3
-    for text in skipped:
+    """Blocks are skipped only with a reason, and none from the walk-through to the task
+    control section: those are the ones a newcomer pastes."""
+    text = README.read_text()
+    blocks = readme_blocks(text)
+    markers = [m for m in _MARKER.finditer(text) if m["what"] == "skip"]
+    assert len(markers) == len([b for b in blocks if b.marker == "skip"])
+    for marker in markers:
+        assert re.search(r"skip \(.+\)", marker[0]), marker[0]  # says why
+    start, end = text.index("\n## Walk-through"), text.index("\n## Generate real images")
+    assert all(not start < m.start() < end for m in markers)
+    first_line = text[:start].count("\n") + 1
+    install = [b.text for b in blocks if b.marker == "skip" and b.line < first_line]
+    assert len(install) == 2
+    for block in install:  # before the walk-through: only the install commands
         assert all(
             line.startswith(("make ", ".venv/bin/pip ", "python3 -m venv "))
-            for line in text.splitlines()
+            for line in block.splitlines()
             if line.strip()
-        ), text
+        ), block
     ran = [b for b in blocks if b.marker is None and b.lang in ("sh", "python")]
     assert len(ran) >= 8
     assert server_args(blocks) == ["--allow-network", "127.0.0.1/32"]
