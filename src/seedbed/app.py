@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from seedbed import __version__, errors, faults, netguard, startup
+from seedbed import __version__, console, errors, faults, netguard, startup
 from seedbed import store as store_module
 from seedbed.api import (
     account,
@@ -32,6 +32,7 @@ from seedbed.config import Settings
 from seedbed.engines import Engines, build_engines
 from seedbed.engines.relay import RelayEngine
 from seedbed.feed import TaskFeed
+from seedbed.images import Encoding
 from seedbed.links import Links, load_or_create_secret
 from seedbed.metrics import HttpMetrics, Metrics
 from seedbed.monitor import HealthMonitor
@@ -81,6 +82,7 @@ def create_app(
             supervisor.start("worker", worker.run, on_crash=worker.hand_back)
         monitor = build_monitor(ctx)
         supervisor.start("health", monitor.run)
+        app.state.console.start(supervisor)  # the admin page's queue samples
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
         background: list[tuple[str, Dispatcher | Sweeper | HealthMonitor]] = [("health", monitor)]
         dispatcher: Dispatcher | None = None
@@ -106,6 +108,7 @@ def create_app(
                 )
             for _, service in background:
                 service.stop()
+            app.state.console.stop()
             for name, _ in background:
                 await supervisor.stop(name, timeout=10.0)
             await supervisor.stop_all()  # the feed: its streams have ended
@@ -126,6 +129,7 @@ def create_app(
     for module in (jobs, events, account, common, uploads, models, files, health, docs):
         app.include_router(module.router)
     openapi.install(app)
+    console.install(app, ctx)  # the web console at / and its API (issue 17)
     app.add_middleware(HttpMetrics, metrics=ctx.metrics)
     _install_error_handlers(app)
     return app
@@ -214,6 +218,8 @@ def build_worker(ctx: Context) -> Worker:
             net_policy=ctx.net_policy,
             engine_nice=settings.engine_nice,
             fault_retry_seconds=settings.fault_retry_seconds,
+            postprocess_concurrency=settings.postprocess_concurrency,
+            encoding=Encoding(png_compress_level=settings.png_compress_level),
         ),
         pricing=ctx.pricing,
         observer=_WorkerObserver(ctx),

@@ -54,12 +54,14 @@ models_app = _group("Per-model switches.")
 callbacks_app = _group("The callback outbox: inspect, redeliver.")
 tasks_app = _group("Tasks: list and inspect.")
 config_app = _group("The settings in force and where each comes from.")
+admin_app = _group("The web console's admin area.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
 app.add_typer(callbacks_app, name="callbacks")
 app.add_typer(config_app, name="config")
+app.add_typer(admin_app, name="admin")
 
 # soft_wrap: an error stays one line whatever the terminal's (or a pipe's 80-column) width
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -713,6 +715,34 @@ def callbacks_redeliver(
     if not _with_store(settings, lambda store: store.redeliver_callback(task_id)):
         _fail(f"no callback for task {task_id}", REFUSED)
     err.print(f"Callback for {task_id} queued.")
+
+
+# -- the console's admin token ---------------------------------------------------------------
+@admin_app.command("token")
+def admin_token(
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Remove the stored token; print nothing.")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Make a new admin token for the web console (printed once, alone on stdout).
+
+    Only its hash is stored; a new token replaces the previous one. SEEDBED_ADMIN_TOKEN, if
+    set, works beside it. A running server accepts it at once.
+    """
+    from seedbed.console import tokens
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
+    if revoke:
+        _with_store(settings, lambda store: store.set_admin_token_hash(None))
+        err.print("Admin token removed.")
+        return
+    plain = tokens.new_token()
+    _with_store(settings, lambda store: store.set_admin_token_hash(tokens.hash_token(plain)))
+    err.print("Store the admin token now: it is shown only this once.")
+    print(plain)
 
 
 # -- tasks and stats -------------------------------------------------------------------------

@@ -341,6 +341,11 @@ class Settings(BaseSettings):
     admin_refresh_seconds: float = Field(
         1.0, description="how often a running server re-reads maintenance and model switches"
     )
+    admin_token: str | None = Field(
+        None,
+        description="the web console's admin token (Bearer on /api/v1/admin/...); unset: only "
+        "the one `seedbed admin token` made, if any (docs/console.md)",
+    )
 
     # -- the worker ------------------------------------------------------------------------
     worker: bool = Field(True, description="run a worker inside the server process")
@@ -358,6 +363,19 @@ class Settings(BaseSettings):
         le=19,
         description="CPU nice increment for the threads that run engines (Linux), so that a "
         "busy in-process worker leaves the API its CPU; 0 keeps the process's priority",
+    )
+    postprocess_concurrency: int = Field(
+        0,
+        ge=0,
+        description="tasks a worker resizes, encodes and stores at once after their engine is "
+        "done with them (apart from worker_concurrency, the device slots); 0: one per CPU core",
+    )
+    png_compress_level: int = Field(
+        1,
+        ge=0,
+        le=9,
+        description="compression of output PNGs: 1-3 fast (ISA-L), 4-9 smaller and several "
+        "times slower (zlib), 0 none (docs/benchmarks.md has each level's time and size)",
     )
 
     # -- fetching user URLs ----------------------------------------------------------------

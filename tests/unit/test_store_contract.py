@@ -562,6 +562,28 @@ async def test_list_tasks_filters_newest_first(store: Store, clock: Clock) -> No
     assert [t.id for t in await store.list_tasks(since)] == [c.id, b.id]
 
 
+async def test_list_tasks_pages_by_cursor(store: Store) -> None:
+    """``before`` (the last row's ``seq``) walks a key's tasks page by page, newest first,
+    with every other filter still applied and nothing repeated or skipped."""
+    await add_key(store)
+    await add_key(store, key_id="k2")
+    made = [await create(store, model="m1" if i % 3 else "m2") for i in range(7)]
+    await create(store, "k2")
+    seen: list[str] = []
+    before: int | None = None
+    while True:
+        page = await store.list_tasks(TaskFilter(key_id="k1", before=before, limit=3))
+        if not page:
+            break
+        seen += [t.id for t in page]
+        before = page[-1].seq
+    assert seen == [t.id for t in reversed(made)]
+    m2 = [t.id for t in reversed(made) if t.model == "m2"]
+    first = await store.list_tasks(TaskFilter(key_id="k1", model="m2", limit=1))
+    rest = await store.list_tasks(TaskFilter(key_id="k1", model="m2", before=first[0].seq))
+    assert [t.id for t in first + rest] == m2
+
+
 async def test_queue_and_task_stats(store: Store, clock: Clock) -> None:
     await add_key(store)
     a = await create(store, model="m1")
@@ -608,6 +630,16 @@ async def test_flags_round_trip(store: Store) -> None:
     await store.set_maintenance(False)
     await store.set_model_enabled("a", True)
     assert await store.flags() == Flags(disabled_models=frozenset({"b"}))
+
+
+async def test_admin_token_hash_round_trips_apart_from_the_flags(store: Store) -> None:
+    assert await store.admin_token_hash() is None
+    await store.set_admin_token_hash("first")
+    await store.set_admin_token_hash("second")
+    assert await store.admin_token_hash() == "second"
+    assert await store.flags() == Flags()  # not mistaken for a switch
+    await store.set_admin_token_hash(None)
+    assert await store.admin_token_hash() is None
 
 
 async def test_ping(store: Store) -> None:
@@ -1015,6 +1047,18 @@ async def test_hmac_keys(store: Store) -> None:
     assert await store.set_hmac_key("k1", None) is True
     key = await store.get_key("k1")
     assert key is not None and key.hmac_key is None
+
+
+async def test_key_limits_are_replaced(store: Store) -> None:
+    await add_key(store, open_task_cap=5)
+    limits = KeyLimits(create_per_window=3, create_window_seconds=60.0)
+    assert await store.set_key_limits("k1", limits) is True
+    key = await store.key_by_hash("hash-k1")
+    assert key is not None and key.limits == limits  # open_task_cap back to the default
+    assert await store.set_key_limits("nope", limits) is False
+    assert await store.set_key_limits("k1", KeyLimits()) is True
+    key = await store.get_key("k1")
+    assert key is not None and key.limits == KeyLimits()
 
 
 async def test_task_origin_round_trips(store: Store) -> None:

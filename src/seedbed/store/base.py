@@ -20,7 +20,17 @@ from seedbed.outbox import (
     FileKind,
     StoredFile,
 )
-from seedbed.tasks import ApiKey, Flags, NewKey, NewTask, Outcome, Task, TaskState, TaskView
+from seedbed.tasks import (
+    ApiKey,
+    Flags,
+    KeyLimits,
+    NewKey,
+    NewTask,
+    Outcome,
+    Task,
+    TaskState,
+    TaskView,
+)
 
 __all__ = [
     "IDEMPOTENCY_SECONDS",
@@ -76,6 +86,8 @@ class TaskFilter:
     key_id: str | None = None
     #: created at or after this Unix ms
     since: int | None = None
+    #: a page cursor: only tasks whose ``seq`` is below it (the last page's last ``seq``)
+    before: int | None = None
     limit: int = 50
 
 
@@ -231,6 +243,9 @@ class Store(Protocol):
     async def set_hmac_key(self, key_id: str, hmac_key: str | None) -> bool:
         """Set (or, with None, remove) a key's webhook HMAC key; False for an unknown key."""
 
+    async def set_key_limits(self, key_id: str, limits: KeyLimits) -> bool:
+        """Replace a key's own limits (None fields: the deployment's); False for an unknown key."""
+
     # -- the callback outbox -----------------------------------------------------------------
     async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> list[Delivery]:
         """Take up to ``limit`` due callbacks, oldest due first, for one attempt each.
@@ -294,3 +309,9 @@ class Store(Protocol):
     async def set_maintenance(self, on: bool) -> None: ...
 
     async def set_model_enabled(self, model: str, enabled: bool) -> None: ...
+
+    async def admin_token_hash(self) -> str | None:
+        """The hash of the console's admin token made by ``seedbed admin token``, if any."""
+
+    async def set_admin_token_hash(self, token_hash: str | None) -> None:
+        """Store (or, with None, remove) the admin token's hash; one token at a time."""

@@ -109,6 +109,7 @@ class MemoryStore:
         self._idempotency: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._maintenance = False
         self._disabled: set[str] = set()
+        self._admin_token_hash: str | None = None
         self._finish_listeners: list[Callable[[Task], None]] = []
         self._callbacks: dict[str, CallbackRecord] = {}
         self._attempts: list[CallbackAttempt] = []
@@ -305,6 +306,7 @@ class MemoryStore:
             and (where.model is None or t.model == where.model)
             and (where.key_id is None or t.key_id == where.key_id)
             and (where.since is None or t.create_time >= where.since)
+            and (where.before is None or t.seq < where.before)
         ]
         matches.sort(key=lambda t: t.seq, reverse=True)
         return [self._out(t) for t in matches[: max(0, where.limit)]]
@@ -508,6 +510,14 @@ class MemoryStore:
             key.hmac_key = hmac_key
             return True
 
+    async def set_key_limits(self, key_id: str, limits: KeyLimits) -> bool:
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                return False
+            key.limits = limits
+            return True
+
     # -- the callback outbox -----------------------------------------------------------------
     async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> list[Delivery]:
         async with self._lock:
@@ -660,3 +670,10 @@ class MemoryStore:
                 self._disabled.discard(model)
             else:
                 self._disabled.add(model)
+
+    async def admin_token_hash(self) -> str | None:
+        return self._admin_token_hash
+
+    async def set_admin_token_hash(self, token_hash: str | None) -> None:
+        async with self._lock:
+            self._admin_token_hash = token_hash

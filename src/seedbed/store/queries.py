@@ -34,6 +34,7 @@ from seedbed.tasks import TaskState as S
 
 __all__ = [
     "ADD_CREDITS",
+    "ADMIN_TOKEN",
     "BALANCE",
     "CHANGED_TASKS",
     "CLAIM",
@@ -41,6 +42,7 @@ __all__ = [
     "DISABLED",
     "FINISH_ANY",
     "FINISH_OWNED",
+    "FLAG",
     "FLAGS",
     "FORGET_IDEMPOTENCY",
     "GET_TASK",
@@ -70,6 +72,7 @@ __all__ = [
     "RELEASE_LEASES",
     "REVOKE",
     "SETTLE",
+    "SET_LIMITS",
     "SQLITE_SET_FLAG",
     "START",
     "TASKS_FINISHED_SINCE",
@@ -97,6 +100,8 @@ def _states(*states: str, column: Any = _T.state) -> Any:
 _IS_OPEN = _states(*_OPEN)
 MAINTENANCE = "maintenance"
 DISABLED = "model_disabled:"
+#: the console's admin token, as its hash (``seedbed admin token``)
+ADMIN_TOKEN = "admin_token_hash"
 #: the row readiness rewrites to prove the store takes writes (``check_writable``)
 PROBE = "health_probe"
 
@@ -131,6 +136,7 @@ KEY_BY_HASH = select(api_keys).where(_K.key_hash == _p("key_hash"))
 KEY_BY_ID = select(api_keys).where(_K.id == _p("key_id"))
 LIST_KEYS = select(api_keys).order_by(_K.created_at, _K.id)
 INSERT_KEY = insert(api_keys)
+SET_LIMITS = update(api_keys).where(_K.id == _p("key_id")).values(limits=_p("limits"))
 REVOKE = (
     update(api_keys)
     .where(_K.id == _p("key_id"))
@@ -274,9 +280,15 @@ TASKS_FINISHED_SINCE = (
 
 
 def list_tasks(
-    *, state: str | None, model: str | None, key_id: str | None, since: int | None, limit: int
+    *,
+    state: str | None,
+    model: str | None,
+    key_id: str | None,
+    since: int | None,
+    limit: int,
+    before: int | None = None,
 ) -> Any:
-    """The admin listing; built per call (an operator's command, not a hot path)."""
+    """The admin listing and the console's gallery; built per call (not a hot path)."""
     stmt = select(tasks)
     if state is not None:
         stmt = stmt.where(_T.state == state)
@@ -286,6 +298,8 @@ def list_tasks(
         stmt = stmt.where(_T.key_id == key_id)
     if since is not None:
         stmt = stmt.where(_T.create_time >= since)
+    if before is not None:
+        stmt = stmt.where(_T.seq < before)
     return stmt.order_by(_T.seq.desc()).limit(max(0, limit))
 
 
@@ -418,6 +432,7 @@ LEASE_OWNERS = (
     .where(_IS_OPEN, _T.lease_owner.is_not(None), _T.lease_expires > 0)
 )
 FLAGS = select(_F.name, _F.value)
+FLAG = select(_F.value).where(_F.name == _p("name"))
 DELETE_FLAG = delete(flags).where(_F.name == _p("name"))
 SQLITE_SET_FLAG = sqlite.insert(flags).on_conflict_do_update(
     index_elements=[_F.name], set_={"value": sqlite.insert(flags).excluded.value}

@@ -427,6 +427,7 @@ class SqlStore:
             key_id=where.key_id,
             since=where.since,
             limit=where.limit,
+            before=where.before,
         )
         return [q.task_from_row(row) for row in await self._db.read(_all, stmt, {})]
 
@@ -621,6 +622,10 @@ class SqlStore:
         params = {"p_key_id": key_id, "p_hmac_key": hmac_key}
         return await self._db.write(self._rowcount, oq.SET_HMAC_KEY, params) > 0
 
+    async def set_key_limits(self, key_id: str, limits: KeyLimits) -> bool:
+        params = {"p_key_id": key_id, "p_limits": q.dumps(limits.as_dict())}
+        return await self._db.write(self._rowcount, q.SET_LIMITS, params) > 0
+
     @staticmethod
     def _rowcount(conn: Connection, stmt: Any, params: dict[str, Any]) -> int:
         return int(conn.execute(stmt, params).rowcount)
@@ -776,6 +781,13 @@ class SqlStore:
 
     async def set_model_enabled(self, model: str, enabled: bool) -> None:
         await self._db.write(self._set_flag, q.DISABLED + model, None if enabled else "1")
+
+    async def admin_token_hash(self) -> str | None:
+        row = await self._db.read(_one, q.FLAG, {"p_name": q.ADMIN_TOKEN})
+        return None if row is None else str(row[0])
+
+    async def set_admin_token_hash(self, token_hash: str | None) -> None:
+        await self._db.write(self._set_flag, q.ADMIN_TOKEN, token_hash)
 
     def _set_flag(self, conn: Connection, name: str, value: str | None) -> None:
         """Upsert (or, with None, delete) one flag row."""
