@@ -11,9 +11,12 @@ at the end: ``pytest -s`` shows it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,8 +43,16 @@ NOT_JSON = {"/metrics": "text/plain", "/api/v1/jobs/events": "text/event-stream"
 DEAD_END = "127.0.0.1:9"
 
 
+@dataclass
+class Live:
+    url: str
+    key: str
+    #: the server's log lines at level error or above, read while it runs
+    errors: list[str]
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data_dir: Path = tmp_path_factory.mktemp("fuzz")
     key = create_key(data_dir, credits=10_000_000)["key"]
     port = free_port()
@@ -54,8 +65,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         record_rate_limit=1_000_000,
         open_task_cap=1_000_000,
         callbacks="false",
-    ):
-        yield f"http://127.0.0.1:{port}", key
+    ) as process:
+        errors: list[str] = []
+        # The server's stderr is a pipe: unread, it fills after a few hundred log lines and
+        # the server blocks on its next one. Read it all along, keeping the errors.
+        reader = threading.Thread(target=_read_log, args=(process, errors), daemon=True)
+        reader.start()
+        yield Live(f"http://127.0.0.1:{port}", key, errors)
+
+
+def _read_log(process: subprocess.Popen[bytes], errors: list[str]) -> None:
+    assert process.stderr is not None
+    with contextlib.suppress(ValueError, OSError):  # closed when the server is stopped
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            if '"level":"error"' in line or '"level":"critical"' in line:
+                errors.append(line[:2000])
 
 
 def _is_ip(host: str) -> bool:
@@ -103,8 +128,8 @@ def _check(path: str, status: int, content_type: str, body: bytes) -> str | None
     return None
 
 
-def test_fuzz_every_operation(live: tuple[str, str]) -> None:
-    url, key = live
+def test_fuzz_every_operation(live: Live) -> None:
+    url, key = live.url, live.key
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10  # the document lists the API, not nothing
@@ -122,6 +147,7 @@ def test_fuzz_every_operation(live: tuple[str, str]) -> None:
     for name, count in sorted(tally.sent.items()):
         print(f"  {count:6d}  {name}")
     assert not tally.problems, "\n".join(tally.problems[:20])
+    assert not live.errors, "".join(live.errors[:5])
     assert len(tally.sent) == len(operations)
 
 
