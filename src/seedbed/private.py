@@ -25,11 +25,19 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty if absent, mode 0600 whatever the umask; tighten it if it exists."""
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE)
+    """Create ``path`` empty if absent, mode 0600 whatever the umask; tighten it if it exists.
+
+    An existing file is never opened: closing any descriptor of a SQLite database drops every
+    POSIX lock this process holds on it, including those of its open connections.
+    """
     try:
-        if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
-            os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        if path.stat().st_mode & 0o777 != FILE_MODE:
+            os.chmod(path, FILE_MODE)
+    else:
+        try:
+            os.fchmod(fd, FILE_MODE)  # the umask may have taken bits off: set exactly 0600
+        finally:
+            os.close(fd)
     return path
