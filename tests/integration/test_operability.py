@@ -47,7 +47,12 @@ def test_queue_gauges_and_readiness_follow_the_store(tmp_path: Path) -> None:
     with serve_in_thread(settings) as live:
         ready = live.client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"store": "ok", "storage": "ok", "engines": "ok", "queue": "ok"}
+        assert ready.json()["checks"] == {
+            "store": "ok",
+            "storage": "ok",
+            "engines": "ok",
+            "queue": "ok",
+        }
         key, _ = live.add_key(credits=100)
         ids = [live.create(key, BODY)["data"]["taskId"] for _ in range(3)]
         samples = scrape(live)
