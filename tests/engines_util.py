@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
+from seedbed.engines.base import Artifact, EngineJob, EngineLimits, Pictures, ProgressFn
 from seedbed.engines.sandbox import SandboxEngine
 from seedbed.errors import EngineFailure
 
@@ -36,7 +36,9 @@ class SteppingEngine:
     def load(self) -> None:
         pass
 
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+    def run(
+        self, job: EngineJob, progress: ProgressFn, cancel: threading.Event
+    ) -> list[Artifact] | Pictures:
         self.runs += 1
         self.stopped_at = None
         self.started.set()

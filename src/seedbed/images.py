@@ -16,7 +16,14 @@ filter for a moment. That is harmless: within every rule (36 MP at most) Pillow 
 (its threshold is 89 MP), so the filter only matters for headers that are refused anyway.
 
 :func:`encode` is the one place outputs become bytes, so every engine's files carry the same
-metadata and the same PNG/JPEG settings.
+metadata and the same PNG/JPEG settings; :func:`finish` is the post-processing of one engine
+output (to the contract's size, then encoded), which the worker runs off the device.
+
+Encoders were chosen by measurement (``bench/encoder_bench.py``, docs/dependencies.md). JPEG:
+Pillow's own (libjpeg-turbo), which no other wheel beat. PNG at levels 1-3: the rows with PNG's
+"Up" filter (one vectorised subtraction) deflated by ISA-L (``isal``), several times faster than
+Pillow's zlib with its adaptive filters for a few per cent more bytes; levels 0 and 4-9, or
+without ``isal``, Pillow. Every step releases the GIL, so post-processing threads use every core.
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ import functools
 import io
 import struct
 import warnings
+import zlib
 from collections.abc import Mapping
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
@@ -35,12 +45,39 @@ from seedbed.catalogue.base import ImageInputRule
 from seedbed.engines.base import Artifact
 from seedbed.errors import InputImageError
 
-__all__ = ["PNG_COMPRESS_LEVEL", "decode_input", "encode", "resize_exact", "sniff_format"]
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
-#: zlib level for output PNGs. Outputs are big (4K is 16.8 MP) and served once. On photo-like
-#: 4096x4096 content level 1 took 0.9 s against 4.4 s for Pillow's default 6, for files about
-#: 30% larger; level 0 is no faster and stores 48 MiB uncompressed.
+__all__ = [
+    "PNG_COMPRESS_LEVEL",
+    "Encoding",
+    "decode_input",
+    "encode",
+    "finish",
+    "resize_exact",
+    "resize_tensor",
+    "sniff_format",
+    "to_image",
+]
+
+#: the default compression level of output PNGs. Outputs are big (4K is 16.8 MP) and served
+#: once: level 1 is the fast one (docs/benchmarks.md has each level's time and size).
 PNG_COMPRESS_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How outputs are encoded (the ``png_compress_level`` setting)."""
+
+    #: 0 stores, 1-3 the fast deflate (ISA-L where installed), 4-9 zlib's smaller, slower ones
+    png_compress_level: int = PNG_COMPRESS_LEVEL
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError("png_compress_level must be 0 to 9")
+
+
+DEFAULT_ENCODING = Encoding()
 
 #: formats whose headers are sniffed, most likely first. Only these (plus whatever a rule names)
 #: are recognised: headerless formats such as TGA would "recognise" arbitrary bytes.
@@ -284,22 +321,28 @@ def encode(
     *,
     text: Mapping[str, str] | None = None,
     quality: int = 90,
+    encoding: Encoding = DEFAULT_ENCODING,
 ) -> Artifact:
     """Encode one output image; ``text`` goes into PNG text chunks or a JPEG comment.
 
-    PNG keeps an alpha channel (layers need it) and uses :data:`PNG_COMPRESS_LEVEL`. JPEG has no
+    PNG keeps an alpha channel (layers need it) at ``encoding.png_compress_level``. JPEG has no
     alpha, so a transparent image is flattened onto white rather than letting hidden colours show.
     """
     buf = io.BytesIO()
     if fmt == "png":
         if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
             image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-        info = PngInfo()
-        for key, value in (text or {}).items():
-            info.add_text(key, value)  # falls back to iTXt where the value is not Latin-1
-        image.save(buf, "PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+        level = encoding.png_compress_level
+        if 1 <= level <= 3 and image.mode in ("RGB", "RGBA") and _isal() is not None:
+            data = _fast_png(image, text or {}, level)
+        else:
+            info = PngInfo()
+            for key, value in (text or {}).items():
+                info.add_text(key, value)  # falls back to iTXt where the value is not Latin-1
+            image.save(buf, "PNG", pnginfo=info, compress_level=level)
+            data = buf.getvalue()
         return Artifact(
-            data=buf.getvalue(),
+            data=data,
             content_type="image/png",
             extension="png",
             width=image.width,
@@ -340,3 +383,109 @@ def resize_exact(image: Image.Image, width: int, height: int) -> Image.Image:
     if image.size == (width, height):
         return image.copy()
     return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+# --- post-processing ---------------------------------------------------------------------------
+
+
+def to_image(picture: Image.Image | NDArray[Any]) -> Image.Image:
+    """An engine's picture as a Pillow image: PIL as it is; an ``HxWx3``/``HxWx4`` array of
+    ``uint8`` (or floats in 0..1, as pipelines return them) as RGB/RGBA."""
+    if isinstance(picture, Image.Image):
+        return picture
+    array = np.asarray(picture)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"a picture array must be HxWx3 or HxWx4, not {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[2] == 3 else "RGBA")
+
+
+def finish(
+    picture: Image.Image | NDArray[Any],
+    width: int,
+    height: int,
+    fmt: Literal["png", "jpeg"],
+    *,
+    text: Mapping[str, str] | None = None,
+    encoding: Encoding = DEFAULT_ENCODING,
+) -> Artifact:
+    """Post-processing of one output: to exactly ``width`` x ``height`` (Lanczos), encoded."""
+    image = to_image(picture)
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if image.size != (width, height):
+        image = resize_exact(image, width, height)
+    return encode(image, fmt, text=text, encoding=encoding)
+
+
+def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[np.uint8]:
+    """Resize a batch of pictures on the device they are on (a CUDA engine's output).
+
+    ``pictures`` is a torch tensor ``NxCxHxW`` of floats in 0..1 (a pipeline's ``output_type=
+    "pt"``). Bicubic with antialiasing (torch's Keys kernel, a = -0.5) is the nearest torch has
+    to Lanczos: against Pillow's Lanczos it differs by under a grey level on average (PSNR over
+    40 dB, tested on CPU torch). Returns ``NxHxWxC`` ``uint8`` on the CPU, ready to encode;
+    only the small result crosses to the host.
+    """
+    import torch
+    import torch.nn.functional as functional
+
+    with torch.inference_mode():
+        resized = functional.interpolate(
+            pictures.float(), size=(height, width), mode="bicubic", antialias=True
+        )
+        out = (resized.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return np.ascontiguousarray(out.cpu().numpy())
+
+
+# --- the fast PNG writer ---------------------------------------------------------------------
+
+
+@functools.cache
+def _isal() -> Any:
+    """ISA-L's zlib (the ``isal`` package), or None where it is not installed."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - an install without the wheel falls back to Pillow
+        return None
+    return isal_zlib
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """What Pillow's ``PngInfo.add_text`` writes: tEXt where Latin-1 holds it, else iTXt."""
+    try:
+        return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        # keyword, NUL, no compression (flag and method), no language tag and no translated
+        # keyword (each NUL-ended), then the UTF-8 text
+        body = key.encode("latin-1", "replace") + b"\0" * 5 + value.encode()
+        return _chunk(b"iTXt", body)
+
+
+def _fast_png(image: Image.Image, text: Mapping[str, str], level: int) -> bytes:
+    """An 8-bit RGB/RGBA PNG: every row "Up"-filtered, deflated by ISA-L at ``level`` (1-3).
+
+    Pillow picks a filter per row and deflates with zlib; at 4096x4096 that is seconds. One
+    filter for all rows is a single numpy subtraction (uint8 arithmetic wraps, as PNG's does),
+    and ISA-L deflates several times faster than zlib at its fast levels. Both release the GIL.
+    """
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    channels = pixels.shape[2]
+    rows = pixels.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up; on row 0 the row above counts as zeros
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    idat = _isal().compress(filtered, level)  # the array's buffer, not a copy
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if channels == 3 else 6, 0, 0, 0)
+    parts = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header)]
+    parts.extend(_text_chunk(key, value) for key, value in text.items())
+    parts.append(_chunk(b"IDAT", idat))
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts)

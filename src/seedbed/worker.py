@@ -6,6 +6,14 @@ renews their leases; a task whose worker died is taken up again when its lease e
 once when a worker on the same host sees that the holder's process is gone. After
 ``max_attempts`` such restarts the task fails with ``failCode`` "500".
 
+The device and the CPU work as a pipeline: an engine on a device returns its pictures
+(``Pictures``) as soon as they exist, the worker frees the engine's slot at once, and resizing,
+encoding, storing and finishing run as post-processing on their own threads
+(``postprocess_concurrency``) while the device renders the next task. The worker claims no more
+than post-processing can absorb: while ``postprocess_concurrency`` tasks are in it, it claims
+nothing, so the queue stays in the store (visible, claimable by other workers) instead of
+piling up in memory.
+
 Infrastructure faults (a full disk, a locked or unreachable database, storage gone read-only)
 are not the task's fault: the step that met one is retried in place with backoff, for up to
 ``fault_retry_seconds``, and the task finishes once the fault clears. Nothing a task, the store
@@ -35,7 +43,7 @@ from PIL import Image
 from seedbed import catalogue, errors, faults, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan
+from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan, Pictures
 from seedbed.engines.relay_routes import RouteRunner
 from seedbed.links import Links
 from seedbed.logs import task_extra
@@ -76,6 +84,15 @@ class WorkerConfig:
     #: how long one step of a task is retried through an infrastructure fault before this
     #: attempt gives up (storing results: the task fails "500"; the store: the lease lapses)
     fault_retry_seconds: float = 600.0
+    #: tasks in post-processing at once (resize, encode, store, finish), apart from the
+    #: device slots; also its threads. 0: one per CPU core
+    postprocess_concurrency: int = 0
+    #: how outputs are encoded (``png_compress_level``)
+    encoding: images.Encoding = field(default_factory=images.Encoding)
+
+    @property
+    def postprocess_slots(self) -> int:
+        return self.postprocess_concurrency or os.cpu_count() or 1
 
 
 Fetcher = Callable[..., Awaitable[netguard.Fetched]]
@@ -127,6 +144,18 @@ class Worker:
             initializer=_lower_priority,
             initargs=(config.engine_nice,),
         )
+        # Post-processing threads: Pillow's resize and encoders, numpy and ISA-L release the GIL,
+        # so threads use every core without copying pictures to another process (measured
+        # against a process pool: bench/postprocess_bench.py). Niced like the engines' threads.
+        self._post_threads = ThreadPoolExecutor(
+            max_workers=config.postprocess_slots,
+            thread_name_prefix="seedbed-post",
+            initializer=_lower_priority,
+            initargs=(config.engine_nice,),
+        )
+        #: tasks whose pictures exist and that are not finished yet (waiting or running)
+        self._post: set[str] = set()
+        self._post_slots = asyncio.Semaphore(config.postprocess_slots)
         #: engines whose load failed, by id, with the message their tasks fail with
         self._load_errors: dict[int, str] = {}
         self._stopping = asyncio.Event()
@@ -176,6 +205,7 @@ class Worker:
         for cancel in self._running.values():
             cancel.set()
         self._engine_threads.shutdown(wait=False, cancel_futures=True)
+        self._post_threads.shutdown(wait=False, cancel_futures=True)
 
     async def hand_back(self) -> None:
         """After ``run`` died: make the tasks it held claimable now rather than at lease expiry."""
@@ -229,7 +259,7 @@ class Worker:
         while not self._stopping.is_set():
             self.wakeup.clear()
             claimed = False
-            while models := self._routes.claimable(served):
+            while models := self._claimable(served):
                 try:
                     task = await self.store.claim(
                         worker_id=self.worker_id,
@@ -259,6 +289,13 @@ class Worker:
         while self._running:
             self.wakeup.clear()
             await self.wakeup.wait(self.config.poll_seconds)
+
+    def _claimable(self, served: Sequence[str]) -> list[str]:
+        """The models a claim may take now: none while post-processing is full (backpressure:
+        a device would only make pictures that wait), else those with a free engine slot."""
+        if len(self._post) >= self.config.postprocess_slots:
+            return []
+        return self._routes.claimable(served)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.lease_seconds / 3
@@ -330,6 +367,7 @@ class Worker:
             log.exception("processing the task failed; it runs again later", extra=task_extra(task))
         finally:
             self._running.pop(task.id, None)
+            self._post.discard(task.id)
             self._routes.release(task.id)
             self.wakeup.kick()
 
@@ -452,10 +490,10 @@ class Worker:
             return None  # lease lost (another worker has it now) or the task was canceled
         self._changed(task.id)
         cancel = self._running[task.id]
-        progress = self._progress_reporter(task.id)
+        progress = _Progress(self._progress_reporter(task.id))
         started = time.monotonic()
         try:
-            artifacts = await self._routes.run(
+            made = await self._routes.run(
                 task.id, job, progress, cancel, self._in_engine_thread, time.monotonic
             )
         except errors.TaskFailure:
@@ -466,11 +504,58 @@ class Worker:
             raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
         if self._observer is not None:
             self._observer.generated(task, time.monotonic() - started)
+        if isinstance(made, Pictures):
+            artifacts = await self._postprocess(task, made, progress, cancel)
+        else:
+            artifacts = made
         _check_outputs(artifacts, plan)
         keys = await self._store_results(task, artifacts)
         billable = len(artifacts) - 1 if plan.layers else len(artifacts)
         charge = spec.price(inp, billable, self._pricing(spec))
         return Outcome.success(tuple(keys), charge)
+
+    async def _postprocess(
+        self, task: Task, pictures: Pictures, progress: _Progress, cancel: threading.Event
+    ) -> list[Artifact]:
+        """The device is done: free its slot for the next task, then resize and encode the
+        outputs on the post-processing threads (in parallel, kept in order)."""
+        self._post.add(task.id)
+        self._routes.release(task.id)
+        self.wakeup.kick()  # the claim loop may start the next generation now
+        outputs = list(pictures.outputs)
+        if not outputs:
+            return []
+        loop = asyncio.get_running_loop()
+        start = progress.last
+        done = 0
+        encoding = self.config.encoding
+
+        def one(step: Callable[[images.Encoding], Sequence[Artifact]]) -> list[Artifact]:
+            if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
+                raise errors.EngineFailure("canceled")
+            return list(step(encoding))
+
+        async def run(step: Callable[[images.Encoding], Sequence[Artifact]]) -> list[Artifact]:
+            nonlocal done
+            made = await loop.run_in_executor(self._post_threads, one, step)
+            done += 1
+            if done < len(outputs):
+                progress(start + (99 - start) * done // len(outputs))
+            return made
+
+        async with self._post_slots:
+            # every output ends before the slot is given back, even when one fails
+            parts = await asyncio.gather(*(run(step) for step in outputs), return_exceptions=True)
+        if cancel.is_set():
+            raise errors.EngineFailure("canceled")
+        for part in parts:
+            if isinstance(part, errors.TaskFailure):
+                raise part
+            if isinstance(part, BaseException):
+                log.warning("post-processing failed: %r", part, extra=task_extra(task))
+                raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
+        progress(100)
+        return [artifact for part in parts if isinstance(part, list) for artifact in part]
 
     async def _in_engine_thread(self, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()
@@ -576,6 +661,19 @@ class Worker:
                     await self.storage.delete(key)
             raise
         return keys
+
+
+class _Progress:
+    """The engine's progress callback, remembering the last percentage it reported (where
+    post-processing's share of the bar begins)."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self._report = report
+        self.last = 0
+
+    def __call__(self, percent: int) -> None:
+        self.last = max(self.last, min(99, int(percent)))
+        self._report(percent)
 
 
 class _GaveUp(Exception):

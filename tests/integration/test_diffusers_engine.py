@@ -28,9 +28,10 @@ from images_util import image_size, png_bytes
 from seedbed import catalogue
 from seedbed.config import DiffusersEngineSettings, ModelRoute
 from seedbed.engines import Engines
-from seedbed.engines.base import EngineJob
-from seedbed.engines.diffusers import DiffusersEngine
+from seedbed.engines.base import Artifact, EngineJob, Pictures
+from seedbed.engines.diffusers import DENOISE_PROGRESS, DiffusersEngine
 from seedbed.errors import EngineFailure
+from seedbed.images import Encoding
 from seedbed.storage.local import LocalStorage
 from seedbed.store.memory import MemoryStore
 from seedbed.tasks import NewKey, NewTask, TaskState
@@ -323,6 +324,11 @@ def _job(seed: int, prompt: str = "a boat", model: str = SD_T2I) -> EngineJob:
     )
 
 
+def _made(pictures: Pictures) -> list[Artifact]:
+    """The artifacts the worker's post-processing makes of an engine's pictures."""
+    return [artifact for step in pictures.outputs for artifact in step(Encoding())]
+
+
 def _pixels(data: bytes) -> np.ndarray[Any, Any]:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
@@ -333,9 +339,10 @@ def test_progress_rises_to_100_and_cancel_stops_at_the_next_step(
     engine = _engine(tiny_models["sd"], steps=40)
     seen: list[int] = []
     never = threading.Event()
-    [artifact] = engine.run(_job(1), seen.append, never)
+    [artifact] = _made(engine.run(_job(1), seen.append, never))
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
-    assert seen[0] < 10 and seen[-1] == 100
+    # 100 ("every file encoded") is the worker's to say, after post-processing
+    assert seen[0] < 10 and seen[-1] == DENOISE_PROGRESS
     assert (artifact.width, artifact.height) == (512, 512)
 
     cancel = threading.Event()
@@ -347,7 +354,7 @@ def test_progress_rises_to_100_and_cancel_stops_at_the_next_step(
             cancel.set()
 
     with pytest.raises(EngineFailure, match="canceled"):
-        engine.run(_job(1), cancel_at_third_step, cancel)
+        _made(engine.run(_job(1), cancel_at_third_step, cancel))
     assert len(steps) == 3, "no step ran after the one that saw the cancel"
     engine.close()
 
@@ -356,7 +363,9 @@ def test_batching_renders_compatible_jobs_in_one_call_with_the_same_images(
     tiny_models: dict[str, Path],
 ) -> None:
     alone = _engine(tiny_models["sd"])
-    expected = [alone.run(_job(seed), lambda p: None, threading.Event())[0] for seed in (1, 2, 3)]
+    expected = [
+        _made(alone.run(_job(seed), lambda p: None, threading.Event()))[0] for seed in (1, 2, 3)
+    ]
     assert alone.calls == 3
     alone.close()
 
@@ -365,7 +374,7 @@ def test_batching_renders_compatible_jobs_in_one_call_with_the_same_images(
     results: dict[int, bytes] = {}
 
     def run(seed: int) -> None:
-        results[seed] = batched.run(_job(seed), lambda p: None, threading.Event())[0].data
+        results[seed] = _made(batched.run(_job(seed), lambda p: None, threading.Event()))[0].data
 
     threads = [threading.Thread(target=run, args=(seed,)) for seed in (1, 2, 3)]
     for thread in threads:
@@ -385,8 +394,8 @@ def test_batching_renders_compatible_jobs_in_one_call_with_the_same_images(
 def test_a_scheduler_named_per_model_is_used(tiny_models: dict[str, Path]) -> None:
     default = _engine(tiny_models["sd"])
     other = _engine(tiny_models["sd"], scheduler="DDIMScheduler")
-    a = default.run(_job(5), lambda p: None, threading.Event())[0]
-    b = other.run(_job(5), lambda p: None, threading.Event())[0]
+    a = _made(default.run(_job(5), lambda p: None, threading.Event()))[0]
+    b = _made(other.run(_job(5), lambda p: None, threading.Event()))[0]
     assert type(other._pipe.scheduler).__name__ == "DDIMScheduler"
     assert a.data != b.data
     default.close()
@@ -401,11 +410,12 @@ def test_an_upscaler_enlarges_renders_smaller_than_the_contract(
         tiny_models["sd"], upscale_pipeline=str(tiny_models["upscaler"]), upscale_steps=2
     )
     seen: list[int] = []
-    [a] = plain.run(_job(4), lambda p: None, threading.Event())
-    [b] = upscaling.run(_job(4), seen.append, threading.Event())
+    [a] = _made(plain.run(_job(4), lambda p: None, threading.Event()))
+    [b] = _made(upscaling.run(_job(4), seen.append, threading.Event()))
     assert (b.width, b.height) == (512, 512) and upscaling.upscaled == 1
     assert np.abs(_pixels(a.data) - _pixels(b.data)).mean() > 1, "not a plain Lanczos resize"
-    assert seen == sorted(seen) and seen[-1] == 100 and any(38 < p < 95 for p in seen)
+    assert seen == sorted(seen) and seen[-1] == DENOISE_PROGRESS
+    assert any(38 < p < 95 for p in seen)
     plain.close()
     upscaling.close()
 
@@ -449,7 +459,7 @@ def test_a_layered_pipeline_reports_progress_and_stops_on_cancel(
         cancel.set()
 
     with pytest.raises(EngineFailure, match="canceled"):
-        engine.run(_layer_job(1), cancel_at_first_step, cancel)
+        _made(engine.run(_layer_job(1), cancel_at_first_step, cancel))
     assert seen == [23], "one step of four reported, none ran after the cancel"
     engine.close()
 
@@ -487,8 +497,8 @@ def test_klein_renders_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None
         guidance_scale=1.0,
         call=tiny.KLEIN_CALL,
     )
-    first = engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event())
-    again = engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event())
+    first = _made(engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event()))
+    again = _made(engine.run(_job(1, model=KLEIN_T2I), lambda p: None, threading.Event()))
     assert engine.device.startswith("cuda")
     assert first[0].data == again[0].data
     engine.close()
@@ -497,8 +507,8 @@ def test_klein_renders_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None
 @pytest.mark.gpu
 def test_layered_decomposes_on_cuda_in_bfloat16(tiny_models: dict[str, Path]) -> None:
     engine = _layered(tiny_models["layered"], device="cuda", dtype="bfloat16", layers=2)
-    first = engine.run(_layer_job(2), lambda p: None, threading.Event())
-    again = engine.run(_layer_job(2), lambda p: None, threading.Event())
+    first = _made(engine.run(_layer_job(2), lambda p: None, threading.Event()))
+    again = _made(engine.run(_layer_job(2), lambda p: None, threading.Event()))
     assert engine.device.startswith("cuda")
     assert [(a.width, a.height, a.extension) for a in first] == [
         (512, 512, "jpeg"),

@@ -7,7 +7,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from seedbed.engines.base import Artifact, Engine, EngineJob, EngineLimits, OutputPlan, ProgressFn
+from seedbed.engines.base import (
+    Artifact,
+    Engine,
+    EngineJob,
+    EngineLimits,
+    OutputPlan,
+    Pictures,
+    ProgressFn,
+)
 
 __all__ = [
     "Artifact",
@@ -236,5 +244,7 @@ class _Only:
     def load(self) -> None:
         self._engine.load()
 
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+    def run(
+        self, job: EngineJob, progress: ProgressFn, cancel: threading.Event
+    ) -> list[Artifact] | Pictures:
         return self._engine.run(job, progress, cancel)

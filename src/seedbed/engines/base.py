@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     # Pillow is a tenth of a second of start-up that the client does not need.
     from PIL import Image
 
+    from seedbed.images import Encoding
+
 __all__ = [
     "Artifact",
     "AsyncEngine",
@@ -20,6 +22,7 @@ __all__ = [
     "EngineLimits",
     "NoteFn",
     "OutputPlan",
+    "Pictures",
     "ProgressFn",
     "is_async",
 ]
@@ -69,6 +72,23 @@ class Artifact:
     height: int
 
 
+#: one step of post-processing: resize, encode (and for the sandbox, draw) one output, or the
+#: few a layered output makes; it gets the worker's encoding options (``images.Encoding``)
+FinishFn = Callable[["Encoding"], Sequence[Artifact]]
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """What a pipelined engine returns: the device is done, the CPU work is not.
+
+    The worker releases the engine's slot as soon as it has this, and runs ``outputs`` as
+    post-processing, beside the next generation; their artifacts are stored in order (output 0
+    first, each one's artifacts in the order it returns them).
+    """
+
+    outputs: Sequence[FinishFn]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineLimits:
     """What an engine can serve; requests over a limit are refused at create time (422)."""
@@ -87,11 +107,15 @@ class Engine(Protocol):
     def load(self) -> None:
         """Load weights once per worker; called in a thread before the first job."""
 
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
+    def run(
+        self, job: EngineJob, progress: ProgressFn, cancel: threading.Event
+    ) -> list[Artifact] | Pictures:
         """Generate the job's images; runs in a worker thread, so it may block.
 
         Report progress as it goes and stop (raising) soon after ``cancel`` is set. Each
-        artifact must have exactly ``job.plan``'s pixel size.
+        artifact must have exactly ``job.plan``'s pixel size. An engine on a device returns
+        ``Pictures`` (its outputs still to be resized and encoded) so that the device is free
+        for the next job while the CPU finishes this one.
         """
 
 

@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -49,9 +50,16 @@ from PIL import Image
 from seedbed.catalogue import CATALOGUE
 from seedbed.catalogue.base import Capability
 from seedbed.config import DiffusersEngineSettings, ModelRoute
-from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
+from seedbed.engines.base import (
+    Artifact,
+    EngineJob,
+    EngineLimits,
+    ImageFormat,
+    Pictures,
+    ProgressFn,
+)
 from seedbed.errors import EngineFailure
-from seedbed.images import encode, resize_exact
+from seedbed.images import DEFAULT_ENCODING, Encoding, encode, finish, resize_exact
 
 __all__ = ["DiffusersEngine", "RenderSettings", "extra_installed", "render_size"]
 
@@ -342,8 +350,9 @@ class DiffusersEngine:
             self._thread = None
 
     # -- running -----------------------------------------------------------------------------
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
-        """Queue the job for the render thread, wait, then resize and encode its images."""
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        """Queue the job for the render thread and wait for its pictures; resizing and encoding
+        them is the worker's post-processing, off the device (``Pictures``)."""
         render = self._render.get(job.model)
         if render is None:
             raise EngineFailure(f"engine {self.name} does not serve {job.model}")
@@ -365,17 +374,21 @@ class DiffusersEngine:
         if cancel.is_set():
             raise EngineFailure("canceled")
         if job.plan.layers:
-            artifacts = self._layer_artifacts(job, pictures)
-            progress(100)
-            return artifacts
-        artifacts = []
-        for index, picture in enumerate(pictures):
-            exact = resize_exact(picture.convert("RGB"), job.plan.width, job.plan.height)
-            artifacts.append(
-                encode(exact, job.plan.format, text=self._metadata(job, index, len(pictures)))
-            )
-        progress(100)
-        return artifacts
+            return Pictures([partial(self._layer_artifacts, job, pictures)])
+        plan = job.plan
+        return Pictures(
+            [
+                partial(
+                    _finish_one,
+                    picture,
+                    plan.width,
+                    plan.height,
+                    plan.format,
+                    self._metadata(job, index, len(pictures)),
+                )
+                for index, picture in enumerate(pictures)
+            ]
+        )
 
     def _render_loop(self) -> None:
         while True:
@@ -546,7 +559,9 @@ class DiffusersEngine:
             raise EngineFailure(f"the pipeline returned {len(pictures)} layers, not {layers}")
         return pictures
 
-    def _layer_artifacts(self, job: EngineJob, layers: Sequence[Image.Image]) -> list[Artifact]:
+    def _layer_artifacts(
+        self, job: EngineJob, layers: Sequence[Image.Image], encoding: Encoding = DEFAULT_ENCODING
+    ) -> list[Artifact]:
         """The base image (the layers composited over white), then each layer as RGBA PNG."""
         width, height = job.plan.width, job.plan.height
         exact = [resize_exact(layer.convert("RGBA"), width, height) for layer in layers]
@@ -554,13 +569,12 @@ class DiffusersEngine:
         for layer in exact:
             base.alpha_composite(layer)
         count = 1 + len(exact)
-        artifacts = [
-            encode(base.convert("RGB"), job.plan.format, text=self._metadata(job, 0, count, 0))
-        ]
+        meta = self._metadata(job, 0, count, 0)
+        artifacts = [encode(base.convert("RGB"), job.plan.format, text=meta, encoding=encoding)]
         for number, layer in enumerate(exact, start=1):
             meta = self._metadata(job, number, count, 0)
             meta["seedbed:layer"] = f"{number}/{len(exact)}"
-            artifacts.append(encode(layer, "png", text=meta))
+            artifacts.append(encode(layer, "png", text=meta, encoding=encoding))
         return artifacts
 
     def _upscale(
@@ -613,6 +627,18 @@ class DiffusersEngine:
         if count > 1:
             meta["seedbed:image"] = f"{index + 1}/{count}"
         return meta
+
+
+def _finish_one(
+    picture: Image.Image,
+    width: int,
+    height: int,
+    fmt: ImageFormat,
+    meta: dict[str, str],
+    encoding: Encoding,
+) -> list[Artifact]:
+    """Post-processing of one picture (on the worker's post-processing threads)."""
+    return [finish(picture.convert("RGB"), width, height, fmt, text=meta, encoding=encoding)]
 
 
 class _Interrupted(Exception):

@@ -23,7 +23,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, AsyncEngine, Engine, EngineJob, ProgressFn, is_async
+from seedbed.engines.base import (
+    Artifact,
+    AsyncEngine,
+    Engine,
+    EngineJob,
+    Pictures,
+    ProgressFn,
+    is_async,
+)
 from seedbed.engines.relay import UpstreamDown
 
 __all__ = ["RouteRunner"]
@@ -147,7 +155,7 @@ class RouteRunner:
         cancel: threading.Event,
         in_thread: InThread,
         clock: Callable[[], float],
-    ) -> list[Artifact]:
+    ) -> list[Artifact] | Pictures:
         """Run the task on its engine; on :class:`UpstreamDown`, on the route's next ones."""
         engine = self._held.get(task_id) or self.engines.for_model(job.model)
         if engine is None:
@@ -163,7 +171,9 @@ class RouteRunner:
                     def note(upstream_id: str, name: str = engine.name) -> None:
                         self._spawn_note(task_id, name, upstream_id)
 
-                    artifacts = await engine.run_async(job, progress, cancel, note)
+                    artifacts: list[Artifact] | Pictures = await engine.run_async(
+                        job, progress, cancel, note
+                    )
                 else:
                     artifacts = await in_thread(engine.run, job, progress, cancel)
             except UpstreamDown as exc:

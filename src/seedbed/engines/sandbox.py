@@ -6,6 +6,10 @@ same contract as a real engine's: exactly the plan's pixel size, format and imag
 decomposition's base plus RGBA layers. Every image says on its face and in its metadata that it is
 a sandbox render, so it can never be mistaken for a model's output.
 
+With ``step_seconds`` it stands in for a model on a device: its steps hold the worker's device
+slot, and its drawing and encoding are the job's post-processing (``Pictures``), done on the
+worker's post-processing threads while the next job's steps run.
+
 Renders are deterministic: the same job (model, input, seed, input images) gives byte-identical
 files, and a different seed gives a different picture, which is what client tests need. They are
 fast even at 4K and 6240x2656: the gradient is built at 256x256 and upscaled, text is drawn once,
@@ -19,14 +23,15 @@ import functools
 import hashlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import TypeAlias
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
+from seedbed.engines.base import Artifact, EngineJob, EngineLimits, Pictures, ProgressFn
 from seedbed.errors import EngineFailure
-from seedbed.images import encode, resize_exact
+from seedbed.images import DEFAULT_ENCODING, Encoding, encode, resize_exact
 
 __all__ = ["SANDBOX_LABEL", "SandboxEngine"]
 
@@ -78,11 +83,12 @@ class SandboxEngine:
     def load(self) -> None:
         """Nothing to load: the sandbox has no weights."""
 
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
-        """Pretend to work for ``steps`` steps, then render; progress reaches 100 only at the end.
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        """Pretend to work for ``steps`` steps; the rendering is left to post-processing.
 
-        Cancel is checked before and after every step and between images, and raises
-        ``EngineFailure("canceled")`` like a real engine stopping early.
+        Progress stays below 100 (the worker reports 100 once every file is encoded). Cancel is
+        checked before and after every step, and raises ``EngineFailure("canceled")`` like a
+        real engine stopping early.
         """
         reported = -1
 
@@ -105,16 +111,17 @@ class SandboxEngine:
             report(min(99, int((i + 1) * 100 / self.steps)))
         check_cancel()
         if job.plan.layers:
-            artifacts = _render_layers(job, check_cancel)
-        else:
-            artifacts = []
-            count = max(1, job.plan.max_images)
-            for index in range(count):
-                check_cancel()
-                image = _render_image(job, index, count)
-                artifacts.append(encode(image, job.plan.format, text=_metadata(job, index, count)))
-        report(100)
-        return artifacts
+            return Pictures([partial(_render_layers, job)])
+        count = max(1, job.plan.max_images)
+        return Pictures([partial(_render_one, job, index, count) for index in range(count)])
+
+    def render(self, job: EngineJob, encoding: Encoding = DEFAULT_ENCODING) -> list[Artifact]:
+        """Every file of ``job`` at once, as the worker's post-processing makes them."""
+        return [
+            a
+            for step in self.run(job, lambda _: None, threading.Event()).outputs
+            for a in step(encoding)
+        ]
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -344,6 +351,14 @@ def _panel(
         )
 
 
+def _render_one(
+    job: EngineJob, index: int, count: int, encoding: Encoding = DEFAULT_ENCODING
+) -> list[Artifact]:
+    """Post-processing of output ``index``: drawn and encoded."""
+    image = _render_image(job, index, count)
+    return [encode(image, job.plan.format, text=_metadata(job, index, count), encoding=encoding)]
+
+
 def _render_image(job: EngineJob, index: int, count: int) -> Image.Image:
     width, height = job.plan.width, job.plan.height
     canvas = _background(width, height, _digest(job, index))
@@ -372,7 +387,7 @@ def _flatten(image: Image.Image, under: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _render_layers(job: EngineJob, check_cancel: Callable[[], None]) -> list[Artifact]:
+def _render_layers(job: EngineJob, encoding: Encoding = DEFAULT_ENCODING) -> list[Artifact]:
     """Layer decomposition: the base in the plan's format, then background, subject, text."""
     width, height = job.plan.width, job.plan.height
     backdrop = _background(width, height, _digest(job, 0))
@@ -387,8 +402,7 @@ def _render_layers(job: EngineJob, check_cancel: Callable[[], None]) -> list[Art
     draw = ImageDraw.Draw(base)
     page.header(draw, _prompt(job))
     page.footer(draw, _footer_lines(job, 0, 1, f"base + {len(_LAYER_NAMES)} layers"))
-    artifacts = [encode(base, job.plan.format, text=_metadata(job, 0, count))]
-    check_cancel()
+    artifacts = [encode(base, job.plan.format, text=_metadata(job, 0, count), encoding=encoding)]
 
     # background: the picture blurred and dimmed, opaque; blurred small so 4K stays fast
     small = picture.resize((max(1, width // 16), max(1, height // 16)), Image.Resampling.BILINEAR)
@@ -412,10 +426,9 @@ def _render_layers(job: EngineJob, check_cancel: Callable[[], None]) -> list[Art
     for number, (name, layer) in enumerate(
         zip(_LAYER_NAMES, (background, subject, text), strict=True), start=1
     ):
-        check_cancel()
         meta = _metadata(job, number, count)
         meta["seedbed:layer"] = name
-        artifacts.append(encode(layer, "png", text=meta))
+        artifacts.append(encode(layer, "png", text=meta, encoding=encoding))
     return artifacts
 
 
