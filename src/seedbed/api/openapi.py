@@ -100,13 +100,12 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         document = build()
         components = document.setdefault("components", {})
-        if BEARER not in components.get("securitySchemes", {}):  # once per built document
-            components["securitySchemes"] = {
-                BEARER: {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key from `seedbed keys create`.",
-                }
+        schemes = components.setdefault("securitySchemes", {})  # beside any FastAPI declared
+        if BEARER not in schemes:  # once per built document
+            schemes[BEARER] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key from `seedbed keys create`.",
             }
             components.setdefault("schemas", {}).update(_create_task_schemas())
         return document
