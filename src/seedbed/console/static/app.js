@@ -11,6 +11,8 @@ const PAGES = {
 
 let current = null;
 
+let rendering = 0;
+
 async function render() {
   const path = PAGES[location.pathname] ? location.pathname : "/";
   for (const link of document.querySelectorAll("nav a")) {
@@ -19,15 +21,19 @@ async function render() {
   }
   if (current && current.leave) current.leave();
   parkError();
-  const main = document.getElementById("main");
-  main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  // Each render draws into a view of its own: one overtaken by a newer render (a sign-in
+  // while the page still loads) finishes into a detached element, never beside the new one.
+  const turn = ++rendering;
+  const view = h("div", { class: "view" }, h("p", { class: "muted" }, "Loading…"));
+  document.getElementById("main").replaceChildren(view);
   const module = await PAGES[path]();
+  if (turn !== rendering) return;
   current = module;
-  main.replaceChildren();
+  view.replaceChildren();
   try {
-    await module.enter(main, new URLSearchParams(location.search));
+    await module.enter(view, new URLSearchParams(location.search));
   } catch (error) {
-    showError(explain(error), main.lastElementChild || main);
+    if (turn === rendering) showError(explain(error), view.lastElementChild || view);
   }
 }
 

@@ -18,27 +18,29 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
-const errorBox = () => document.getElementById("error");
+// Kept by reference: moved next to its cause, it may be detached when that part is redrawn.
+let box = null;
+const errorBox = () => (box ||= document.getElementById("error"));
 
 // One error element for the page: shown right after what caused it.
 export function showError(message, near) {
-  const box = errorBox();
-  box.textContent = message;
-  box.hidden = false;
-  if (near && near.isConnected) near.after(box);
+  const el = errorBox();
+  el.textContent = message;
+  el.hidden = false;
+  if (near && near.isConnected) near.after(el);
+  else if (!el.isConnected) document.getElementById("main").append(el);
 }
 
 export function clearError() {
-  const box = errorBox();
-  box.hidden = true;
-  box.textContent = "";
+  const el = errorBox();
+  el.hidden = true;
+  el.textContent = "";
 }
 
 export function parkError() {
-  // back to the body before a view is replaced, so the element survives
-  const box = errorBox();
+  // back to the body, hidden, whenever a view is replaced
   clearError();
-  document.body.append(box);
+  document.body.append(errorBox());
 }
 
 export function when(ms) {
