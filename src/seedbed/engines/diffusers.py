@@ -59,7 +59,14 @@ from seedbed.engines.base import (
     ProgressFn,
 )
 from seedbed.errors import EngineFailure
-from seedbed.images import DEFAULT_ENCODING, Encoding, encode, finish, resize_exact
+from seedbed.images import (
+    DEFAULT_ENCODING,
+    Encoding,
+    encode,
+    finish,
+    resize_exact,
+    resize_tensor,
+)
 
 __all__ = ["DiffusersEngine", "RenderSettings", "extra_installed", "render_size"]
 
@@ -197,6 +204,9 @@ class DiffusersEngine:
         self.name = name
         self.settings = settings
         self.device = device or settings.device
+        #: resize pictures to the contract's size on the device (torch, antialiased bicubic)
+        #: before they reach the CPU; None: where the device is CUDA. Without an upscaler only.
+        self.resize_on_device: bool | None = None
         self.available = extra_installed() if available is None else available
         self._render = {model: RenderSettings.merge(settings, r) for model, r in models.items()}
         #: the layer-decomposition models among them: they need a layered pipeline
@@ -444,8 +454,16 @@ class DiffusersEngine:
             return
         offset = 0
         for request in live:
-            request.future.set_result(pictures[offset : offset + request.count])
+            mine = pictures[offset : offset + request.count]
+            if self._on_device(mine):
+                # each job to its own plan's size, on the device; only that crosses to the host
+                plan = request.job.plan
+                mine = list(resize_tensor(self._torch.stack(mine), plan.width, plan.height))
+            request.future.set_result(mine)
             offset += request.count
+
+    def _on_device(self, pictures: Sequence[Any]) -> bool:
+        return bool(pictures) and not isinstance(pictures[0], Image.Image)
 
     def _call(self, batch: list[_Request]) -> list[Image.Image]:
         if batch[0].job.plan.layers:
@@ -475,6 +493,11 @@ class DiffusersEngine:
             "num_images_per_prompt": first.count,
             "output_type": "pil",
         }
+        on_device = self.resize_on_device
+        if on_device is None:
+            on_device = str(self.device).startswith("cuda")
+        if on_device and not upscale:
+            arguments["output_type"] = "pt"  # tensors in 0..1, still on the device
         if "callback_on_step_end" in self._parameters:
             arguments["callback_on_step_end"] = on_step_end
         else:
@@ -630,15 +653,16 @@ class DiffusersEngine:
 
 
 def _finish_one(
-    picture: Image.Image,
+    picture: Image.Image | Any,
     width: int,
     height: int,
     fmt: ImageFormat,
     meta: dict[str, str],
     encoding: Encoding,
 ) -> list[Artifact]:
-    """Post-processing of one picture (on the worker's post-processing threads)."""
-    return [finish(picture.convert("RGB"), width, height, fmt, text=meta, encoding=encoding)]
+    """Post-processing of one picture (on the worker's post-processing threads): a PIL
+    picture at the render size, or an array already resized on the device."""
+    return [finish(picture, width, height, fmt, text=meta, encoding=encoding)]
 
 
 class _Interrupted(Exception):
