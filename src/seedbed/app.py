@@ -33,10 +33,12 @@ from seedbed.engines import Engines, build_engines
 from seedbed.engines.relay import RelayEngine
 from seedbed.feed import TaskFeed
 from seedbed.images import Encoding
-from seedbed.links import Links, load_or_create_secret
+from seedbed.links import Links, load_or_create_secret, parse_secret
 from seedbed.metrics import HttpMetrics, Metrics
 from seedbed.monitor import HealthMonitor
+from seedbed.pgnotify import CALLBACKS, TASK_CHANGED, TASK_CREATED, PgNotifier, listen_dsn
 from seedbed.private import private_dir
+from seedbed.ratelimit import SharedRateLimiter
 from seedbed.retention import Sweeper
 from seedbed.storage import LocalStorage, S3Storage, open_storage
 from seedbed.store.base import Store
@@ -52,6 +54,7 @@ __all__ = [
     "build_sweeper",
     "build_worker",
     "create_app",
+    "start_shared",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ def create_app(
         # Every background loop runs under the supervisor: one that dies is logged, counted
         # and started again, and readiness knows while the worker is down.
         supervisor = ctx.supervisor
+        await start_shared(ctx)
         supervisor.start("feed", ctx.feed.run)
         ctx.shutdown_hooks.append(ctx.feed.close)
         worker: Worker | None = None
@@ -111,7 +115,9 @@ def create_app(
             app.state.console.stop()
             for name, _ in background:
                 await supervisor.stop(name, timeout=10.0)
-            await supervisor.stop_all()  # the feed: its streams have ended
+            if ctx.notifier is not None:
+                ctx.notifier.close()
+            await supervisor.stop_all()  # the feed (its streams have ended), the notifier
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
             await ctx.store.close()
@@ -153,10 +159,19 @@ def build_context(
     storage: LocalStorage | S3Storage | None = None,
     engines: Engines | None = None,
 ) -> Context:
-    """The collaborators one process shares between its API and its worker."""
-    private_dir(settings.data_dir)
+    """The collaborators one process shares between its API and its worker.
+
+    On a shared store (PostgreSQL) nothing here depends on this host: wake-ups come from the
+    database's notifications instead of sockets in ``<data_dir>/run``, the server secret from
+    the database (read in ``start_shared``), createTask's rate limit is counted in the store;
+    with object storage too, the data directory is not even created.
+    """
+    shared = settings.shared_store
+    if not (shared and settings.storage_url):
+        private_dir(settings.data_dir)
     store = store or store_module.open_store(settings.database)
-    callback_wakeup = Wakeup(settings.run_dir / "callbacks")
+    callback_wakeup = Wakeup(None if shared else settings.run_dir / "callbacks")
+    wakeup = Wakeup(None if shared else settings.run_dir)
 
     def on_finish(task: Task) -> None:
         if task.callback_url:
@@ -164,6 +179,20 @@ def build_context(
 
     store.on_finish(on_finish)
     metrics = Metrics()
+    feed = TaskFeed(store, interval=settings.events_poll_seconds)
+    notifier: PgNotifier | None = None
+    if shared:
+        notifier = PgNotifier(listen_dsn(settings.database))
+        # after a reconnection too: a notification sent meanwhile is lost, so look anyway
+        notifier.subscribe(TASK_CREATED, lambda _: wakeup.kick(), on_reconnect=True)
+        notifier.subscribe(CALLBACKS, lambda _: callback_wakeup.kick(), on_reconnect=True)
+        notifier.subscribe(TASK_CHANGED, feed.poke)
+    if settings.server_secret:
+        links = Links(parse_secret(settings.server_secret))
+    elif shared:
+        links = Links()  # from the database, once it is open (start_shared)
+    else:
+        links = Links(load_or_create_secret(settings.data_dir))
     return Context(
         metrics=metrics,
         supervisor=Supervisor(on_restart=lambda loop: metrics.loop_restarts.labels(loop).inc()),
@@ -177,14 +206,25 @@ def build_context(
             s3_endpoint_url=settings.s3_endpoint_url,
         ),
         engines=engines if engines is not None else build_engines(settings),
-        wakeup=Wakeup(settings.run_dir),
+        wakeup=wakeup,
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
         flags=FlagsCache(store, settings.admin_refresh_seconds),
         keys=KeyCache(store, settings.admin_refresh_seconds),
-        links=Links(load_or_create_secret(settings.data_dir)),
+        links=links,
         callback_wakeup=callback_wakeup,
-        feed=TaskFeed(store, interval=settings.events_poll_seconds),
+        feed=feed,
+        shared_limiter=SharedRateLimiter(store) if shared else None,
+        notifier=notifier,
     )
+
+
+async def start_shared(ctx: Context) -> None:
+    """After ``store.open()``: what a process takes from a shared store before serving. The
+    server secret from the database, and the notification listener under the supervisor."""
+    if not ctx.links.ready:
+        ctx.links.set_secret(await ctx.store.server_secret())
+    if ctx.notifier is not None:
+        ctx.supervisor.start("notifier", ctx.notifier.run)
 
 
 def build_monitor(ctx: Context) -> HealthMonitor:

@@ -307,7 +307,7 @@ def worker_command(
     import signal
     from functools import partial
 
-    from seedbed.app import build_context, build_monitor, build_worker
+    from seedbed.app import build_context, build_monitor, build_worker, start_shared
     from seedbed.engines import build_engines
 
     settings = _settings(
@@ -332,6 +332,7 @@ def worker_command(
     async def run() -> None:
         ctx = build_context(settings, engines=engines)
         await ctx.store.open()
+        await start_shared(ctx)  # PostgreSQL: wake-ups by the database's notifications
         worker = build_worker(ctx)
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[list[str]]] = []
@@ -354,6 +355,8 @@ def worker_command(
             await runner
         finally:
             monitor.stop()
+            if ctx.notifier is not None:
+                ctx.notifier.close()
             await ctx.supervisor.stop_all()
             worker.close()
             ctx.wakeup.close()
@@ -386,15 +389,27 @@ def init(
     async def create() -> None:
         store = open_store(settings.database)
         await store.open()  # creates the file and runs the migrations
-        await store.close()
+        try:
+            if settings.shared_store:
+                await store.server_secret()  # made once, for every replica
+        finally:
+            await store.close()
 
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not settings.shared_store:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
         asyncio.run(create())
-        load_or_create_secret(settings.data_dir)
+        if not settings.shared_store:
+            load_or_create_secret(settings.data_dir)
     except (SQLAlchemyError, OSError) as exc:
         _fail(f"database {settings.database}: {_reason(exc)}", FAILED)
     state = "holds a database (schema up to date)" if existed else "created"
+    if settings.shared_store:  # no data directory: say which database, password hidden
+        from sqlalchemy import make_url
+
+        shown = make_url(settings.database).render_as_string(hide_password=True)
+        err.print(Text(f"database {shown}: schema up to date, server secret in the database"))
+        return
     err.print(Text(f"{settings.data_dir.resolve()}: {state}; database {settings.database}"))
 
 

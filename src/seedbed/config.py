@@ -346,6 +346,12 @@ class Settings(BaseSettings):
         description="the web console's admin token (Bearer on /api/v1/admin/...); unset: only "
         "the one `seedbed admin token` made, if any (docs/console.md)",
     )
+    server_secret: str | None = Field(
+        None,
+        description="the secret that signs download links and names upload folders, the same "
+        "on every replica: 64 hex characters (openssl rand -hex 32); unset: made once and kept "
+        "in the database (PostgreSQL) or in <data_dir>/server-secret (SQLite)",
+    )
 
     # -- the worker ------------------------------------------------------------------------
     worker: bool = Field(True, description="run a worker inside the server process")
@@ -442,6 +448,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("server_secret")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            from seedbed.links import parse_secret
+
+            parse_secret(value)  # refused at start-up, not at the first signed link
+        return value
+
     @field_validator("models", mode="before")
     @classmethod
     def _engine_names(cls, value: Any) -> Any:
@@ -467,6 +482,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'seedbed.db').resolve()}"
+
+    @property
+    def shared_store(self) -> bool:
+        """The store is a database server shared by processes on many hosts (PostgreSQL): what
+        replicas must agree on lives there, and wake-ups travel through it."""
+        return self.database.lower().startswith("postgres")
 
     @property
     def files_dir(self) -> Path:

@@ -5,7 +5,10 @@ Every file is served at ``<base>/files/<key>``, where the key carries 128 random
 ``uploads/<segment>/<uploadPath>/<fileName>``), so knowing a task id or an upload's name does
 not reveal its URL. ``POST /api/v1/common/download-url`` turns such a URL into a link that is
 also signed and expires (``?expires=<unix s>&signature=<hex>``), an HMAC with the server
-secret, which is created at first start in the data directory and kept there (mode 0600).
+secret. Every replica of a deployment must hold the same secret (a link signed by one is
+followed through another), so it comes from, in order: the ``server_secret`` setting; on
+PostgreSQL, the database (made once by the first process, ``Store.server_secret``); on SQLite,
+``<data_dir>/server-secret`` (made at first start, mode 0600), as it always has.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "OwnUrl",
     "file_path",
     "load_or_create_secret",
+    "parse_secret",
 ]
 
 RESULTS = "results/"
@@ -70,6 +74,18 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     raise RuntimeError(f"{path} does not hold a server secret (64 hex characters)")
 
 
+def parse_secret(value: str) -> bytes:
+    """The ``server_secret`` setting: 64 hex characters (``openssl rand -hex 32``)."""
+    text = value.strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) != 32:
+        raise ValueError("server_secret must be 64 hex characters (e.g. `openssl rand -hex 32`)")
+    return secret
+
+
 @dataclass(frozen=True)
 class OwnUrl:
     """A URL of this server's file space: its storage key and signature, if it has one."""
@@ -82,8 +98,23 @@ class OwnUrl:
 class Links:
     """Signing and reading the URLs of this server's files."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+    def __init__(self, secret: bytes | None = None) -> None:
+        #: None until the store is open, where the secret lives in the database
+        self._key = secret
+
+    @property
+    def ready(self) -> bool:
+        return self._key is not None
+
+    def set_secret(self, secret: bytes) -> None:
+        """The secret, once read from the store (the app's start-up, before any request)."""
+        self._key = secret
+
+    @property
+    def _secret(self) -> bytes:
+        if self._key is None:
+            raise RuntimeError("the server secret is not loaded yet")
+        return self._key
 
     def upload_segment(self, key_id: str) -> str:
         """The secret path segment of an API key's uploads: stable (so the same fileName

@@ -1,15 +1,22 @@
 """Per-key request rate limits (GCRA: a token bucket kept as one timestamp per key).
 
-Limits are kept in this process's memory: with several server processes each enforces the
-limit on its own share of traffic.
+``RateLimiter`` keeps them in this process's memory: the embedded deployment (one process on
+SQLite), and recordInfo's per-second limit everywhere (see docs/deploy.md: it is the hottest
+path, and a shared count would add a database write to every poll). ``SharedRateLimiter``
+keeps the same state in the store (``Store.rate_limit_hit``, one upsert): createTask's limit on
+PostgreSQL, where every API replica must count against one budget per key.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["RateLimiter"]
+if TYPE_CHECKING:
+    from seedbed.store.base import Store
+
+__all__ = ["RateLimiter", "SharedRateLimiter"]
 
 
 class RateLimiter:
@@ -39,3 +46,14 @@ class RateLimiter:
         # Keys whose bucket has refilled carry no state worth keeping.
         for key in [k for k, t in self._tat.items() if t <= now]:
             del self._tat[key]
+
+
+class SharedRateLimiter:
+    """The same rule as ``RateLimiter``, counted in the store: one budget for all replicas."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def hit(self, key: str, limit: int, window: float) -> float:
+        """Count one call; return 0 if allowed, else the seconds to wait before retrying."""
+        return await self._store.rate_limit_hit(key, limit=limit, window=window)

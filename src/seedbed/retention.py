@@ -64,7 +64,18 @@ class Sweeper:
                     await self._stopping.wait()
 
     async def sweep(self) -> int:
-        """Delete every file past its retention now; return how many were deleted."""
+        """Delete every file past its retention now; return how many were deleted.
+
+        One sweeper at a time across the deployment (``Store.exclusive``: an advisory lock on
+        PostgreSQL): the others skip this round rather than list and delete the same files.
+        """
+        async with self.store.exclusive("retention") as mine:
+            if not mine:
+                log.debug("retention: another process is sweeping; skipped")
+                return 0
+            return await self._sweep()
+
+    async def _sweep(self) -> int:
         now_ms = int(self._clock() * 1000)
         deleted = 0
         for kind, retention in self.retention.items():

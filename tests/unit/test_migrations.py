@@ -38,7 +38,7 @@ def _version(db: Path) -> list[str]:
 
 def test_the_packaged_scripts_have_one_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_heads() == ["0005"]
+    assert script.get_heads() == ["0006"]
 
 
 def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_upgrade_builds_exactly_the_metadata(tmp_path: Path) -> None:
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
-    assert _version(db) == ["0005"]
+    assert _version(db) == ["0006"]
 
 
 def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_upgrading_again_is_a_no_op(tmp_path: Path) -> None:
     upgrade(f"sqlite:///{db}")
     before = _schema(db)
     upgrade(f"sqlite:///{db}")
-    assert _schema(db) == before and _version(db) == ["0005"]
+    assert _schema(db) == before and _version(db) == ["0006"]
 
 
 def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_concurrent_upgrades_of_a_fresh_file_all_succeed(tmp_path: Path) -> None
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and _version(db) == ["0005"]
+    assert errors == [] and _version(db) == ["0006"]
 
 
 def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
@@ -107,6 +107,7 @@ def test_command_line_env_downgrades_and_upgrades(tmp_path: Path) -> None:
         "credit_ledger",
         "files",
         "flags",
+        "rate_limits",
         "task_engines",
         "tasks",
     }

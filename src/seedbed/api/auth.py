@@ -25,13 +25,20 @@ async def authenticate(request: Request, ctx: Context, *, fresh: bool = False) -
     return key
 
 
-def limit_create(ctx: Context, key: ApiKey) -> None:
+async def limit_create(ctx: Context, key: ApiKey) -> None:
     """createTask's per-key rate limit and open-task cap (429 with Retry-After); each refusal
-    is counted in ``seedbed_rate_limited_total{limit}``."""
+    is counted in ``seedbed_rate_limited_total{limit}``.
+
+    With a shared store (PostgreSQL) the rate is counted there, one budget for every replica;
+    the cap checked here is a cached early answer, the store's hold enforces it atomically."""
     settings = ctx.settings
     per_window = key.limits.create_per_window or settings.create_rate_limit
     window = key.limits.create_window_seconds or settings.create_rate_window
-    wait = ctx.limiter.hit(f"create:{key.id}", per_window, window)
+    bucket = f"create:{key.id}"
+    if ctx.shared_limiter is not None:
+        wait = await ctx.shared_limiter.hit(bucket, per_window, window)
+    else:
+        wait = ctx.limiter.hit(bucket, per_window, window)
     if wait > 0:
         ctx.metrics.refused("create_rate")
         raise errors.RateLimited(

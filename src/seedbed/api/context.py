@@ -18,7 +18,8 @@ from seedbed.faults import Health
 from seedbed.feed import TaskFeed
 from seedbed.links import Links
 from seedbed.metrics import Metrics
-from seedbed.ratelimit import RateLimiter
+from seedbed.pgnotify import PgNotifier
+from seedbed.ratelimit import RateLimiter, SharedRateLimiter
 from seedbed.storage.local import LocalStorage
 from seedbed.storage.s3 import S3Storage
 from seedbed.store.base import Store
@@ -146,6 +147,10 @@ class Context:
     links: Links
     feed: TaskFeed
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    #: createTask's rate limit counted in the store, shared by replicas (PostgreSQL)
+    shared_limiter: SharedRateLimiter | None = None
+    #: the database's notifications (PostgreSQL): wake-ups from other hosts
+    notifier: PgNotifier | None = None
     records: Records = field(default_factory=Records)
     #: wakes the callback dispatcher (this process's, and those of other processes here)
     callback_wakeup: Wakeup = field(default_factory=Wakeup)

@@ -58,7 +58,7 @@ async def create_task(request: Request) -> Response:
         raise errors.StorageFull(
             f"This server cannot store tasks or files right now ({problem.reason}); try again later"
         )
-    auth.limit_create(ctx, key)
+    await auth.limit_create(ctx, key)
     body = parse_json_object(raw)
     spec = catalogue.get(body.get("model"))
     if spec.id in flags.disabled_models:

@@ -8,6 +8,7 @@ Each method is one atomic step. Implementations: ``memory.MemoryStore`` (tests) 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -315,3 +316,20 @@ class Store(Protocol):
 
     async def set_admin_token_hash(self, token_hash: str | None) -> None:
         """Store (or, with None, remove) the admin token's hash; one token at a time."""
+
+    # -- what the replicas of a deployment share (issue 16) ---------------------------------
+    async def rate_limit_hit(self, bucket: str, *, limit: int, window: float) -> float:
+        """Count one call against ``bucket``'s ``limit`` calls per ``window`` seconds (GCRA:
+        bursts of up to ``limit``, the same rule as ``ratelimit.RateLimiter``); return 0 when
+        allowed, else the seconds to wait. One atomic step: every process sharing the store
+        shares the budget."""
+
+    async def server_secret(self) -> bytes:
+        """The deployment's server secret (32 random bytes), made by the first caller; every
+        caller, concurrent or later, of any process gets the same bytes."""
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """``async with store.exclusive(name) as mine:`` — ``mine`` is True for one holder
+        at a time among every process sharing the store (False for the others, which do not
+        wait). Released on exit, and by the holder's death (PostgreSQL: a session advisory
+        lock; SQLite: a file lock beside the database)."""

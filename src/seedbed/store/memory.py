@@ -13,8 +13,10 @@ import asyncio
 import copy
 import dataclasses
 import json
+import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -27,6 +29,7 @@ from seedbed.outbox import (
     StoredFile,
     after_attempt,
 )
+from seedbed.ratelimit import RateLimiter
 from seedbed.store.base import (
     IDEMPOTENCY_SECONDS,
     CreateRefused,
@@ -115,6 +118,9 @@ class MemoryStore:
         self._attempts: list[CallbackAttempt] = []
         self._files: dict[str, StoredFile] = {}
         self._engines: dict[str, tuple[str, str | None]] = {}
+        self._limiter = RateLimiter(clock=clock)
+        self._secret: bytes | None = None
+        self._exclusive: set[str] = set()
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -677,3 +683,23 @@ class MemoryStore:
     async def set_admin_token_hash(self, token_hash: str | None) -> None:
         async with self._lock:
             self._admin_token_hash = token_hash
+
+    # -- what replicas share ---------------------------------------------------------------
+    async def rate_limit_hit(self, bucket: str, *, limit: int, window: float) -> float:
+        return self._limiter.hit(bucket, limit, window)
+
+    async def server_secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = secrets.token_bytes(32)
+        return self._secret
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        if name in self._exclusive:
+            yield False
+            return
+        self._exclusive.add(name)
+        try:
+            yield True
+        finally:
+            self._exclusive.discard(name)

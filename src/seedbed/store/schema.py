@@ -44,6 +44,7 @@ __all__ = [
     "flags",
     "from_milli",
     "metadata",
+    "rate_limits",
     "task_engines",
     "tasks",
     "to_milli",
@@ -224,6 +225,20 @@ task_engines = Table(
     Column("engine", String(200), nullable=False),
     Column("upstream_task_id", String(200), nullable=True),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+#: shared request rate limits (migration 0006): one row per limited bucket (``create:<key id>``),
+#: a GCRA state like ``ratelimit.RateLimiter``'s, so every API replica counts against one
+#: budget. On PostgreSQL the table is UNLOGGED: no WAL, no fsync per hit, emptied by a crash
+#: (which at worst grants a key one fresh burst).
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("bucket", String(200), primary_key=True),
+    #: the theoretical arrival time of the next call, Unix microseconds
+    Column("tat", BigInteger, nullable=False),
+    #: 1 when the last hit was allowed, 0 when refused: what the upsert's RETURNING reports
+    Column("last_ok", Integer, nullable=False),
 )
 
 

@@ -19,16 +19,22 @@ How that function is driven depends on the database:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import Connection, make_url
+from sqlalchemy import BigInteger, BindParameter, Connection, String, bindparam, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -70,6 +76,8 @@ from seedbed.tasks import (
 )
 
 __all__ = ["SqlStore"]
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -113,8 +121,65 @@ class _AsyncRunner:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    @contextlib.asynccontextmanager
+    async def advisory_lock(self, lock_id: int) -> AsyncIterator[bool]:
+        """A session advisory lock on a connection of its own, held while the block runs: it
+        dies with this process's session, so a crashed holder never keeps it."""
+        async with self._engine.connect() as conn:
+            got = bool((await conn.execute(_PG_TRY_LOCK, {"p_lock": lock_id})).scalar_one())
+            await conn.commit()  # end the implicit transaction; the session lock stays
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        await conn.execute(_PG_UNLOCK, {"p_lock": lock_id})
+                        await conn.commit()
+                    except Exception:
+                        # The session may be gone (then so is the lock); never pool a
+                        # connection that might still hold it.
+                        await conn.invalidate()
+                        log.warning(
+                            "could not release advisory lock %d; connection dropped", lock_id
+                        )
+
     def data_version(self) -> None:
         return None  # PostgreSQL has no cheap equivalent: every poll reads
+
+
+_PG_TRY_LOCK = text("SELECT pg_try_advisory_lock(:p_lock)")
+_PG_UNLOCK = text("SELECT pg_advisory_unlock(:p_lock)")
+
+#: the GCRA step of ``rate_limit_hit`` as one upsert: SET sees the old row in both databases,
+#: and the row lock orders concurrent hits, so RETURNING reports this statement's own verdict
+_RATE_HIT = """
+INSERT INTO rate_limits (bucket, tat, last_ok) VALUES (:p_bucket, :p_now + :p_interval, 1)
+ON CONFLICT (bucket) DO UPDATE SET
+    last_ok = CASE WHEN {max}(rate_limits.tat, :p_now) - :p_now <= :p_slack THEN 1 ELSE 0 END,
+    tat = CASE WHEN {max}(rate_limits.tat, :p_now) - :p_now <= :p_slack
+          THEN {max}(rate_limits.tat, :p_now) + :p_interval ELSE rate_limits.tat END
+RETURNING tat, last_ok
+"""
+_RATE_BINDS: list[BindParameter[Any]] = [
+    bindparam("p_bucket", type_=String()),
+    *(bindparam(f"p_{n}", type_=BigInteger()) for n in ("now", "interval", "slack")),
+]
+_RATE_HIT_SQL = {
+    "postgresql": text(_RATE_HIT.format(max="GREATEST")).bindparams(*_RATE_BINDS),
+    "sqlite": text(_RATE_HIT.format(max="max")).bindparams(*_RATE_BINDS),
+}
+#: the flag row that holds the server secret (64 hex characters)
+_SECRET_FLAG = "server_secret"
+#: both databases: PostgreSQL's and SQLite's (3.24+) upsert syntax agree here
+_SECRET_INSERT = text(
+    "INSERT INTO flags (name, value) VALUES (:p_name, :p_value) ON CONFLICT DO NOTHING"
+)
+
+
+def _lock_id(name: str) -> int:
+    """A stable signed 64-bit advisory-lock id for ``name``."""
+    digest = hashlib.sha256(f"seedbed:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _normalise_url(url: str) -> URL:
@@ -789,6 +854,51 @@ class SqlStore:
     async def set_admin_token_hash(self, token_hash: str | None) -> None:
         await self._db.write(self._set_flag, q.ADMIN_TOKEN, token_hash)
 
+    # -- what replicas share ---------------------------------------------------------------
+    async def rate_limit_hit(self, bucket: str, *, limit: int, window: float) -> float:
+        if limit <= 0:
+            return window
+        window_us = round(window * 1_000_000)
+        interval = max(1, window_us // limit)
+        now, slack = round(self._clock() * 1_000_000), window_us - interval
+        params = {"p_bucket": bucket, "p_now": now, "p_interval": interval, "p_slack": slack}
+        tat, ok = await self._db.write(self._rate_hit, params)
+        if ok:
+            return 0.0
+        return max(tat - now - slack, 1) / 1_000_000
+
+    def _rate_hit(self, conn: Connection, params: dict[str, Any]) -> tuple[int, bool]:
+        row = conn.execute(_RATE_HIT_SQL[self._dialect], params).one()
+        return int(row.tat), bool(row.last_ok)
+
+    async def server_secret(self) -> bytes:
+        value = await self._db.write(self._server_secret, secrets.token_hex(32))
+        return bytes.fromhex(value)
+
+    def _server_secret(self, conn: Connection, candidate: str) -> str:
+        # Insert-if-absent, then read: a concurrent first start waits on the row and reads
+        # the winner's secret (a new statement sees the committed row under read committed).
+        params = {"p_name": _SECRET_FLAG, "p_value": candidate}
+        conn.execute(_SECRET_INSERT, params)
+        row = conn.execute(q.FLAG, {"p_name": _SECRET_FLAG}).one()
+        return str(row[0])
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        db = self._db
+        if isinstance(db, _AsyncRunner):
+            async with db.advisory_lock(_lock_id(name)) as got:
+                yield got
+            return
+        path = sqlite_path(self._url)
+        assert path is not None
+        fd = _file_lock(path.with_name(f"{path.name}.{name}.lock"))
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def _set_flag(self, conn: Connection, name: str, value: str | None) -> None:
         """Upsert (or, with None, delete) one flag row."""
         if value is None:
@@ -831,3 +941,14 @@ def _release_leases(conn: Connection, worker_ids: list[str]) -> int:
 def _file_id(path: Path) -> tuple[int, int]:
     info = path.stat()
     return (info.st_dev, info.st_ino)
+
+
+def _file_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created), or None when another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
