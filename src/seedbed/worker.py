@@ -43,7 +43,7 @@ from PIL import Image
 from seedbed import catalogue, errors, faults, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan, Pictures
+from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan, Pictures, is_async
 from seedbed.engines.relay_routes import RouteRunner
 from seedbed.links import Links
 from seedbed.logs import task_extra
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
+#: tasks claimed ahead per device slot, waiting for the device (not yet "generating")
+DEVICE_PREFETCH = 1
 CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
 #: backoff while a step meets an infrastructure fault: first wait, and the cap that bounds how
 #: long after the fault clears the task goes on (recovery within ~2 s)
@@ -165,9 +167,17 @@ class Worker:
         self._abandoned: set[str] = set()
         self.health = health or faults.Health()
         #: slots per engine, and routes: relay engines run on the loop beside the threads
+        # Each device slot has one task claimed ahead, waiting for the device: when the
+        # device's pictures exist, the next task starts at once instead of after a claim's
+        # round trip (at M = 100 ms that round trip and the worker's steps were ~13 % of the
+        # device's time; bench/pipeline_bench.py).
         self._routes = RouteRunner(
-            engines, threads=config.concurrency, record=store.set_task_engine
+            engines,
+            threads=config.concurrency * (1 + DEVICE_PREFETCH),
+            record=store.set_task_engine,
         )
+        #: the device slots of thread engines (relay engines run on the loop, apart)
+        self._device = asyncio.Semaphore(max(1, config.concurrency))
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
@@ -483,25 +493,30 @@ class Worker:
             images=inputs,
         )
         await self._ensure_loaded(engine)
+        cancel = self._running[task.id]
+        progress = _Progress(self._progress_reporter(task.id))
         started_generating = await self._through_faults(
             task, "store", partial(self.store.start_generating, task.id, worker_id=self.worker_id)
         )
         if not started_generating:
             return None  # lease lost (another worker has it now) or the task was canceled
         self._changed(task.id)
-        cancel = self._running[task.id]
-        progress = _Progress(self._progress_reporter(task.id))
-        started = time.monotonic()
-        try:
-            made = await self._routes.run(
-                task.id, job, progress, cancel, self._in_engine_thread, time.monotonic
-            )
-        except errors.TaskFailure:
-            raise
-        except Exception as exc:
-            if not cancel.is_set():
-                log.warning("engine %s failed: %r", engine.name, exc, extra=task_extra(task))
-            raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
+        # A thread engine's task claimed ahead waits here for the device, already "generating"
+        # (as a job waiting in a batching engine's queue is): no store write between one
+        # task's pictures and the next task's start.
+        async with _DeviceTurn(None if is_async(engine) else self._device) as turn:
+            started = time.monotonic()
+            try:
+                made = await self._routes.run(
+                    task.id, job, progress, cancel, self._in_engine_thread, time.monotonic
+                )
+            except errors.TaskFailure:
+                raise
+            except Exception as exc:
+                if not cancel.is_set():
+                    log.warning("engine %s failed: %r", engine.name, exc, extra=task_extra(task))
+                raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
+            turn.end()  # the pictures exist: the next task's turn on the device
         if self._observer is not None:
             self._observer.generated(task, time.monotonic() - started)
         if isinstance(made, Pictures):
@@ -661,6 +676,28 @@ class Worker:
                     await self.storage.delete(key)
             raise
         return keys
+
+
+class _DeviceTurn:
+    """One task's turn on the device slots (``None``: an engine without one, a relay)."""
+
+    def __init__(self, slots: asyncio.Semaphore | None) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> _DeviceTurn:
+        if self._slots is not None:
+            await self._slots.acquire()
+            self._held = True
+        return self
+
+    def end(self) -> None:
+        if self._held and self._slots is not None:
+            self._held = False
+            self._slots.release()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.end()
 
 
 class _Progress:

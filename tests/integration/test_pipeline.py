@@ -158,13 +158,15 @@ def test_no_more_is_claimed_than_post_processing_absorbs(
 ) -> None:
     with serve(tmp_path, gated, postprocess_concurrency=1) as live:
         key, _ = live.add_key(credits=100)
-        ids = [live.create(key, T2I)["data"]["taskId"] for _ in range(3)]
-        wait_for(lambda: gated.started == 1)
+        ids = [live.create(key, T2I)["data"]["taskId"] for _ in range(4)]
+        wait_for(lambda: gated.started == 1 and len(gated.generated) == 2)
         time.sleep(0.5)  # the device slot is free, but post-processing is full
-        assert gated.generated == ids[:1]
-        assert [_data(live, key, t)["state"] for t in ids[1:]] == ["waiting", "waiting"]
+        # the first in post-processing; the second (claimed ahead while the first generated)
+        # made its pictures and waits for a post-processing slot; nothing more is claimed
+        assert gated.generated == ids[:2] and gated.started == 1
+        assert [_data(live, key, t)["state"] for t in ids[2:]] == ["waiting", "waiting"]
         gated.gate.set()
-        assert [live.wait(key, t)["state"] for t in ids] == ["success"] * 3
+        assert [live.wait(key, t)["state"] for t in ids] == ["success"] * 4
         assert gated.generated == ids
 
 

@@ -163,7 +163,8 @@ class RouteRunner:
         route = self.engines.route(job.model)
         later = list(route[route.index(engine) + 1 :]) if engine in route else []
         while True:
-            await self._note(task_id, engine.name, None)
+            # not awaited: a record for operators, kept off the device's critical path
+            self._spawn_note(task_id, engine.name, None)
             started = clock()
             try:
                 if isinstance(engine, AsyncEngine):
@@ -207,7 +208,7 @@ class RouteRunner:
         except Exception:  # a record is for operators: never worth failing the task
             log.exception("could not record the task's engine", extra={"taskId": task_id})
 
-    def _spawn_note(self, task_id: str, engine: str, upstream_id: str) -> None:
+    def _spawn_note(self, task_id: str, engine: str, upstream_id: str | None) -> None:
         task = asyncio.get_running_loop().create_task(self._note(task_id, engine, upstream_id))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
