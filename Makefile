@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SERVE_STAMP := $(VENV)/.serve-stamp
 
-.PHONY: serve test lint typecheck unit test-services bench fuzz clean
+.PHONY: serve test lint typecheck unit test-services bench fuzz clean cluster
 
 # A stamp is written only after its install succeeded, so a failed run is simply run again.
 .DELETE_ON_ERROR:
@@ -65,6 +65,9 @@ test-services: $(STAMP)
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev]'
+
+cluster: test-services  ## a local deployment on loopback: PostgreSQL, SeaweedFS, two API replicas, two workers (src/seedbed/devcluster.py); prints the URL and a key, Ctrl-C ends it
+	$(BIN)/python -m seedbed.devcluster $(ARGS)
 
 bench: $(STAMP)  ## the API benchmark (figures go in docs/benchmarks.md)
 	$(BIN)/python bench/api_bench.py
