@@ -42,9 +42,9 @@ export function go(path) {
   render();
 }
 
-function signedIn(ok, name = "") {
+function signedIn(ok) {
   document.getElementById("signed-in").hidden = !ok;
-  document.getElementById("signed-in").textContent = ok ? `Signed in ${name}` : "";
+  document.getElementById("signed-in").textContent = ok ? "Signed in" : "";
   document.getElementById("signout").hidden = !ok;
   for (const el of document.querySelectorAll("#signin label, #signin input, #signin button[type=submit]")) {
     el.hidden = ok;
@@ -58,10 +58,10 @@ async function signIn(event) {
   if (!key) return;
   clearError();
   try {
-    const balance = await call("/api/v1/chat/credit", { token: key });
+    await call("/api/v1/chat/credit", { token: key }); // refused here if the key is not valid
     session.key = key;
     input.value = "";
-    signedIn(true, `(balance ${balance})`);
+    signedIn(true);
     render();
   } catch (error) {
     showError(explain(error), document.getElementById("signin"));

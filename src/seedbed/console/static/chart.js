@@ -11,7 +11,7 @@ function svg(tag, attrs = {}, text) {
 
 // series: [{ label, values: [number per x] }]; xs: labels along the bottom
 export function barChart({ title, xs, series, height = 180 }) {
-  const width = Math.max(320, xs.length * 28 + 60);
+  const width = Math.max(240, xs.length * 28 + 60);
   const root = svg("svg", { viewBox: `0 0 ${width} ${height + 40}`, role: "img", "aria-label": title, class: "chart" });
   root.append(svg("title", {}, title));
   const totals = xs.map((_, i) => series.reduce((sum, s) => sum + (s.values[i] || 0), 0));
@@ -25,7 +25,7 @@ export function barChart({ title, xs, series, height = 180 }) {
       if (!value) return;
       const tall = (value / top) * (height - 20);
       base -= tall;
-      const bar = svg("rect", { x: 45 + i * step, y: base, width: Math.max(2, step - 6), height: tall, class: `series-${k % 6}` });
+      const bar = svg("rect", { x: 45 + i * step, y: base, width: Math.max(2, Math.min(36, step - 6)), height: tall, class: `series-${k % 6}` });
       bar.append(svg("title", {}, `${x} · ${s.label}: ${value}`));
       root.append(bar);
     });
