@@ -7,6 +7,7 @@ other host for anything and logged no console error, uncaught exception or CSP v
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import re
 import time
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from conftest import LiveServer, make_settings, serve_in_thread
 from console_browser import Watch, browser, context, csp_violations
 from images_util import png_bytes
+from seedbed.console.api import thumb_key
 from seedbed.engines import default_engines
 
 ADMIN_TOKEN = "sba-console-test-token"
@@ -369,3 +372,55 @@ def test_pages_carry_strict_security_headers_and_versioned_assets(live: LiveServ
         assert answer.status_code == 200
         assert answer.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert "<script>" not in page.text and " style=" not in page.text
+
+
+def test_seedbed_admin_token_is_accepted_by_a_running_server(tmp_path: Path) -> None:
+    """The token `seedbed admin token` prints (only its hash stored) opens the admin API of a
+    server on the same database at once; a newer one replaces it; --revoke removes it."""
+    from typer.testing import CliRunner
+
+    from seedbed.cli import app
+
+    settings = make_settings(tmp_path)  # no admin_token setting: only the stored one
+    data = ["--data-dir", str(settings.data_dir)]
+    runner = CliRunner()
+    assert off_loop(runner.invoke, app, ["init", *data]).exit_code == 0
+    with serve_in_thread(settings) as live:
+
+        def status(token: str) -> int:
+            answer = live.client.get(
+                "/api/v1/admin/switches", headers={"Authorization": f"Bearer {token}"}
+            )
+            return int(answer.json()["code"])
+
+        first = off_loop(runner.invoke, app, ["admin", "token", *data])
+        assert first.exit_code == 0
+        token = first.stdout.strip()
+        assert token.startswith("sba-") and status(token) == 200
+        stored = off_loop(live.store_call, lambda store: store.admin_token_hash())
+        assert token not in stored  # a hash, not the token
+        second = off_loop(runner.invoke, app, ["admin", "token", *data]).stdout.strip()
+        assert status(second) == 200 and status(token) == 401
+        assert off_loop(runner.invoke, app, ["admin", "token", "--revoke", *data]).exit_code == 0
+        assert status(second) == 401
+
+
+def test_thumbnails_are_made_once_and_kept_under_thumbs(live: LiveServer) -> None:
+    key, _ = add_key(live, 100)
+    task = live.create(key, {"model": T2I, "input": {"prompt": "thumb"}})["data"]["taskId"]
+    live.wait(key, task)
+    listed = live.client.get(
+        "/api/v1/console/tasks", params={"limit": 1}, headers={"Authorization": f"Bearer {key}"}
+    ).json()["data"]
+    url = listed["tasks"][0]["thumbnailUrls"][0]
+    first = live.client.get(url)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(first.content)) as image:
+        assert max(image.size) == 256
+    stored = live.settings.files_dir / thumb_key(url.split("/thumbs/", 1)[1])
+    made_at = stored.stat().st_mtime_ns
+    assert live.client.get(url).content == first.content
+    assert stored.stat().st_mtime_ns == made_at  # read back, not made again
+    unknown = url.rsplit("_", 1)[0] + "_" + "0" * 32 + ".png"
+    assert live.client.get(unknown).status_code == 404
+    assert live.client.get(live.url + "/api/v1/console/thumbs/uploads/x.png").status_code == 404
