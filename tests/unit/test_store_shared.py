@@ -12,10 +12,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_store_contract import Clock, clock, store  # noqa: F401 (fixtures)
+import test_store_contract as contract
+from test_store_contract import Clock
 
 from seedbed.store import Store
 from seedbed.store.sql import SqlStore
+
+# the contract suite's fixtures: a store of each kind (memory, SQLite, PostgreSQL), its clock
+clock = contract.clock
+store = contract.store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
