@@ -219,11 +219,17 @@ def key_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
+#: the largest value of a key's limit (counts and seconds alike)
+LIMIT_MAX = 1_000_000_000
 _LIMIT_PROPS: dict[str, Any] = {
-    "createPerWindow": {"type": ["integer", "null"], "minimum": 1},
-    "createWindowSeconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
-    "recordPerSecond": {"type": ["integer", "null"], "minimum": 1},
-    "openTaskCap": {"type": ["integer", "null"], "minimum": 1},
+    "createPerWindow": {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAX},
+    "createWindowSeconds": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "maximum": LIMIT_MAX,
+    },
+    "recordPerSecond": {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAX},
+    "openTaskCap": {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAX},
 }
 _LIMIT_FIELDS = {
     "createPerWindow": ("create_per_window", int),
@@ -247,6 +253,10 @@ def _limits(data: Any) -> KeyLimits:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise errors.ValidationFailed(f"limits.{name} must be a positive number or null")
+        if value > LIMIT_MAX:
+            # past it a limit is no limit, and the stored JSON cannot hold every integer
+            # (fuzzing found 10**30 answering 500, issue 13)
+            raise errors.ValidationFailed(f"limits.{name} must be at most {LIMIT_MAX}")
         if kind is int and value != int(value):
             raise errors.ValidationFailed(f"limits.{name} must be a whole number")
         values[field] = kind(value)

@@ -1,0 +1,43 @@
+"""What fuzzing found answering 500, each over a real server (issue 13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import make_settings, serve_in_thread
+
+ADMIN_TOKEN = "findings-admin-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("openTaskCap", 10**30),  # past 64 bits: the stored JSON could not hold it
+        ("recordPerSecond", 1e300),  # a whole number as a float, as large
+        ("createPerWindow", 2**63),
+        ("createWindowSeconds", 1.6e308),
+    ],
+)
+def test_a_key_limit_past_the_maximum_is_422(tmp_path: Path, field: str, value: float) -> None:
+    with serve_in_thread(make_settings(tmp_path, admin_token=ADMIN_TOKEN)) as live:
+        _, key_id = live.add_key(credits=10)
+        answer = live.client.put(
+            f"/api/v1/admin/keys/{key_id}/limits",
+            json={field: value},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "code": 422,
+            "msg": f"limits.{field} must be at most 1000000000",
+            "data": None,
+        }
+        # the maximum itself is a limit like any other
+        answer = live.client.put(
+            f"/api/v1/admin/keys/{key_id}/limits",
+            json={field: 1_000_000_000},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert answer.json()["code"] == 200, answer.json()
