@@ -256,14 +256,21 @@ def test_a_failed_output_fails_the_task_and_stores_none(tmp_path: Path) -> None:
     ("body", "fmt", "size"),
     [
         (
-            {"model": "seedream/4.5-text-to-image", "input": {"prompt": "a lake", "quality": "high"}},
+            {
+                "model": "seedream/4.5-text-to-image",
+                "input": {"prompt": "a lake", "quality": "high"},
+            },
             "JPEG",
             (4096, 4096),
         ),
         (
             {
                 "model": "bytedance/seedream-v4-text-to-image",
-                "input": {"prompt": "a lake", "image_size": "portrait_16_9", "image_resolution": "2K"},
+                "input": {
+                    "prompt": "a lake",
+                    "image_size": "portrait_16_9",
+                    "image_resolution": "2K",
+                },
             },
             "JPEG",
             None,
