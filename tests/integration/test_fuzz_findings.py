@@ -41,3 +41,34 @@ def test_a_key_limit_past_the_maximum_is_422(tmp_path: Path, field: str, value: 
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         )
         assert answer.json()["code"] == 200, answer.json()
+
+
+@pytest.mark.parametrize("amount", ["1e400", 1e300, "-1e400", 10**13])
+def test_credits_past_the_maximum_are_422(tmp_path: Path, amount: float | str) -> None:
+    with serve_in_thread(make_settings(tmp_path, admin_token=ADMIN_TOKEN)) as live:
+        key, key_id = live.add_key(credits=10)
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        created = live.client.post(
+            "/api/v1/admin/keys", json={"name": "big", "credits": amount}, headers=admin
+        )
+        assert created.json() == {
+            "code": 422,
+            "msg": "credits must be at most 1000000000000 credits",
+            "data": None,
+        }
+        added = live.client.post(
+            f"/api/v1/admin/keys/{key_id}/credits", json={"amount": amount}, headers=admin
+        )
+        assert added.json() == {
+            "code": 422,
+            "msg": "amount must be at most 1000000000000 credits",
+            "data": None,
+        }
+        assert live.balance(key) == 10
+        # the maximum itself is accepted
+        added = live.client.post(
+            f"/api/v1/admin/keys/{key_id}/credits",
+            json={"amount": 1_000_000_000_000},
+            headers=admin,
+        )
+        assert added.json()["code"] == 200, added.json()

@@ -221,6 +221,8 @@ def key_json(key: ApiKey) -> dict[str, Any]:
 
 #: the largest value of a key's limit (counts and seconds alike)
 LIMIT_MAX = 1_000_000_000
+#: the most credits one key creation or one credit change may carry
+CREDITS_MAX = 1_000_000_000_000
 _LIMIT_PROPS: dict[str, Any] = {
     "createPerWindow": {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAX},
     "createWindowSeconds": {
@@ -272,6 +274,9 @@ def _amount(value: Any, name: str) -> Decimal:
         raise errors.ValidationFailed(f"{name} must be a number") from exc
     if not amount.is_finite():
         raise errors.ValidationFailed(f"{name} must be a finite number")
+    if abs(amount) > CREDITS_MAX:
+        # balances are stored in thousandths in a 64-bit integer; "1e400" answered 500
+        raise errors.ValidationFailed(f"{name} must be at most {CREDITS_MAX} credits")
     return amount
 
 
