@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: after a refusal, how long the client's remaining bytes are read and discarded, and how many
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 4 * 1024 * 1024
+LINGER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
