@@ -111,7 +111,7 @@ def test_1_mb_header_is_431_and_others_are_served(url: str) -> None:
     finally:
         stop.set()
         thread.join()
-    assert served and max(served) < 1.0
+    assert served and max(served) < 2.0
     assert _healthy(url)
 
 
@@ -160,7 +160,7 @@ def test_headers_sent_byte_by_byte_are_cut_off(url: str) -> None:
         elapsed = time.monotonic() - started
         answer = _read_all(sock)
     assert sent < len(request)
-    assert HEADER_TIMEOUT - 0.1 < elapsed < HEADER_TIMEOUT + 1.5
+    assert HEADER_TIMEOUT - 0.1 < elapsed < HEADER_TIMEOUT + 3
     code, _, body = _answer(answer)
     assert code == 408
     assert body["code"] == 408
@@ -171,7 +171,7 @@ def test_a_connection_that_sends_nothing_is_closed(url: str) -> None:
     with _connect(url) as sock:
         started = time.monotonic()
         assert _read_all(sock) == b""
-        assert HEADER_TIMEOUT - 0.1 < time.monotonic() - started < HEADER_TIMEOUT + 1.5
+        assert HEADER_TIMEOUT - 0.1 < time.monotonic() - started < HEADER_TIMEOUT + 3
 
 
 def _post_slowly(url: str, body: bytes, chunk: int, pause: float) -> tuple[bytes, float]:
@@ -201,7 +201,7 @@ def test_a_trickled_body_is_cut_off(url: str) -> None:
     assert answer["code"] == 408
     assert answer["msg"].startswith("Request body too slow")
     # the grace, then the average falls below the rate at once
-    assert BODY_TIMEOUT - 0.1 < elapsed < BODY_TIMEOUT + 1.5
+    assert BODY_TIMEOUT - 0.1 < elapsed < BODY_TIMEOUT + 3
     assert _healthy(url)
 
 
