@@ -770,7 +770,7 @@ def _since_ms(text: str) -> int:
 
     value = text.strip()
     unit = _DURATION_UNITS.get(value[-1:].lower())
-    if unit is not None and value[:-1].replace(".", "", 1).isdigit():
+    if unit is not None and value[:-1].replace(".", "", 1).isdecimal():
         return int((time.time() - float(value[:-1]) * unit) * 1000)
     try:
         moment = datetime.fromisoformat(value)

@@ -169,7 +169,7 @@ class Links:
         signature: str | None = None
         for pair in parts.query.split("&") if parts.query else []:
             name, _, value = pair.partition("=")
-            if name == "expires" and value.isdigit():
+            if name == "expires" and value.isdecimal():
                 expires = int(value)
             elif name == "signature":
                 signature = value

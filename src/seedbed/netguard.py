@@ -324,7 +324,7 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
             raise too_big
         return loaded
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    if length is not None and length.isdecimal() and int(length) > max_bytes:
         raise too_big
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("gzip", "x-gzip", "deflate"):

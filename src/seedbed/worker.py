@@ -332,7 +332,7 @@ class Worker:
         for owner in await self.store.lease_owners():
             owner_host, _, rest = owner.partition(":")
             pid_text = rest.partition(":")[0]
-            if owner_host != host or not pid_text.isdigit() or owner == self.worker_id:
+            if owner_host != host or not pid_text.isdecimal() or owner == self.worker_id:
                 continue
             if not _process_alive(int(pid_text)):
                 dead.append(owner)

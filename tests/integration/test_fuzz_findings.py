@@ -72,3 +72,24 @@ def test_credits_past_the_maximum_are_422(tmp_path: Path, amount: float | str) -
             headers=admin,
         )
         assert added.json()["code"] == 200, added.json()
+
+
+def test_unicode_digits_are_not_numbers(tmp_path: Path) -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` raises: numbers read from a query, a header or
+    a signed link are checked with ``isdecimal``, so such text is refused, never a 500."""
+    with serve_in_thread(make_settings(tmp_path)) as live:
+        key, _ = live.add_key(credits=10)
+        headers = {"Authorization": f"Bearer {key}"}
+        answer = live.client.get("/api/v1/console/tasks", params={"cursor": "²"}, headers=headers)
+        assert answer.json()["code"] == 422, answer.text
+        signed = live.client.get(
+            "/files/results/x_0_ab.png", params={"expires": "²", "signature": "a"}
+        )
+        assert signed.status_code in (403, 404) and signed.json()["code"] != 500, signed.text
+        # a latin-1 "²" as the resume point of an events stream
+        events = live.client.get(
+            "/api/v1/jobs/events",
+            params={"taskId": "0" * 32},
+            headers={**headers, "Last-Event-ID": b"\xb2"},
+        )
+        assert events.status_code != 500 and events.json()["code"] != 500, events.text

@@ -25,7 +25,7 @@ MAX_JSON_DEPTH = 64
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or ``BodyTooLarge`` as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdecimal() and int(declared) > limit:
         raise errors.BodyTooLarge(f"Request body too large: limit is {limit} bytes")
     # Straight from the ASGI channel: Starlette's ``request.stream()`` generator costs more
     # than the rest of reading a small body (profiled on createTask).

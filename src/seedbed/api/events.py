@@ -80,7 +80,7 @@ async def task_events(request: Request) -> Response:
 
 def _last_event_id(request: Request) -> int:
     text = request.headers.get("last-event-id", "").strip()
-    return int(text) if text.isdigit() else -1
+    return int(text) if text.isdecimal() else -1
 
 
 async def _stream(

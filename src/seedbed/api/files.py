@@ -64,7 +64,7 @@ async def get_file(request: Request, key: str) -> Response:
     signed = "signature" in query or "expires" in query
     if signed:
         expires = query.get("expires", "")
-        valid = expires.isdigit() and ctx.links.signature_valid(
+        valid = expires.isdecimal() and ctx.links.signature_valid(
             key, int(expires), query.get("signature", ""), time.time()
         )
         if not valid:

@@ -84,10 +84,10 @@ async def list_tasks(request: Request) -> Response:
     if state_text is not None and state_text not in _STATES:
         raise errors.ValidationFailed(f"state must be one of {', '.join(_STATES)}")
     cursor = query.get("cursor") or None
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not cursor.isdecimal():
         raise errors.ValidationFailed("cursor must be a nextCursor from an earlier page")
     limit_text = query.get("limit") or "30"
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not limit_text.isdecimal() or not 1 <= int(limit_text) <= MAX_PAGE:
         raise errors.ValidationFailed(f"limit must be a whole number from 1 to {MAX_PAGE}")
     limit = int(limit_text)
     found = await ctx.store.list_tasks(
@@ -149,7 +149,7 @@ async def usage(request: Request) -> Response:
     key = await auth.authenticate(request, ctx)
     auth.limit_record(ctx, key)
     days_text = request.query_params.get("days") or "30"
-    if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
+    if not days_text.isdecimal() or not 1 <= int(days_text) <= 366:
         raise errors.ValidationFailed("days must be a whole number from 1 to 366")
     days = int(days_text)
     since = int((time.time() - days * 86400) * 1000)
