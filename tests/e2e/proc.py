@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,22 +75,38 @@ def start_server(
         "--data-dir",
         str(data_dir),
     ]
+    # The log goes to a file, not a pipe: a pipe nobody reads fills up (64 KiB) and then
+    # blocks the server at its next log line.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [*cmd, "--allow-network", "127.0.0.0/8", *extra],
         env=env(**settings),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    _LOGS[proc.pid] = log
     wait_ready(f"http://127.0.0.1:{port}", proc)
     return proc
+
+
+#: the log file of each server started here, by pid
+_LOGS: dict[int, Any] = {}
+
+
+def server_log(proc: subprocess.Popen[bytes]) -> str:
+    """What the server has logged so far (stderr)."""
+    log = _LOGS.get(proc.pid)
+    if log is None:
+        return proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    log.seek(0)
+    return bytes(log.read()).decode(errors="replace")
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"server exited with {proc.returncode}: {err}")
+            raise AssertionError(f"server exited with {proc.returncode}: {server_log(proc)}")
         try:
             if httpx.get(f"{url}/healthz", timeout=0.5, trust_env=False).status_code == 200:
                 return
@@ -109,3 +126,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
     if proc.stderr:
         proc.stderr.close()
+    log = _LOGS.pop(proc.pid, None)
+    if log is not None:
+        log.close()

@@ -1,6 +1,6 @@
 """SIGTERM on a real ``seedbed serve``: nothing is lost, exit 0, the next start finishes the rest.
 
-Also checks the structured logs the process wrote meanwhile (stderr is a pipe, so JSON).
+Also checks the structured logs the process wrote meanwhile (stderr is a file, so JSON).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from proc import SEEDBED, create_key, env, server, start_server
+from proc import SEEDBED, create_key, env, server, server_log, start_server
 
 from conftest import free_port
 from receiver import Receiver
@@ -85,9 +85,11 @@ def terminate(proc: subprocess.Popen[bytes]) -> tuple[int, float, list[dict[str,
     """SIGTERM; returns (exit code, seconds to exit, JSON log lines)."""
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
     elapsed = time.monotonic() - started
-    lines = [line for line in err.decode().splitlines() if line.strip()]
+    lines = [line for line in server_log(proc).splitlines() if line.strip()]
+    if proc.stderr:  # a worker started here with a pipe: read whole above, now done with
+        proc.stderr.close()
     return proc.returncode, elapsed, [json.loads(line) for line in lines]
 
 
