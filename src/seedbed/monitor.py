@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 
 from seedbed import errors, faults
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 PROBE_KEY = "health/probe.txt"
 #: seconds a probe may take before its part counts as unhealthy
 PROBE_PATIENCE = 2.0
+#: object storage is probed with a write this often at most while it is healthy: an object
+#: store bills each request, and the worker marks it unhealthy at its first failed write anyway
+REMOTE_PROBE_SECONDS = 30.0
 
 
 class HealthMonitor:
@@ -46,6 +50,7 @@ class HealthMonitor:
         self.interval = interval
         self.min_free_bytes = min_free_bytes
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._remote_probed_at = -float("inf")
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -87,6 +92,12 @@ class HealthMonitor:
                     f"storage is full: {free // 2**20} MB free, below the "
                     f"{self.min_free_bytes // 2**20} MB kept free (storage_min_free_mb)"
                 )
+        elif root is None:
+            now = time.monotonic()
+            healthy = self.health.problem("storage") is None
+            if healthy and now - self._remote_probed_at < REMOTE_PROBE_SECONDS:
+                return
+            self._remote_probed_at = now
         try:
             await self.storage.put(PROBE_KEY, b"ok\n", "text/plain")
         except OSError as exc:
