@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from seedbed.admin_views import callback_json, key_json
 from seedbed.cli_client import register_client_commands
 from seedbed.exit_codes import FAILED, REFUSED, USAGE
 
@@ -495,7 +496,7 @@ def keys_create(
     )
     created = _with_store(settings, lambda store: store.create_key(new))
     if as_json:
-        shown = {"key": plain, **_key_json(created)}
+        shown = {"key": plain, **key_json(created)}
         if new.hmac_key:
             shown["hmacKey"] = new.hmac_key
         print(json.dumps(shown))
@@ -542,7 +543,7 @@ def keys_list(
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     found = _with_store(settings, lambda store: store.list_keys())
     if as_json:
-        print(json.dumps([_key_json(k) for k in found]))
+        print(json.dumps([key_json(k) for k in found]))
         return
     from rich.table import Table
 
@@ -697,7 +698,7 @@ def callbacks_list(
     state = CallbackState.DEAD if dead else None
     rows = _with_store(settings, lambda store: store.list_callbacks(state=state, limit=limit))
     if as_json:
-        print(json.dumps([_callback_json(row) for row in rows]))
+        print(json.dumps([callback_json(row) for row in rows]))
         return
     from rich.table import Table
 
@@ -939,35 +940,6 @@ def _decimal(text: str, name: str) -> Decimal:
     if not value.is_finite():
         _fail(f"{name} must be a finite number", USAGE)
     return value
-
-
-def _key_json(key: Any) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "balance": str(key.balance),
-        "held": str(key.held),
-        "openTasks": key.open_tasks,
-        "limits": key.limits.as_dict(),
-        "createdAt": key.created_at,
-        "revokedAt": key.revoked_at,
-        "hasHmacKey": key.hmac_key is not None,
-    }
-
-
-def _callback_json(row: Any) -> dict[str, Any]:
-    return {
-        "taskId": row.task_id,
-        "keyId": row.key_id,
-        "url": row.url,
-        "state": row.state.value,
-        "attempts": row.attempts,
-        "nextAttemptAt": row.next_attempt_at,
-        "lastStatus": row.last_status,
-        "lastError": row.last_error,
-        "createdAt": row.created_at,
-        "updatedAt": row.updated_at,
-    }
 
 
 def _when(ms: int | None) -> str:

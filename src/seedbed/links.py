@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -136,6 +137,16 @@ class Links:
         if now > expires:
             return False
         return hmac.compare_digest(self._signature(key, expires), signature)
+
+    def check_query(self, key: str, query: Mapping[str, str], now: float) -> bool | None:
+        """A request's download-link parameters for ``key``: None when it carries none (a
+        plain URL), True for a valid, unexpired signature, False for anything else."""
+        if "signature" not in query and "expires" not in query:
+            return None
+        expires = query.get("expires", "")
+        return expires.isdecimal() and self.signature_valid(
+            key, int(expires), query.get("signature", ""), now
+        )
 
     @staticmethod
     def parse(url: str, *, origin: str | None = None) -> OwnUrl | None:

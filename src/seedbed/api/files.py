@@ -60,15 +60,10 @@ async def get_file(request: Request, key: str) -> Response:
         path = ctx.storage.path(key)
     except StoredFileNotFound:
         return _answer(404, "Not Found")
-    query = request.query_params
-    signed = "signature" in query or "expires" in query
-    if signed:
-        expires = query.get("expires", "")
-        valid = expires.isdecimal() and ctx.links.signature_valid(
-            key, int(expires), query.get("signature", ""), time.time()
-        )
-        if not valid:
-            return _answer(403, "Link expired or invalid")
+    link = ctx.links.check_query(key, request.query_params, time.time())
+    if link is False:
+        return _answer(403, "Link expired or invalid")
+    signed = link is True
     attachment = signed
     try:
         if key.startswith(RESULTS):

@@ -38,15 +38,10 @@ __all__ = ["get_object"]
 async def get_object(request: Request, ctx: Context, storage: S3Storage, key: str) -> Response:
     if not is_valid_key(key):
         return _answer(404, "Not Found")
-    query = request.query_params
-    signed = "signature" in query or "expires" in query
-    if signed:
-        expires = query.get("expires", "")
-        valid = expires.isdecimal() and ctx.links.signature_valid(
-            key, int(expires), query.get("signature", ""), time.time()
-        )
-        if not valid:
-            return _answer(403, "Link expired or invalid")
+    link = ctx.links.check_query(key, request.query_params, time.time())
+    if link is False:
+        return _answer(403, "Link expired or invalid")
+    signed = link is True
     result = key.startswith(RESULTS)
     if result and not signed and ctx.settings.s3_serve == "redirect":
         url = await storage.presigned_url(key, ctx.settings.s3_presign_seconds)

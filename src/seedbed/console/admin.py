@@ -21,15 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seedbed import catalogue, errors, keys
+from seedbed.admin_views import callback_json, key_json
 from seedbed.api import envelope, openapi
 from seedbed.api.body import parse_json_object, read_body
 from seedbed.api.context import Context, context
 from seedbed.api.routing import LeanRoute
 from seedbed.console import schemas, tokens
 from seedbed.console.stats import QueueSampler
-from seedbed.outbox import CallbackRecord, CallbackState
+from seedbed.outbox import CallbackState
 from seedbed.store.base import TaskFilter
-from seedbed.tasks import ApiKey, KeyLimits, NewKey, TaskState
+from seedbed.tasks import KeyLimits, NewKey, TaskState
 
 __all__ = ["ADMIN_SCHEME", "AdminGuard", "router"]
 
@@ -204,21 +205,6 @@ async def workers(request: Request) -> Response:
 
 
 # -- keys ------------------------------------------------------------------------------------
-def key_json(key: ApiKey) -> dict[str, Any]:
-    """A key as the admin API shows it (the same fields as ``seedbed keys list --json``)."""
-    return {
-        "id": key.id,
-        "name": key.name,
-        "balance": str(key.balance),
-        "held": str(key.held),
-        "openTasks": key.open_tasks,
-        "limits": key.limits.as_dict(),
-        "createdAt": key.created_at,
-        "revokedAt": key.revoked_at,
-        "hasHmacKey": key.hmac_key is not None,
-    }
-
-
 #: the largest value of a key's limit (counts and seconds alike)
 LIMIT_MAX = 1_000_000_000
 #: the most credits one key creation or one credit change may carry
@@ -456,22 +442,6 @@ async def set_model(request: Request) -> Response:
 
 
 # -- callbacks -------------------------------------------------------------------------------
-def callback_json(row: CallbackRecord) -> dict[str, Any]:
-    """An outbox row (the same fields as ``seedbed callbacks list --json``)."""
-    return {
-        "taskId": row.task_id,
-        "keyId": row.key_id,
-        "url": row.url,
-        "state": row.state.value,
-        "attempts": row.attempts,
-        "nextAttemptAt": row.next_attempt_at,
-        "lastStatus": row.last_status,
-        "lastError": row.last_error,
-        "createdAt": row.created_at,
-        "updatedAt": row.updated_at,
-    }
-
-
 _CALLBACK_STATES = {state.value: state for state in CallbackState}
 
 
