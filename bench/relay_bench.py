@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +44,8 @@ CASES = {
     "512": ("bytedance/seedream", {"image_size": "square"}, "seedream-3-0-t2i-250415", "512x512"),
     "2K": ("seedream/4.5-text-to-image", {}, "seedream-4-5-251128", "2048x2048"),
 }
+#: burst tasks per client connection pool
+CLIENT_TASKS = 8
 
 
 def _config(path: Path, ark_url: str, concurrency: int) -> Path:
@@ -54,7 +58,12 @@ def _config(path: Path, ark_url: str, concurrency: int) -> Path:
 
 
 async def _through_seedbed(
-    client: httpx.AsyncClient, key: str, model: str, extra: dict[str, Any], poll: float = 0.01
+    client: httpx.AsyncClient,
+    key: str,
+    model: str,
+    extra: dict[str, Any],
+    poll: float = 0.01,
+    answered: list[float] | None = None,
 ) -> float:
     headers = {"Authorization": f"Bearer {key}"}
     t0 = time.perf_counter()
@@ -64,6 +73,8 @@ async def _through_seedbed(
         headers=headers,
     )
     task_id = created.json()["data"]["taskId"]
+    if answered is not None:
+        answered.append(time.perf_counter() - t0)
     while True:
         data = (
             await client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers)
@@ -85,6 +96,15 @@ async def _direct(client: httpx.AsyncClient, ark_url: str, ark_model: str, size:
     url = answer.json()["data"][0]["url"]
     (await client.get(url)).raise_for_status()  # the client would fetch the image too
     return time.perf_counter() - t0
+
+
+def _profile(path: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the server over the burst (``--profile``), or None."""
+    if path is None:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "-o", path, "-f", "raw", "-r", "200", "-p", str(pid), "-t"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -130,23 +150,43 @@ async def run(args: argparse.Namespace) -> None:
                 added = statistics.median(via) - statistics.median(direct)
                 print(f"  added at p50: {added * 1000:.1f} ms")
 
-                cpu0 = cpu_seconds(proc.pid)
+                # The burst's clients: one pool per CLIENT_TASKS tasks, as many clients would
+                # have. One pool for all 200 spent seconds of this process's CPU in httpcore's
+                # pool bookkeeping (quadratic in the requests in flight), and that, not the
+                # server, set the figure on a 2-core machine (py-spy on the bench, 2026-12-07).
+                clients = [
+                    httpx.AsyncClient(base_url=base, timeout=60, trust_env=False)
+                    for _ in range(-(-args.burst // CLIENT_TASKS))
+                ]
+                spy = _profile(args.profile, proc.pid)
+                answered: list[float] = []
+                cpu0, own0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
                 t0 = time.perf_counter()
                 times = await asyncio.gather(
                     *(
-                        _through_seedbed(client, key, model, extra, args.burst_poll)
-                        for _ in range(args.burst)
+                        _through_seedbed(
+                            clients[i // CLIENT_TASKS], key, model, extra, args.burst_poll, answered
+                        )
+                        for i in range(args.burst)
                     )
                 )
                 wall = time.perf_counter() - t0
                 cpu = cpu_seconds(proc.pid) - cpu0
+                own = cpu_seconds(os.getpid()) - own0
+                for each in clients:
+                    await each.aclose()
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(30)
                 print(
                     f"{args.burst} tasks at once, one worker: all done in {wall:.2f} s "
-                    f"(per task p50 {_pct(times, 0.5):.2f} s, max {max(times):.2f} s)"
+                    f"(per task p50 {_pct(times, 0.5):.2f} s, max {max(times):.2f} s; "
+                    f"every create answered within {max(answered):.2f} s)"
                 )
                 print(
                     f"server CPU per relayed image: {cpu / args.burst * 1000:.1f} ms "
-                    f"({cpu:.2f} s for {args.burst}, including the bench's own recordInfo polls)"
+                    f"({cpu:.2f} s for {args.burst}, including the bench's own recordInfo polls); "
+                    f"the bench's process (clients and stand-in) used {own:.2f} s"
                 )
         finally:
             stop(proc)
@@ -160,6 +200,9 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(CASES), default="512")
     parser.add_argument(
         "--burst-poll", type=float, default=0.25, help="recordInfo interval per burst task"
+    )
+    parser.add_argument(
+        "--profile", help="write py-spy's raw (collapsed) stacks of the server over the burst here"
     )
     asyncio.run(run(parser.parse_args()))
 

@@ -271,11 +271,8 @@ class Worker:
             claimed = False
             while models := self._claimable(served):
                 try:
-                    task = await self.store.claim(
-                        worker_id=self.worker_id,
-                        models=models,
-                        lease_seconds=self.config.lease_seconds,
-                    )
+                    # one task, or a batch of them for relay engines' free slots
+                    tasks = await self._routes.claim_some(models, self._claim)
                 except Exception:
                     # The store is unreachable or busy for too long: keep the worker alive and
                     # try again after a pause rather than dying with the error.
@@ -284,14 +281,15 @@ class Worker:
                     )
                     await asyncio.sleep(CLAIM_RETRY)
                     break
-                if task is None:
+                if not tasks:
                     break
                 claimed = True
-                self._running[task.id] = threading.Event()
-                self._routes.take(task.id, task.model)
-                log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))
-                self._changed(task.id)
-                group.create_task(self._process(task))
+                for task in tasks:
+                    self._running[task.id] = threading.Event()
+                    self._routes.take(task.id, task.model)
+                    log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))
+                    self._changed(task.id)
+                    group.create_task(self._process(task))
             if burst and not claimed and not self._running:
                 return
             await self.wakeup.wait(self.config.poll_seconds)
@@ -299,6 +297,13 @@ class Worker:
         while self._running:
             self.wakeup.clear()
             await self.wakeup.wait(self.config.poll_seconds)
+
+    async def _claim(self, models: list[str]) -> Task | None:
+        return await self.store.claim(
+            worker_id=self.worker_id,
+            models=models,
+            lease_seconds=self.config.lease_seconds,
+        )
 
     def _claimable(self, served: Sequence[str]) -> list[str]:
         """The models a claim may take now: none while post-processing is full (backpressure:

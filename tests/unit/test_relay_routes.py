@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 from seedbed.config import Settings
 from seedbed.engines import build_engines
 from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn, is_async
-from seedbed.engines.relay import CircuitBreaker
+from seedbed.engines.relay import TASKS_PER_POOL, CircuitBreaker, _Pools
 from seedbed.engines.relay_routes import RouteRunner
 
 T2I = "seedream/4.5-text-to-image"
@@ -120,3 +121,63 @@ def test_a_down_engine_is_passed_over_unless_it_is_the_last() -> None:
     alone = RouteRunner(Engines([relay], {T2I: [relay]}), threads=2)  # type: ignore[list-item]
     assert alone.choose(T2I) is relay  # the last of its route: claimed, fails at once
     assert runner.choose(T2I) is gpu
+
+
+class Queue:
+    """The store's claim as the worker calls it: takes the oldest task of the given models."""
+
+    def __init__(self, models: list[str]) -> None:
+        self.tasks = [SimpleNamespace(id=f"t{i}", model=m) for i, m in enumerate(models)]
+        self.calls = 0
+
+    async def claim(self, models: list[str]) -> SimpleNamespace | None:
+        self.calls += 1
+        await asyncio.sleep(0)  # a store round trip: the batch's claims overlap
+        for task in self.tasks:
+            if task.model in models:
+                self.tasks.remove(task)
+                return task
+        return None
+
+
+async def test_a_relay_task_claimed_brings_a_batch_for_the_free_relay_slots() -> None:
+    relay = build_engines(
+        Settings(engines={"ark": ark(max_concurrency=5)}, models={T2I: "ark"})
+    ).for_model(T2I)
+    assert relay is not None
+    from seedbed.engines import Engines
+
+    runner = RouteRunner(Engines([relay], {T2I: [relay]}), threads=2)
+    queue = Queue([T2I] * 12)
+    got = await runner.claim_some([T2I], queue.claim)
+    assert [t.id for t in got] == ["t0", "t1", "t2", "t3", "t4"]  # the 5 slots, one batch
+    for task in got:
+        runner.take(task.id, T2I)
+    assert runner.claimable([T2I]) == []  # the slots are full: no claim over the limit
+    runner.release("t0")
+    assert [t.id for t in await runner.claim_some([T2I], queue.claim)] == ["t5"]
+
+
+async def test_an_idle_worker_claims_once_and_a_gpu_route_one_task_at_a_time() -> None:
+    runner, _gpu, _relay = _engines(spill=None)  # T2I routed to the GPU first
+    idle = Queue([])
+    assert await runner.claim_some([T2I], idle.claim) == []
+    assert idle.calls == 1
+    queue = Queue([T2I] * 4)
+    got = await runner.claim_some([T2I], queue.claim)
+    assert len(got) == 1 and queue.calls == 1  # a GPU slot's task: never batched
+
+
+def test_relay_tasks_spread_over_small_http_pools_sharing_one_tls_context() -> None:
+    relay = build_engines(
+        Settings(engines={"ark": ark(max_concurrency=40)}, models={T2I: "ark"})
+    ).for_model(T2I)
+    pools = _Pools(relay.settings)  # type: ignore[union-attr]
+    held = [pools.acquire() for _ in range(40)]
+    assert len(set(held)) == 40 // TASKS_PER_POOL
+    assert all(held.count(i) == TASKS_PER_POOL for i in set(held))
+    contexts = {id(pools.client(i)._transport._pool._ssl_context) for i in set(held)}  # type: ignore[attr-defined]
+    assert len(contexts) == 1
+    pools.release(held[0])
+    assert pools.acquire() == held[0]  # a freed place is filled before a new pool is made
+    asyncio.run(pools.aclose())

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -68,6 +70,8 @@ RESULT_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 #: an upstream image whose aspect ratio is off the contract's by more than this fails the task
 #: instead of being stretched (a mere scale difference is resized)
 ASPECT_TOLERANCE = 0.02
+#: relay tasks per HTTP connection pool (see :class:`_Pools`)
+TASKS_PER_POOL = 8
 
 
 class UpstreamDown(TaskFailure):
@@ -184,6 +188,66 @@ class Budget:
         return wait
 
 
+class _Pools:
+    """One loop's HTTP clients for an engine: each relay task holds one for its whole run.
+
+    httpcore's pool walks every connection it holds each time a request is queued and each
+    time a response is closed (``has_expired`` asks the socket whether it is readable, a
+    system call per idle connection). With one pool of 200 connections for 200 tasks at once
+    that walk was 75 % of the server's main thread (py-spy, bench/relay_bench.py): quadratic
+    in the tasks in flight. Tasks are spread over pools of at most ``TASKS_PER_POOL`` tasks
+    instead, so each walk is over a few connections; a task's requests (the generation, then
+    the download from the same host) still reuse one kept-alive connection.
+    """
+
+    def __init__(self, settings: RelayEngineSettings) -> None:
+        self.settings = settings
+        self.gate = asyncio.Semaphore(settings.max_concurrency)
+        self._clients: list[httpx.AsyncClient] = []
+        self._load: list[int] = []
+        #: one TLS context for every pool: httpx makes a new one per client otherwise, loading
+        #: the CA bundle each time (about 30 ms of CPU, 0.7 s over a burst of 200 tasks)
+        self._tls: ssl.SSLContext | None = None
+
+    def client(self, index: int) -> httpx.AsyncClient:
+        while len(self._clients) <= index:
+            self._clients.append(self._new())
+            self._load.append(0)
+        return self._clients[index]
+
+    def acquire(self) -> int:
+        """The index of a pool with room for one more task (a new pool when all are full)."""
+        index = next(
+            (i for i, load in enumerate(self._load) if load < TASKS_PER_POOL), len(self._load)
+        )
+        self.client(index)
+        self._load[index] += 1
+        return index
+
+    def release(self, index: int) -> None:
+        self._load[index] -= 1
+
+    def _new(self) -> httpx.AsyncClient:
+        s = self.settings
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return httpx.AsyncClient(
+            verify=self._tls,
+            timeout=httpx.Timeout(s.request_timeout, connect=s.connect_timeout),
+            limits=httpx.Limits(
+                max_connections=s.max_concurrency * 2,
+                max_keepalive_connections=TASKS_PER_POOL * 2,
+            ),
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        clients, self._clients, self._load = self._clients, [], []
+        for client in clients:
+            await client.aclose()
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -222,7 +286,11 @@ class RelayEngine:
         #: set when the upstream rejected the key, cleared by the next accepted request
         self.key_rejected: str | None = None
         self.__key = api_key
-        self._clients: dict[int, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
+        self._clients: dict[int, _Pools] = {}
+        #: the HTTP client of the relay task running in this context
+        self._current: contextvars.ContextVar[httpx.AsyncClient | None] = contextvars.ContextVar(
+            f"seedbed-relay-{name}", default=None
+        )
         self._result_rule = ImageInputRule(
             field="result",
             max_items=1,
@@ -263,9 +331,17 @@ class RelayEngine:
         cancel: threading.Event,
         note: NoteFn | None = None,
     ) -> list[Artifact]:
-        _client, gate = self._client()
-        async with gate:
-            return await self._until_canceled(self.relay(job, progress, cancel, note), cancel)
+        pools = self._pools()
+        async with pools.gate:
+            index = pools.acquire()
+            # The relay's own asyncio task (made in _until_canceled) copies this context, so
+            # every request of this task goes through the pool chosen here.
+            token = self._current.set(pools.client(index))
+            try:
+                return await self._until_canceled(self.relay(job, progress, cancel, note), cancel)
+            finally:
+                self._current.reset(token)
+                pools.release(index)
 
     async def relay(
         self,
@@ -279,33 +355,30 @@ class RelayEngine:
     async def aclose(self) -> None:
         """Close this loop's HTTP pool (the worker's loop ends; a later run opens another)."""
         loop = asyncio.get_running_loop()
-        entry = self._clients.pop(id(loop), None)
-        if entry is not None:
-            await entry[0].aclose()
+        pools = self._clients.pop(id(loop), None)
+        if pools is not None:
+            await pools.aclose()
 
     async def close_all(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client, _ in clients.values():
-            await client.aclose()
+        every, self._clients = self._clients, {}
+        for pools in every.values():
+            await pools.aclose()
 
     # -- HTTP ------------------------------------------------------------------------------
     def _client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
-        """This loop's pooled client and semaphore (tests run several servers, one loop each)."""
+        """The running task's HTTP client (its pool, see :class:`_Pools`) and this loop's
+        semaphore; outside a task (tests, tidy-ups), the loop's first pool."""
+        pools = self._pools()
+        client = self._current.get()
+        return (client if client is not None else pools.client(0)), pools.gate
+
+    def _pools(self) -> _Pools:
+        """This loop's pools (tests run several servers, one loop each)."""
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is None:
-            s = self.settings
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(s.request_timeout, connect=s.connect_timeout),
-                limits=httpx.Limits(
-                    max_connections=s.max_concurrency * 2,
-                    max_keepalive_connections=s.max_concurrency,
-                ),
-                trust_env=False,
-                follow_redirects=False,
-            )
-            entry = self._clients[id(loop)] = (client, asyncio.Semaphore(s.max_concurrency))
-        return entry
+        pools = self._clients.get(id(loop))
+        if pools is None:
+            pools = self._clients[id(loop)] = _Pools(self.settings)
+        return pools
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.__key}"}
