@@ -49,7 +49,7 @@ from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.storage.base import Storage, StoredFileNotFound
 from seedbed.store.base import Store
-from seedbed.tasks import Outcome, Task
+from seedbed.tasks import Outcome, Task, TaskState
 from seedbed.wakeup import Wakeup
 
 __all__ = ["Worker", "WorkerConfig", "WorkerObserver", "new_worker_id"]
@@ -66,6 +66,13 @@ CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
 #: long after the fault clears the task goes on (recovery within ~2 s)
 FAULT_FIRST_DELAY = 0.1
 FAULT_MAX_DELAY = 2.0
+#: models whose tasks have nothing to fetch before their engine starts (no image inputs): the
+#: claim moves them straight to generating, in the same write (one store round trip fewer on
+#: the way to the device). Tasks with inputs stay queuing while they fetch: a cancel ends them
+#: there at once.
+_STARTS_AT_ONCE = frozenset(
+    m for m, spec in catalogue.CATALOGUE.items() if spec.image_input is None
+)
 
 
 def new_worker_id() -> str:
@@ -303,6 +310,7 @@ class Worker:
             worker_id=self.worker_id,
             models=models,
             lease_seconds=self.config.lease_seconds,
+            start=_STARTS_AT_ONCE,
         )
 
     def _claimable(self, served: Sequence[str]) -> list[str]:
@@ -500,12 +508,16 @@ class Worker:
         await self._ensure_loaded(engine)
         cancel = self._running[task.id]
         progress = _Progress(self._progress_reporter(task.id))
-        started_generating = await self._through_faults(
-            task, "store", partial(self.store.start_generating, task.id, worker_id=self.worker_id)
-        )
-        if not started_generating:
-            return None  # lease lost (another worker has it now) or the task was canceled
-        self._changed(task.id)
+        if task.state is not TaskState.GENERATING:
+            # (the claim started the task itself where nothing is fetched first: one round trip)
+            started_generating = await self._through_faults(
+                task,
+                "store",
+                partial(self.store.start_generating, task.id, worker_id=self.worker_id),
+            )
+            if not started_generating:
+                return None  # lease lost (another worker has it now) or the task was canceled
+            self._changed(task.id)
         # A thread engine's task claimed ahead waits here for the device, already "generating"
         # (as a job waiting in a batching engine's queue is): no store write between one
         # task's pictures and the next task's start.
@@ -574,7 +586,8 @@ class Worker:
             if isinstance(part, BaseException):
                 log.warning("post-processing failed: %r", part, extra=task_extra(task))
                 raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
-        progress(100)
+        # No progress(100) here: the finish writes 100 with the success, in its own
+        # transaction; a write of its own would be one more on every task's path.
         return [artifact for part in parts if isinstance(part, list) for artifact in part]
 
     async def _in_engine_thread(self, fn: Callable[..., R], *args: Any) -> R:

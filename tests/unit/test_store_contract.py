@@ -308,6 +308,30 @@ async def test_claim_takes_the_oldest_first(store: Store, clock: Clock) -> None:
     assert await store.claim(worker_id="w3", models=None, lease_seconds=30) is None
 
 
+async def test_claim_and_start_in_one_round_trip(store: Store, clock: Clock) -> None:
+    """A model in ``start``: its task is claimed straight into generating (one write instead
+    of claim + start_generating); the others' still queue, and a reclaim never goes back."""
+    await add_key(store)
+    a = await create(store, model="a")
+    b = await create(store, model="b")
+    clock.advance(1)
+    got = await store.claim(worker_id="w", models=None, lease_seconds=30, start=["a", "x"])
+    assert got is not None and got.id == a.id
+    assert got.state is TaskState.GENERATING and got.attempts == 1
+    assert got.lease_owner == "w" and got.update_time == ms(T0 + 1)
+    assert await store.get_task(a.id) == got
+    assert await store.start_generating(a.id, worker_id="w")  # the lease is held
+    other = await store.claim(worker_id="w", models=None, lease_seconds=30, start={"a"})
+    assert other is not None and other.id == b.id and other.state is TaskState.QUEUING
+    # b's lease lapses; a reclaim that starts it moves it on, one that does not leaves it
+    clock.advance(31)
+    again = await store.claim(worker_id="w2", models=["a"], lease_seconds=30)
+    assert again is not None and again.id == a.id and again.state is TaskState.GENERATING
+    moved = await store.claim(worker_id="w2", models=["b"], lease_seconds=30, start=("b",))
+    assert moved is not None and moved.id == b.id
+    assert moved.state is TaskState.GENERATING and moved.attempts == 2
+
+
 async def test_claim_filters_by_model(store: Store) -> None:
     await add_key(store)
     a = await create(store, model="a")

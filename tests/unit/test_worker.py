@@ -113,6 +113,52 @@ async def test_burst_runs_a_task_to_success_and_charges(tmp_path: Path) -> None:
     assert balance == Decimal("96.5")
 
 
+class CountingStore(MemoryStore):
+    """The memory store, counting the worker-side writes a task costs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.writes: list[str] = []
+
+    async def claim(self, **kwargs: Any) -> Any:
+        task = await super().claim(**kwargs)
+        if task is not None:
+            self.writes.append(f"claim:{task.state.value}")
+        return task
+
+    async def start_generating(self, task_id: str, *, worker_id: str) -> bool:
+        self.writes.append("start_generating")
+        return await super().start_generating(task_id, worker_id=worker_id)
+
+    async def set_progress(self, task_id: str, progress: int, *, worker_id: str) -> bool:
+        self.writes.append(f"progress:{progress}")
+        return await super().set_progress(task_id, progress, worker_id=worker_id)
+
+    async def finish(self, task_id: str, outcome: Any, *, worker_id: str | None) -> Any:
+        self.writes.append("finish")
+        return await super().finish(task_id, outcome, worker_id=worker_id)
+
+
+async def test_a_text_task_is_claimed_and_started_in_one_write(tmp_path: Path) -> None:
+    """Nothing to fetch: the claim starts it (no start_generating round trip), and the finish
+    writes progress 100 with the success (no write of its own)."""
+    store = CountingStore(clock=Clock())
+    await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
+    task_id = await _task(store, image_size="square")
+    worker = Worker(
+        store=store,
+        storage=LocalStorage(tmp_path),
+        engines=Engines([SandboxEngine(steps=1)]),
+        wakeup=Wakeup(None),
+        config=WorkerConfig(poll_seconds=0.05),
+    )
+    await worker.run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS and task.progress == 100
+    assert store.writes[0] == "claim:generating" and store.writes[-1] == "finish"
+    assert "start_generating" not in store.writes and "progress:100" not in store.writes
+
+
 async def test_engine_error_fails_501_and_releases_credits(tmp_path: Path) -> None:
     store, _clock, make = await _setup(tmp_path, FailingEngine())
     task_id = await _task(store)

@@ -188,13 +188,23 @@ class Store(Protocol):
 
     # -- tasks: the worker side ------------------------------------------------------------
     async def claim(
-        self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float
+        self,
+        *,
+        worker_id: str,
+        models: Collection[str] | None,
+        lease_seconds: float,
+        start: Collection[str] = (),
     ) -> Task | None:
         """Atomically take the oldest claimable task for ``models`` (None: any model).
 
         Claimable: ``waiting``, or ``queuing``/``generating`` whose lease expired. A waiting
         task moves to ``queuing``; a reclaimed one keeps its state (states never go back).
         ``attempts`` is incremented and the lease set to ``worker_id``.
+
+        A task of a model in ``start`` goes straight to ``generating`` instead, as
+        :meth:`start_generating` would move it: claim and start in one round trip, for models
+        whose engine starts at once (nothing to fetch first; a task fetching its inputs stays
+        ``queuing``, where a cancel ends it at once).
         """
 
     async def start_generating(self, task_id: str, *, worker_id: str) -> bool:

@@ -352,7 +352,12 @@ class MemoryStore:
 
     # -- tasks: the worker side --------------------------------------------------------------
     async def claim(
-        self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float
+        self,
+        *,
+        worker_id: str,
+        models: Collection[str] | None,
+        lease_seconds: float,
+        start: Collection[str] = (),
     ) -> Task | None:
         async with self._lock:
             now = self._now()
@@ -367,8 +372,14 @@ class MemoryStore:
                     best = t
             if best is None:
                 return None
+            if best.model in start:
+                state = TaskState.GENERATING
+            elif best.state is TaskState.WAITING:
+                state = TaskState.QUEUING
+            else:
+                state = best.state
             claimed = best.evolve(
-                state=TaskState.QUEUING if best.state is TaskState.WAITING else best.state,
+                state=state,
                 lease_owner=worker_id,
                 lease_expires=now + round(lease_seconds * 1000),
                 attempts=best.attempts + 1,

@@ -335,11 +335,22 @@ def _claimable_seq(*, by_model: bool, for_sqlite: bool) -> Any:
 
 
 def _claim(*, by_model: bool, for_sqlite: bool) -> Any:
+    # the models whose tasks start at once (claim and start in one round trip), bound like
+    # the model list: one JSON text on SQLite, an expanding list on PostgreSQL
+    starts = _T.model.in_(
+        select(literal_column("value")).select_from(func.json_each(_p("start")))
+        if for_sqlite
+        else bindparam("p_start", expanding=True)
+    )
     return (
         update(tasks)
         .where(_T.seq == _claimable_seq(by_model=by_model, for_sqlite=for_sqlite))
         .values(
-            state=case((_T.state == S.WAITING.value, S.QUEUING.value), else_=_T.state),
+            state=case(
+                (starts, S.GENERATING.value),
+                (_T.state == S.WAITING.value, S.QUEUING.value),
+                else_=_T.state,
+            ),
             lease_owner=_p("worker"),
             lease_expires=_p("expires"),
             attempts=_T.attempts + 1,

@@ -531,15 +531,25 @@ class SqlStore:
 
     # -- tasks: the worker side --------------------------------------------------------------
     async def claim(
-        self, *, worker_id: str, models: Collection[str] | None, lease_seconds: float
+        self,
+        *,
+        worker_id: str,
+        models: Collection[str] | None,
+        lease_seconds: float,
+        start: Collection[str] = (),
     ) -> Task | None:
         if models is not None and not models:
             return None
         model_list = None if models is None else list(models)
-        return await self._db.write(self._claim, worker_id, model_list, lease_seconds)
+        return await self._db.write(self._claim, worker_id, model_list, lease_seconds, list(start))
 
     def _claim(
-        self, conn: Connection, worker_id: str, models: list[str] | None, lease_seconds: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        models: list[str] | None,
+        lease_seconds: float,
+        start: list[str],
     ) -> Task | None:
         now = self._now()
         params: dict[str, Any] = {
@@ -548,6 +558,7 @@ class SqlStore:
             "p_expires": now + round(lease_seconds * 1000),
         }
         sqlite = self._dialect == "sqlite"
+        params["p_start"] = q.dumps(start) if sqlite else start
         if models is not None:
             params["p_models"] = q.dumps(models) if sqlite else models
         stmt = q.CLAIM[sqlite, models is not None]
