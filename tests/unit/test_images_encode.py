@@ -134,3 +134,25 @@ def test_a_cancel_ends_the_standins_hold_at_once() -> None:
     with pytest.raises(EngineFailure, match="canceled"):
         StandinEngine(hold_ms=10_000).run(_job(64, 64), lambda p: None, cancel)
     assert time.monotonic() - start < 2
+
+
+class _LateEvent(threading.Event):
+    """A cancel event whose every wait wakes ``late`` seconds past its timeout, as waits do
+    on a loaded host."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    def wait(self, timeout: float | None = None) -> bool:
+        time.sleep((timeout or 0.0) + self.late)
+        return False
+
+
+def test_the_standins_hold_does_not_add_up_late_wake_ups() -> None:
+    """Ten steps that each wake 10 ms late hold about M + 10 ms, not M + 100 ms: each step
+    waits for its deadline from the start."""
+    engine = StandinEngine(hold_ms=200, native=64, steps=10)
+    start = time.monotonic()
+    engine.run(_job(64, 64), lambda p: None, _LateEvent(0.010))
+    assert 0.2 <= time.monotonic() - start < 0.25

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -77,9 +78,13 @@ class StandinEngine:
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
         """Hold the device for ``hold_ms`` in ``steps`` steps, then hand over the pictures."""
-        step = self.hold_ms / 1000 / self.steps
+        # Each step waits until its own deadline from the start, not for a step's length: a
+        # wait wakes a little late (more on a loaded host), and ``steps`` lengths in a row
+        # would add those up into a hold longer than ``hold_ms``, which a GPU's would not be.
+        start = time.monotonic()
         for index in range(self.steps):
-            if cancel.wait(step):
+            deadline = start + self.hold_ms / 1000 * (index + 1) / self.steps
+            if cancel.wait(max(0.0, deadline - time.monotonic())):
                 raise EngineFailure("canceled")
             progress(min(99, (index + 1) * 100 // self.steps))
         self.runs += 1
