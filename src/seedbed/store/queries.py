@@ -38,6 +38,7 @@ __all__ = [
     "BALANCE",
     "CHANGED_TASKS",
     "CLAIM",
+    "CREATE_IN_ONE",
     "DELETE_FLAG",
     "DISABLED",
     "FINISH_ANY",
@@ -169,6 +170,59 @@ HOLD = (
 )
 KEY_STATE = select(_K.revoked_at, _K.open_tasks, _K.balance_milli).where(_K.id == _p("key_id"))
 INSERT_TASK = insert(tasks).returning(_T.seq)
+#: the columns a new task is inserted with (the rest take their defaults or stay null)
+_NEW_TASK = (
+    "id",
+    "model",
+    "state",
+    "param",
+    "input",
+    "callback_url",
+    "progress",
+    "attempts",
+    "reserved_milli",
+    "consumed_milli",
+    "result_keys",
+    "create_time",
+    "update_time",
+    "origin",
+    "idempotency_key",
+    "request_hash",
+)
+
+
+def _create_in_one() -> Any:
+    """PostgreSQL: HOLD, the task and its ledger line as one statement (data-modifying CTEs).
+
+    Run outside a transaction block, the statement is its own transaction: the key's row,
+    which every create of that key updates, is locked only while PostgreSQL runs it, not over
+    the three round trips to a Python process whose event loop is busy with other requests
+    (docs/benchmarks.md, "A fleet on PostgreSQL and S3"). Nothing is inserted when the hold
+    matches nothing (no row): the caller reads the reason then. Binds are named ``t_<column>``.
+    """
+    hold = HOLD.returning(_K.id).cte("hold")
+    values = [bindparam(f"t_{name}", type_=tasks.c[name].type) for name in _NEW_TASK]
+    task = (
+        insert(tasks)
+        .from_select(["key_id", *_NEW_TASK], select(hold.c.id, *values))
+        .returning(_T.seq)
+        .cte("task")
+    )
+    ledger = insert(credit_ledger).from_select(
+        ["key_id", "task_id", "kind", "amount_milli", "note", "created_at"],
+        select(
+            hold.c.id,
+            bindparam("t_id", type_=tasks.c.id.type),
+            literal("reserve"),
+            _p("reserve"),
+            literal(""),
+            bindparam("t_create_time", type_=BigInteger()),
+        ),
+    )
+    return select(task.c.seq).add_cte(ledger.cte("ledger"))
+
+
+CREATE_IN_ONE = _create_in_one()
 GET_TASK = select(tasks).where(_T.id == _p("task_id"))
 QUEUE_POSITION = (
     select(func.count())

@@ -34,9 +34,18 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import BigInteger, BindParameter, Connection, String, bindparam, make_url, text
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Connection,
+    String,
+    bindparam,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from seedbed.outbox import (
@@ -104,7 +113,17 @@ class _AsyncRunner:
     """An async engine (asyncpg): the sync operations run on it through ``run_sync``."""
 
     def __init__(self, url: URL) -> None:
-        self._engine = create_async_engine(url, pool_pre_ping=True)
+        # No pool_pre_ping: SQLAlchemy's for asyncpg is BEGIN, a ping and ROLLBACK, three round
+        # trips before every transaction (py-spy and pg_stat_activity under createTask). A
+        # connection PostgreSQL closed (a restart) is found without a round trip instead
+        # (_drop_closed), and any other dead one fails its statement as a disconnect, which
+        # makes SQLAlchemy discard the whole pool. A fixed pool of the same 15 connections
+        # at most as before (5 + 10 overflow): overflow connections were closed on their
+        # return under load and opened again, a TCP and TLS handshake each.
+        self._engine = create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0)
+        event.listen(self._engine.sync_engine, "checkout", _drop_closed)
+        #: the same pool, statements run outside a transaction block (see ``single``)
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def write(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
@@ -116,6 +135,15 @@ class _AsyncRunner:
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
     ) -> R:
         async with self._engine.connect() as conn:
+            return await conn.run_sync(fn, *args, **kw)
+
+    async def single(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
+    ) -> R:
+        """Run ``fn`` with each statement its own transaction (no BEGIN, no COMMIT round
+        trip): for operations that are one statement, whose row locks then last only while
+        PostgreSQL runs it."""
+        async with self._autocommit.connect() as conn:
             return await conn.run_sync(fn, *args, **kw)
 
     async def close(self) -> None:
@@ -145,6 +173,18 @@ class _AsyncRunner:
 
     def data_version(self) -> None:
         return None  # PostgreSQL has no cheap equivalent: every poll reads
+
+
+#: connections to PostgreSQL per process (the most the pool held before: 5 + 10 overflow)
+POOL_SIZE = 15
+
+
+def _drop_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose socket PostgreSQL closed (a restart, a terminated backend) is
+    replaced before use: the pool tries another on ``DisconnectionError``."""
+    raw = getattr(dbapi_connection, "_connection", None)
+    if raw is not None and raw.is_closed():
+        raise DisconnectionError("the connection was closed by the server")
 
 
 _PG_TRY_LOCK = text("SELECT pg_try_advisory_lock(:p_lock)")
@@ -394,8 +434,11 @@ class SqlStore:
         if reserve < 0:
             raise ValueError("a task's reserve cannot be negative")
         input_json = q.dumps(dict(new.input))
+        db = self._db
         try:
-            return await self._db.write(self._create_task, new, reserve, input_json, open_task_cap)
+            if isinstance(db, _AsyncRunner) and new.idempotency_key is None:
+                return await db.single(self._create_in_one, new, reserve, input_json, open_task_cap)
+            return await db.write(self._create_task, new, reserve, input_json, open_task_cap)
         except IntegrityError as exc:
             if new.idempotency_key is not None:
                 # A concurrent repeat committed first (PostgreSQL): answer with its task.
@@ -428,25 +471,7 @@ class SqlStore:
         if refused is not None:
             raise CreateRefused(refused)
         now = self._now()
-        values = {
-            "id": new.id,
-            "key_id": new.key_id,
-            "model": new.model,
-            "state": TaskState.WAITING.value,
-            "param": new.param,
-            "input": input_json,
-            "callback_url": new.callback_url,
-            "progress": 0,
-            "attempts": 0,
-            "reserved_milli": reserve,
-            "consumed_milli": 0,
-            "result_keys": "[]",
-            "create_time": now,
-            "update_time": now,
-            "origin": new.origin,
-            "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash,
-        }
+        values = {"key_id": new.key_id, **_new_task_values(new, reserve, input_json, now)}
         seq = execute(conn, q.INSERT_TASK, values).scalar_one()
         execute(
             conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now)
@@ -454,6 +479,36 @@ class SqlStore:
         return Task.accepted(
             new, seq=seq, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
         )
+
+    def _create_in_one(
+        self, conn: Connection, new: NewTask, reserve: int, input_json: str, cap: int
+    ) -> Task:
+        """PostgreSQL without an idempotency key: the create as one statement, its own
+        transaction (``q.CREATE_IN_ONE``). When it inserts nothing, the hold was refused (or a
+        racing finish made room since: tried again, as ``_hold`` does)."""
+        hold = {"p_key_id": new.key_id, "p_reserve": reserve, "p_cap": cap}
+        for _ in range(3):
+            now = self._now()
+            values = {
+                f"t_{k}": v for k, v in _new_task_values(new, reserve, input_json, now).items()
+            }
+            seq = execute(conn, q.CREATE_IN_ONE, {**hold, **values}).scalar()
+            if seq is not None:
+                return Task.accepted(
+                    new,
+                    seq=seq,
+                    now=now,
+                    input=orjson.loads(input_json),
+                    reserved=from_milli(reserve),
+                )
+            row = execute(conn, q.KEY_STATE, {"p_key_id": new.key_id}).first()
+            if row is None or row.revoked_at is not None:
+                raise CreateRefused("key")
+            if row.open_tasks >= cap:
+                raise CreateRefused("open_tasks")
+            if row.balance_milli < reserve:
+                raise CreateRefused("credits")
+        raise CreateRefused("credits")
 
     async def get_task(self, task_id: str) -> Task | None:
         row = await self._db.read(_one, q.GET_TASK, {"p_task_id": task_id})
@@ -873,7 +928,11 @@ class SqlStore:
         interval = max(1, window_us // limit)
         now, slack = round(self._clock() * 1_000_000), window_us - interval
         params = {"p_bucket": bucket, "p_now": now, "p_interval": interval, "p_slack": slack}
-        tat, ok = await self._db.write(self._rate_hit, params)
+        db = self._db
+        # one statement: on PostgreSQL its own transaction (the bucket's row locked only
+        # while the server runs it; see _AsyncRunner.single)
+        run = db.single if isinstance(db, _AsyncRunner) else db.write
+        tat, ok = await run(self._rate_hit, params)
         if ok:
             return 0.0
         return max(tat - now - slack, 1) / 1_000_000
@@ -939,6 +998,28 @@ def _hold(conn: Connection, hold: dict[str, Any]) -> str | None:
         if row.balance_milli < hold["p_reserve"]:
             return "credits"
     return "credits"
+
+
+def _new_task_values(new: NewTask, reserve: int, input_json: str, now: int) -> dict[str, Any]:
+    """A new task's row, but its key (``q.INSERT_TASK`` and ``q.CREATE_IN_ONE`` both)."""
+    return {
+        "id": new.id,
+        "model": new.model,
+        "state": TaskState.WAITING.value,
+        "param": new.param,
+        "input": input_json,
+        "callback_url": new.callback_url,
+        "progress": 0,
+        "attempts": 0,
+        "reserved_milli": reserve,
+        "consumed_milli": 0,
+        "result_keys": "[]",
+        "create_time": now,
+        "update_time": now,
+        "origin": new.origin,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+    }
 
 
 def _result_file(task: Task, key: str) -> StoredFile:
