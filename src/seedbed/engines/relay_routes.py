@@ -132,7 +132,7 @@ class RouteRunner:
         room: int | None = None
         for model in models:
             route = self.engines.route(model)
-            if not route or not all(isinstance(e, AsyncEngine) for e in route):
+            if not route or not all(is_async(e) for e in route):
                 continue
             engine = self.choose(model)
             if not isinstance(engine, AsyncEngine):
@@ -174,7 +174,7 @@ class RouteRunner:
             self._threads_used += 1
 
     def _free(self, engine: Engine) -> bool:
-        if isinstance(engine, AsyncEngine):
+        if is_async(engine):
             return self._count.get(id(engine), 0) < engine.max_concurrency
         return self._threads_used < self.threads
 
@@ -183,7 +183,7 @@ class RouteRunner:
         mean = self._mean.get(id(engine))
         if mean is None:
             return 0.0
-        parallel = engine.max_concurrency if isinstance(engine, AsyncEngine) else 1
+        parallel = engine.max_concurrency if is_async(engine) else 1
         return self._count.get(id(engine), 0) / parallel * mean
 
     def _spills(self, engine: Engine) -> bool:
@@ -269,7 +269,7 @@ class RouteRunner:
 
 
 def _up(engine: Engine) -> bool:
-    return engine.is_up() if isinstance(engine, AsyncEngine) else True
+    return engine.is_up() if is_async(engine) else True
 
 
 def _spill_after(engine: Engine) -> float | None:
