@@ -288,10 +288,20 @@ def start_cog(venv: Path, work: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_seedbed(data_dir: Path, port: int, hold_ms: float) -> subprocess.Popen[bytes]:
+def start_seedbed(
+    data_dir: Path, port: int, hold_ms: float, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The server on ``port``; ``src``: import seedbed from that source tree instead (an older
+    commit's, checked out with ``git worktree add``), for before/after in one run."""
     args = [sys.executable, __file__, "--serve-seedbed", str(data_dir), str(port), str(hold_ms)]
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.Popen(
-        args, stdout=open(data_dir.parent / "seedbed.log", "wb"), stderr=subprocess.STDOUT
+        args,
+        stdout=open(data_dir.parent / f"seedbed-{port}.log", "wb"),  # the child keeps it
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     _wait_ready(proc, f"http://127.0.0.1:{port}/healthz", lambda r: r.status_code == 200)
     return proc
@@ -337,6 +347,12 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=30, help="tasks per backlog batch")
     parser.add_argument("--rounds", type=int, default=2, help="backlog batches per system")
     parser.add_argument("--cog-venv", type=Path, default=Path("/tmp/cogvenv"))
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        help="also run seedbed imported from this source folder (e.g. a worktree's src/ at an "
+        "older commit), as 'before', alternating with the others",
+    )
     parser.add_argument("--serve-seedbed", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_seedbed:
@@ -348,22 +364,29 @@ def main() -> None:
         raise SystemExit(f"no cog venv at {args.cog_venv} (see the docstring)")
     with tempfile.TemporaryDirectory(prefix="seedbed-peer-") as tmp:
         root = Path(tmp)
-        (root / "data").mkdir()
         (root / "cog").mkdir()
-        seedbed_port, cog_port = free_port(), free_port()
-        seedbed_proc = start_seedbed(root / "data", seedbed_port, args.hold_ms)
-        cog_proc = start_cog(args.cog_venv, root / "cog", cog_port)
+        hooks = Callbacks()
+        servers: dict[str, Seedbed] = {}
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            key = create_key(root / "data")
-            hooks = Callbacks()
-            seedbed = Seedbed(f"http://127.0.0.1:{seedbed_port}", key, hooks)
+            sources: dict[str, Path | None] = {"seedbed": None}
+            if args.before_src is not None:
+                sources["before"] = args.before_src
+            for label, src in sources.items():
+                data, port = root / label / "data", free_port()
+                data.mkdir(parents=True)
+                procs.append(start_seedbed(data, port, args.hold_ms, src))
+                servers[label] = Seedbed(f"http://127.0.0.1:{port}", create_key(data), hooks)
+            cog_port = free_port()
+            procs.append(start_cog(args.cog_venv, root / "cog", cog_port))
             cog = Cog(f"http://127.0.0.1:{cog_port}", args.hold_ms)
             systems: dict[str, Callable[[int], float]] = {
-                "engine alone": lambda seed: engine_alone(hold, seed),
-                "seedbed events": seedbed.one_events,
-                "seedbed callback": seedbed.one_callback,
-                "cog sync": cog.one,
+                "engine alone": lambda seed: engine_alone(hold, seed)
             }
+            for label, server in servers.items():
+                systems[f"{label} events"] = server.one_events
+                systems[f"{label} callback"] = server.one_callback
+            systems["cog sync"] = cog.one
             for one in systems.values():  # warm-up: connections, code paths, pictures
                 for seed in range(3):
                     one(seed)
@@ -373,24 +396,25 @@ def main() -> None:
                 shift = sample % len(names)  # rotate the order each sample
                 for name in names[shift:] + names[:shift]:
                     latencies[name].append(systems[name](sample))
-            rates: dict[str, list[float]] = {"engine alone": [], "seedbed": [], "cog": []}
+            order = ["engine alone", *servers, "cog"]
+            rates: dict[str, list[float]] = {name: [] for name in order}
             n = args.backlog
             for round_ in range(args.rounds):
-                order = ["engine alone", "seedbed", "cog"]
-                for name in order[round_ % 3 :] + order[: round_ % 3]:
+                shift = round_ % len(order)
+                for name in order[shift:] + order[:shift]:
                     if name == "engine alone":
                         start = time.perf_counter()
                         for seed in range(n):
                             engine_alone(hold, seed)
                         wall = time.perf_counter() - start
-                    elif name == "seedbed":
-                        wall = seedbed.backlog(n)
-                    else:
+                    elif name == "cog":
                         wall = cog.backlog(n)
+                    else:
+                        wall = servers[name].backlog(n)
                     rates[name].append(n * hold / wall)
         finally:
-            stop(seedbed_proc)
-            stop(cog_proc)
+            for proc in procs:
+                stop(proc)
     base = statistics.median(latencies["engine alone"])
     print(f"M = {args.hold_ms:.0f} ms, {args.samples} samples each, alternating")
     print(f"engine alone: p50 {base * 1000:.1f} ms (M + resize + JPEG)")
