@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,38 @@ def dispatch(pg: Postgres, weed: SeaweedFS, work: str, samples: int) -> dict[str
 
 
 # -- throughput ------------------------------------------------------------------------------
+def _create_keys(env: dict[str, str], work: str, n: int) -> list[str]:
+    """``n`` more keys (the first is ``_key``'s): createTask spread over keys (``--keys``)."""
+    out = []
+    for i in range(n):
+        made = _run(
+            ["keys", "create", "--name", f"bench{i}", "--credits", "100000000", "--json"],
+            env,
+            work,
+        )
+        out.append(str(json.loads(made)["key"]))
+    return out
+
+
+def _creates(url: str, keys: list[str], duration: int, pid: int) -> dict[str, Any]:
+    """createTask with wrk's 32 connections shared out over ``keys`` (one wrk per key, at
+    once): requests/s summed, answers other than 200 counted."""
+    body = json.dumps(BODY)
+    conns = max(1, 32 // len(keys))
+    with ThreadPoolExecutor(len(keys)) as pool:
+        runs = list(
+            pool.map(
+                lambda key: wrk(
+                    url, key=key, method="POST", body=body, duration=duration, conns=conns, pid=pid
+                ),
+                keys,
+            )
+        )
+    return {"rps": sum(r["rps"] for r in runs), "bad": sum(r["bad"] for r in runs)}
+
+
 def throughput(
-    pg: Postgres, weed: SeaweedFS, work: str, duration: int, rounds: int
+    pg: Postgres, weed: SeaweedFS, work: str, duration: int, rounds: int, keys: int = 1
 ) -> dict[str, dict[str, float]]:
     setups = {
         "postgres": _fresh(pg, weed, "through"),
@@ -171,8 +202,10 @@ def throughput(
     found: dict[str, dict[str, list[float]]] = {}
     servers = {}
     try:
+        many: dict[str, list[str]] = {}
         for name, env in setups.items():
             key = _key(env, work)
+            many[name] = [key, *_create_keys(env, work, keys - 1)]
             port = free_port()
             servers[name] = (_serve(env, work, port), port, key)
         for _ in range(rounds):
@@ -192,7 +225,12 @@ def throughput(
                     "record": {"url": f"{base}/api/v1/jobs/recordInfo?taskId={task}"},
                 }
                 for endpoint, run in runs.items():
-                    result = wrk(key=key, duration=duration, pid=proc.pid, **run)
+                    if endpoint == "create":
+                        result = _creates(run["url"], many[name], duration, proc.pid)
+                    else:
+                        result = wrk(key=key, duration=duration, pid=proc.pid, **run)
+                    if result["bad"]:  # a refusal or an error is fast: it is no throughput
+                        raise SystemExit(f"{name} {endpoint}: {result['bad']} answers not 200")
                     found.setdefault(name, {}).setdefault(endpoint, []).append(result["rps"])
     finally:
         for proc, _, _ in servers.values():
@@ -337,6 +375,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--polls", type=int, default=2000)
+    parser.add_argument(
+        "--keys", type=int, default=1, help="throughput: createTask spread over this many keys"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
@@ -348,7 +389,9 @@ def main() -> None:
             results["dispatch"] = dispatch(pg, weed, work, args.samples)
             print(json.dumps(results["dispatch"]), flush=True)
         if "throughput" in only:
-            results["throughput"] = throughput(pg, weed, work, args.duration, args.rounds)
+            results["throughput"] = throughput(
+                pg, weed, work, args.duration, args.rounds, args.keys
+            )
             print(json.dumps(results["throughput"]), flush=True)
         if "scale" in only:
             results["scale"] = record_at_scale(pg, args.polls)

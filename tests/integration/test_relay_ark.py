@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from ark_standin import KEY, ArkStandIn, Canned, closed_port_url, error, serve_ark
+from ark_standin import KEY, ArkStandIn, Canned, closed_port_url, error, image_png, serve_ark
 from conftest import LiveServer, auth, make_settings, serve_in_thread
 from seedbed import catalogue
 from seedbed.engines.ark import DEFAULT_MODEL_IDS
@@ -455,3 +455,36 @@ def _bomb() -> bytes:
         + chunk(b"IDAT", compressed)
         + chunk(b"IEND", b"")
     )
+
+
+def _jpeg_rotated(width: int, height: int) -> bytes:
+    """A JPEG whose EXIF says to show it turned a quarter (orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 30, 200)).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_an_upstream_jpeg_at_the_contract_size_is_stored_as_it_came(
+    relay: LiveServer, ark: ArkStandIn
+) -> None:
+    """No decode-and-encode round (CPU, a generation of quality) for what is already right;
+    anything else is still re-encoded: another format, or an EXIF rotation."""
+    key, _ = relay.add_key(100)
+    data = run(relay, key, "seedream/4.5-text-to-image", {"prompt": PROMPT})
+    assert data["state"] == "success", data
+    url = json.loads(data["resultJson"])["resultUrls"][0]
+    stored = relay.client.get(url).content
+    assert stored in ark.results.values()  # the upstream's bytes, unchanged
+
+    ark.script.image_bytes = image_png(2048, 2048)  # right size, not the contract's JPEG
+    data = run(relay, key, "seedream/4.5-text-to-image", {"prompt": PROMPT})
+    assert data["state"] == "success", data
+    assert results(relay, data)[0].format == "JPEG"
+
+    ark.script.image_bytes = _jpeg_rotated(2048, 2048)
+    data = run(relay, key, "seedream/4.5-text-to-image", {"prompt": PROMPT})
+    assert data["state"] == "success", data
+    url = json.loads(data["resultJson"])["resultUrls"][0]
+    assert relay.client.get(url).content != ark.script.image_bytes  # turned upright, re-encoded

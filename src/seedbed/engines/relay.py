@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import contextvars
 import email.utils
+import io
 import logging
 import os
 import random
@@ -560,6 +561,17 @@ class RelayEngine:
                 f"upstream {self.name} returned a bad image (#{index + 1}): {reason}"
             ) from None
         plan = job.plan
+        if image.size == (plan.width, plan.height) and _as_is(data, plan.format):
+            # Already what the contract asks (Ark answers JPEG at the size asked): stored as the
+            # upstream made it, checked above by a full decode. A re-encode cost CPU and a
+            # generation of quality; the engine and model text is then not in the file.
+            return Artifact(
+                data=data,
+                content_type=f"image/{plan.format}",
+                extension="jpg" if plan.format == "jpeg" else plan.format,
+                width=plan.width,
+                height=plan.height,
+            )
         if image.size != (plan.width, plan.height):
             image = self._fit(image, plan.width, plan.height, index)
         return images.encode(image, plan.format, text=_origin_text(self.name, job.model))
@@ -637,6 +649,30 @@ def _retry_after(answer: Answer) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+#: PIL's name of each contract format an upstream file may be stored in as it is
+_AS_IS_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
+
+
+def _as_is(data: bytes, fmt: str) -> bool:
+    """May ``data`` (already decoded whole) be stored unchanged as a ``fmt`` result? Only a
+    plain RGB file of that very format, one frame, with no EXIF rotation (what the decode
+    turned upright would be shown turned by a browser otherwise). Reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return (
+                image.format == _AS_IS_FORMATS.get(fmt)
+                and image.mode == "RGB"
+                and not getattr(image, "is_animated", False)
+                and image.getexif().get(_ORIENTATION, 1) == 1
+            )
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+#: the EXIF tag of a picture's rotation
+_ORIENTATION = 0x0112
 
 
 def _origin_text(engine: str, model: str) -> dict[str, str]:
