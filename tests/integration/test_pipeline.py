@@ -57,6 +57,9 @@ class GatedEngine:
 
     def __init__(self, *, delay: float = 0.0, fail_output: int | None = None) -> None:
         self.gate = threading.Event()
+        #: generation waits for this one (set unless a test holds the device)
+        self.device = threading.Event()
+        self.device.set()
         self.delay = delay
         self.fail_output = fail_output
         #: task ids whose generation ended, in order
@@ -73,6 +76,7 @@ class GatedEngine:
         pass
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        self.device.wait(30)
         progress(50)
         with self._lock:
             self.generated.append(job.task_id)
@@ -104,6 +108,7 @@ def gated() -> Iterator[GatedEngine]:
     engine = GatedEngine()
     yield engine
     engine.gate.set()  # never leave a post-processing thread waiting past the test
+    engine.device.set()
 
 
 def _plan(body: dict[str, Any]) -> OutputPlan:
@@ -158,7 +163,11 @@ def test_no_more_is_claimed_than_post_processing_absorbs(
 ) -> None:
     with serve(tmp_path, gated, postprocess_concurrency=1) as live:
         key, _ = live.add_key(credits=100)
+        # The first generation waits until all four exist: else the first task could reach
+        # post-processing (which then claims nothing) before the second was even created.
+        gated.device.clear()
         ids = [live.create(key, T2I)["data"]["taskId"] for _ in range(4)]
+        gated.device.set()
         wait_for(lambda: gated.started == 1 and len(gated.generated) == 2)
         time.sleep(0.5)  # the device slot is free, but post-processing is full
         # the first in post-processing; the second (claimed ahead while the first generated)
