@@ -4,7 +4,7 @@ It checks each callback's signature with ``seedbed.webhooks``, prints one line p
 (``taskId state resultUrls-or-failMsg``) and answers 200; a callback with a wrong or missing
 signature gets 401. The README's callback example runs it:
 
-    python examples/webhook_receiver.py --port 8001 --hmac-key "$HMAC" --count 1
+    python examples/webhook_receiver.py --port 8001 --hmac-key="$HMAC" --count 1
 
 A real receiver also dedupes on taskId (delivery is at least once): see docs/client.md.
 """

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -72,11 +74,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ctx.store.open()
+        await open_store_when_reachable(ctx)
         # Every background loop runs under the supervisor: one that dies is logged, counted
         # and started again, and readiness knows while the worker is down.
         supervisor = ctx.supervisor
-        await start_shared(ctx)
         supervisor.start("feed", ctx.feed.run)
         ctx.shutdown_hooks.append(ctx.feed.close)
         worker: Worker | None = None
@@ -216,6 +217,29 @@ def build_context(
         shared_limiter=SharedRateLimiter(store) if shared else None,
         notifier=notifier,
     )
+
+
+async def open_store_when_reachable(ctx: Context) -> None:
+    """Open the store and take what is shared from it (``start_shared``), waiting up to
+    ``startup_wait_seconds`` while the database cannot be reached: a process started beside
+    its database, or while it restarts, waits for it rather than exiting."""
+    deadline = time.monotonic() + ctx.settings.startup_wait_seconds
+    delay = 0.25
+    while True:
+        try:
+            await ctx.store.open()
+            await start_shared(ctx)
+            return
+        except Exception as exc:
+            if not faults.is_infrastructure_fault(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "the database cannot be reached yet (%s); trying again in %.1f s",
+                faults.describe(exc),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 async def start_shared(ctx: Context) -> None:

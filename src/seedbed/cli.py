@@ -308,7 +308,12 @@ def worker_command(
     import signal
     from functools import partial
 
-    from seedbed.app import build_context, build_monitor, build_worker, start_shared
+    from seedbed.app import (
+        build_context,
+        build_monitor,
+        build_worker,
+        open_store_when_reachable,
+    )
     from seedbed.engines import build_engines
 
     settings = _settings(
@@ -332,8 +337,8 @@ def worker_command(
 
     async def run() -> None:
         ctx = build_context(settings, engines=engines)
-        await ctx.store.open()
-        await start_shared(ctx)  # PostgreSQL: wake-ups by the database's notifications
+        # PostgreSQL: the secret and wake-ups by the database's notifications come with it
+        await open_store_when_reachable(ctx)
         worker = build_worker(ctx)
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[list[str]]] = []

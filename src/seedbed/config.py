@@ -314,6 +314,12 @@ class Settings(BaseSettings):
     ready_queue_limit: int = Field(
         10_000, description="/readyz reports not ready while this many tasks wait or more"
     )
+    startup_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="at start-up, how long seedbed serve and seedbed worker wait for a database "
+        "that cannot be reached yet (starting, restarting) before they give up",
+    )
     health_check_seconds: float = Field(
         1.0,
         gt=0,

@@ -41,6 +41,7 @@ _PASSING_ERRNOS = frozenset(
     }
 )
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_PASSING_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
 
 
 def causes(exc: BaseException) -> list[BaseException]:
@@ -79,6 +80,11 @@ def is_infrastructure_fault(exc: BaseException) -> bool:
         if isinstance(one, sa_exc.OperationalError | sa_exc.InterfaceError):
             return True
         if isinstance(one, sa_exc.DBAPIError) and one.connection_invalidated:
+            return True
+        # PostgreSQL's own word (asyncpg's ``sqlstate``): connection exceptions (08),
+        # insufficient resources (53), operator intervention such as a restart (57), system
+        # errors (58)
+        if str(getattr(one, "sqlstate", "") or "")[:2] in _PASSING_SQLSTATE_CLASSES:
             return True
     return False
 

@@ -57,20 +57,24 @@ class Fleet:
         self.replicas: list[subprocess.Popen[bytes]] = []
         self.workers: list[subprocess.Popen[bytes]] = []
         self._started = 0
+        self._log_paths: dict[int, Path] = {}
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         self._started += 1
         cwd = self.root / name
         cwd.mkdir(exist_ok=True)
-        log = open(self.logs / f"{name}-{self._started}.log", "wb")
+        path = self.logs / f"{name}-{self._started}.log"
+        log = open(path, "wb")
         try:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "seedbed", *args],
                 env=self.env,
                 cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            self._log_paths[proc.pid] = path
+            return proc
         finally:
             log.close()  # the child has its own descriptor
 
@@ -84,6 +88,11 @@ class Fleet:
 
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        """The end of ``proc``'s log."""
+        path = self._log_paths.get(proc.pid)
+        return path.read_text(errors="replace")[-4000:] if path else ""
 
     def all(self) -> list[subprocess.Popen[bytes]]:
         return [*self.replicas, *self.workers]
@@ -225,7 +234,7 @@ def test_a_fleet_loses_nothing_and_charges_once_through_kills_and_a_restart(
         _check_ledger(pg)
         _check_objects(pg, weed, prefix)
         for proc in fleet.all():
-            assert proc.poll() is None, "a process died on its own"
+            assert proc.poll() is None, f"a process died on its own:\n{fleet.log_of(proc)}"
     finally:
         for proc in fleet.all():
             if proc.poll() is None:
@@ -249,7 +258,9 @@ def _wait_all_finished(pg: services.Postgres, deadline: float) -> None:
         states = dict(_query(pg, "SELECT state, count(*) FROM tasks GROUP BY state"))
         if set(states) == {"success"} and int(states["success"]) == TASKS:
             return
-        assert time.monotonic() < deadline, states
+        if "fail" in states or time.monotonic() >= deadline:
+            failed = _query(pg, "SELECT id, fail_code, fail_msg FROM tasks WHERE state = 'fail'")
+            raise AssertionError(f"{states}; failed: {failed}")
         time.sleep(0.5)
 
 

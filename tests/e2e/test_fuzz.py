@@ -11,12 +11,10 @@ at the end: ``pytest -s`` shows it.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from proc import create_key, server
+from proc import create_key, server, server_log
 from schemathesis import GenerationMode
 
 from conftest import free_port
@@ -51,8 +49,16 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 class Live:
     url: str
     key: str
-    #: the server's log lines at level error or above, read while it runs
-    errors: list[str]
+    process: subprocess.Popen[bytes]
+
+    @property
+    def errors(self) -> list[str]:
+        """The server's log lines at level error or above, so far (its log is a file)."""
+        return [
+            line[:2000]
+            for line in server_log(self.process).splitlines()
+            if '"level":"error"' in line or '"level":"critical"' in line
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +77,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         callbacks="false",
         admin_token=ADMIN_TOKEN,
     ) as process:
-        errors: list[str] = []
-        # The server's stderr is a pipe: unread, it fills after a few hundred log lines and
-        # the server blocks on its next one. Read it all along, keeping the errors.
-        reader = threading.Thread(target=_read_log, args=(process, errors), daemon=True)
-        reader.start()
-        yield Live(f"http://127.0.0.1:{port}", key, errors)
-
-
-def _read_log(process: subprocess.Popen[bytes], errors: list[str]) -> None:
-    assert process.stderr is not None
-    with contextlib.suppress(ValueError, OSError):  # closed when the server is stopped
-        for raw in process.stderr:
-            line = raw.decode(errors="replace")
-            if '"level":"error"' in line or '"level":"critical"' in line:
-                errors.append(line[:2000])
+        yield Live(f"http://127.0.0.1:{port}", key, process)
 
 
 def _is_ip(host: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from proc import start_server
+from proc import server_log, start_server, stop
 
 from conftest import free_port
 from seedbed import __version__, catalogue
@@ -22,13 +22,16 @@ def _serve_and_read_log(data_dir: Path, *extra: str, **settings: Any) -> tuple[l
         docs = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5, trust_env=False)
         assert docs.status_code == 200
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        err = server_log(proc)
     except BaseException:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         raise
-    assert proc.returncode == 0, err.decode()
-    return [json.loads(line) for line in err.decode().splitlines() if line.strip()], str(port)
+    finally:
+        stop(proc)  # closes its log file
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in err.splitlines() if line.strip()], str(port)
 
 
 def _one_startup_line(lines: list[Any]) -> Any:

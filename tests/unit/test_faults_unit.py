@@ -185,3 +185,13 @@ async def test_supervisor_restarts_a_loop_that_dies() -> None:
     assert supervisor.last_error("worker") == "RuntimeError: died 2"
     await supervisor.stop_all()
     assert not supervisor.running("worker")
+
+
+def test_postgres_connection_and_restart_states_are_passing_faults() -> None:
+    import asyncpg.exceptions as pg
+
+    assert faults.is_infrastructure_fault(pg.CannotConnectNowError("starting up"))
+    assert faults.is_infrastructure_fault(pg.AdminShutdownError("terminating connection"))
+    assert faults.is_infrastructure_fault(pg.TooManyConnectionsError("too many clients"))
+    assert not faults.is_infrastructure_fault(pg.UniqueViolationError("duplicate key"))
+    assert faults.is_infrastructure_fault(ConnectionRefusedError(111, "Connect call failed"))
