@@ -26,7 +26,9 @@ without an upload URL), seedbed's success carries a link to the stored file (sto
 recorded). Only 127.0.0.1 is contacted; the run takes about a minute.
 
 Usage: ``python bench/peer_bench.py [--hold-ms 100] [--samples 40] [--backlog 30]
-[--rounds 2] [--cog-venv /tmp/cogvenv]``.
+[--rounds 2] [--cog-venv /tmp/cogvenv] [--before-src WORKTREE/src]``. With ``--before-src``
+(``git worktree add /tmp/before <commit>``, then ``/tmp/before/src``) a second seedbed runs from
+that tree, as "before", alternating with the others. Figures: docs/benchmarks.md (issue 18).
 """
 
 from __future__ import annotations
