@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import email.utils
 import io
 import logging
 import os
@@ -41,6 +40,7 @@ from PIL import Image
 
 from seedbed import netguard
 from seedbed.catalogue.base import ImageInputRule
+from seedbed.client.protocol import parse_retry_after
 from seedbed.config import RelayEngineSettings
 from seedbed.engines.base import Artifact, EngineJob, EngineLimits, NoteFn, ProgressFn
 from seedbed.errors import EngineFailure, InputImageError, TaskFailure
@@ -467,7 +467,11 @@ class RelayEngine:
             if status != 429:
                 self.circuit.failure()  # a 429 is the upstream working as designed
             self.observer.upstream_request(self.name, "retry", seconds)
-            wait = budget.delay(attempt, self.settings.retry_base_seconds, _retry_after(answer))
+            wait = budget.delay(
+                attempt,
+                self.settings.retry_base_seconds,
+                parse_retry_after(answer.headers.get("retry-after")),
+            )
             if wait is None:
                 raise UpstreamDown(
                     f"upstream {self.name}: {what} answered HTTP {status} "
@@ -634,21 +638,6 @@ def quote(body: bytes) -> str:
     """An upstream body for a message: decoded, one line, cut."""
     text = body.decode("utf-8", "replace").strip().replace("\n", " ")
     return (text[:QUOTE] + "...") if len(text) > QUOTE else (text or "(empty body)")
-
-
-def _retry_after(answer: Answer) -> float | None:
-    value = answer.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 #: PIL's name of each contract format an upstream file may be stored in as it is
