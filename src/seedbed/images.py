@@ -23,7 +23,9 @@ Encoders were chosen by measurement (``bench/encoder_bench.py``, docs/dependenci
 Pillow's own (libjpeg-turbo), which no other wheel beat. PNG at levels 1-3: the rows with PNG's
 "Up" filter (one vectorised subtraction) deflated by ISA-L (``isal``), several times faster than
 Pillow's zlib with its adaptive filters for a few per cent more bytes; levels 0 and 4-9, or
-without ``isal``, Pillow. Every step releases the GIL, so post-processing threads use every core.
+without numpy and ``isal`` (the ``fast`` extra; GPU installs have numpy already), Pillow. Every
+step releases the GIL, so post-processing threads use every core. numpy is imported only where
+it is used: the core install (``make serve``) does without it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from PIL import Image, ImageFile, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
@@ -393,6 +394,8 @@ def to_image(picture: Image.Image | NDArray[Any]) -> Image.Image:
     ``uint8`` (or floats in 0..1, as pipelines return them) as RGB/RGBA."""
     if isinstance(picture, Image.Image):
         return picture
+    import numpy as np  # an engine that returns arrays has numpy
+
     array = np.asarray(picture)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
@@ -419,7 +422,7 @@ def finish(
     return encode(image, fmt, text=text, encoding=encoding)
 
 
-def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[np.uint8]:
+def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[Any]:
     """Resize a batch of pictures on the device they are on (a CUDA engine's output).
 
     ``pictures`` is a torch tensor ``NxCxHxW`` of floats in 0..1 (a pipeline's ``output_type=
@@ -428,6 +431,7 @@ def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[np.uint8]:
     40 dB, tested on CPU torch). Returns ``NxHxWxC`` ``uint8`` on the CPU, ready to encode;
     only the small result crosses to the host.
     """
+    import numpy as np
     import torch
     import torch.nn.functional as functional
 
@@ -444,10 +448,12 @@ def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[np.uint8]:
 
 @functools.cache
 def _isal() -> Any:
-    """ISA-L's zlib (the ``isal`` package), or None where it is not installed."""
+    """ISA-L's zlib (the ``isal`` package), or None where it or numpy is not installed (the
+    ``fast`` extra brings both; without them PNGs are Pillow's)."""
     try:
+        import numpy  # noqa: F401  (the fast writer's filter)
         from isal import isal_zlib
-    except ImportError:  # pragma: no cover - an install without the wheel falls back to Pillow
+    except ImportError:  # pragma: no cover - an install without the extra falls back to Pillow
         return None
     return isal_zlib
 
@@ -482,6 +488,8 @@ def _fast_png(image: Image.Image, text: Mapping[str, str], level: int) -> bytes:
     filter for all rows is a single numpy subtraction (uint8 arithmetic wraps, as PNG's does),
     and ISA-L deflates several times faster than zlib at its fast levels. Both release the GIL.
     """
+    import numpy as np
+
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     channels = pixels.shape[2]

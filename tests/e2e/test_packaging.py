@@ -54,3 +54,39 @@ def test_the_wheel_carries_the_licence_and_says_which_it_is(tmp_path: Path) -> N
         headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "License-Expression: Apache-2.0" in headers
     assert "License-File: LICENSE" in headers
+
+
+#: what the core install (``make serve``) must do without: numpy and ISA-L are the ``fast``
+#: extra, torch the ``diffusers`` one
+_WITHOUT_EXTRAS = r"""
+import sys
+for name in ("numpy", "isal", "torch", "diffusers", "asyncpg", "obstore"):
+    sys.modules[name] = None  # an import of it now fails, as where it is not installed
+import tempfile, threading
+from pathlib import Path
+from seedbed import catalogue, images
+from seedbed.app import create_app
+from seedbed.config import Settings
+from seedbed.engines import default_engines
+from seedbed.engines.base import EngineJob, Pictures
+
+create_app(Settings(data_dir=Path(tempfile.mkdtemp())))
+spec = catalogue.get("seedream/5-lite-text-to-image")  # a PNG model
+inp = catalogue.validate_input(spec, {"prompt": "core", "aspect_ratio": "1:1"})
+plan = spec.plan(inp, [])
+job = EngineJob(task_id="t", model=spec.id, input=inp.model_dump(), seed=1, plan=plan)
+out = next(iter(default_engines())).run(job, lambda p: None, threading.Event())
+assert isinstance(out, Pictures), out
+(made,) = out.outputs[0](images.DEFAULT_ENCODING)
+assert made.data.startswith(b"\x89PNG"), made.data[:8]
+assert (made.width, made.height) == (plan.width, plan.height)
+print("ok", len(made.data))
+"""
+
+
+def test_the_core_install_serves_and_encodes_without_the_extras() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
