@@ -62,6 +62,9 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress writes for one task
 #: tasks claimed ahead per device slot, waiting for the device (not yet "generating")
 DEVICE_PREFETCH = 1
 CLAIM_RETRY = 1.0  # seconds to wait after the store failed a claim
+#: longest the claim loop waits for a claimed task's engine thread to begin before it claims
+#: ahead (the wait ends as soon as the thread runs, or the task ends)
+ENGINE_START_WAIT = 0.05
 #: backoff while a step meets an infrastructure fault: first wait, and the cap that bounds how
 #: long after the fault clears the task goes on (recovery within ~2 s)
 FAULT_FIRST_DELAY = 0.1
@@ -185,6 +188,8 @@ class Worker:
         )
         #: the device slots of thread engines (relay engines run on the loop, apart)
         self._device = asyncio.Semaphore(max(1, config.concurrency))
+        #: tasks claimed for a free device slot, by id: done once their engine's thread runs
+        self._begun: dict[str, asyncio.Future[None]] = {}
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> None:
@@ -291,12 +296,21 @@ class Worker:
                 if not tasks:
                     break
                 claimed = True
+                begun: list[asyncio.Future[None]] = []
                 for task in tasks:
                     self._running[task.id] = threading.Event()
                     self._routes.take(task.id, task.model)
                     log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))
                     self._changed(task.id)
+                    if self._starts_on_device_now(task):
+                        begun.append(self._begun.setdefault(task.id, asyncio.Future()))
                     group.create_task(self._process(task))
+                if begun:
+                    # Claim ahead once the engine's thread runs, not while it starts: a claim
+                    # is a store write on this thread (SQLite: ~0.3 ms holding the GIL), which
+                    # the engine's thread waited for before its first step (py-spy and a
+                    # wall-clock trace of bench/peer_bench.py's server).
+                    await asyncio.wait(begun, timeout=ENGINE_START_WAIT)
             if burst and not claimed and not self._running:
                 return
             await self.wakeup.wait(self.config.poll_seconds)
@@ -312,6 +326,21 @@ class Worker:
             lease_seconds=self.config.lease_seconds,
             start=_STARTS_AT_ONCE,
         )
+
+    def _starts_on_device_now(self, task: Task) -> bool:
+        """A task claimed already generating, for a thread engine, with a device slot free."""
+        if task.state is not TaskState.GENERATING or self._device.locked():
+            return False
+        engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
+        return engine is not None and not is_async(engine)
+
+    def _engine_began(self, task_id: str, begun: Callable[[], None] | None) -> None:
+        """On the loop: the task's engine thread runs (or the task ended before it did)."""
+        future = self._begun.pop(task_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+        if begun is not None:
+            begun()
 
     def _claimable(self, served: Sequence[str]) -> list[str]:
         """The models a claim may take now: none while post-processing is full (backpressure:
@@ -389,6 +418,7 @@ class Worker:
             # lapses and another attempt takes it; the worker goes on.
             log.exception("processing the task failed; it runs again later", extra=task_extra(task))
         finally:
+            self._engine_began(task.id, None)  # ended before its engine ran: stop waiting
             self._running.pop(task.id, None)
             self._post.discard(task.id)
             self._routes.release(task.id)
@@ -525,7 +555,12 @@ class Worker:
             started = time.monotonic()
             try:
                 made = await self._routes.run(
-                    task.id, job, progress, cancel, self._in_engine_thread, time.monotonic
+                    task.id,
+                    job,
+                    progress,
+                    cancel,
+                    partial(self._in_engine_thread, task_id=task.id),
+                    time.monotonic,
                 )
             except errors.TaskFailure:
                 raise
@@ -590,9 +625,25 @@ class Worker:
         # transaction; a write of its own would be one more on every task's path.
         return [artifact for part in parts if isinstance(part, list) for artifact in part]
 
-    async def _in_engine_thread(self, fn: Callable[..., R], *args: Any) -> R:
+    async def _in_engine_thread(
+        self,
+        fn: Callable[..., R],
+        *args: Any,
+        task_id: str | None = None,
+        begun: Callable[[], None] | None = None,
+    ) -> R:
+        """Run ``fn`` on an engine thread; once that thread runs it, the loop is told (the
+        claim loop's wait for ``task_id``, then ``begun``: the store writes that wait for it)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
+        if task_id is None and begun is None:
+            return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
+
+        def run() -> R:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(self._engine_began, task_id or "", begun)
+            return fn(*args)
+
+        return await loop.run_in_executor(self._engine_threads, run)
 
     async def _ensure_loaded(self, engine: Engine, *, raising: bool = True) -> None:
         """Load ``engine`` once; a load that failed fails its tasks (501) rather than the worker."""

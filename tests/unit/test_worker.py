@@ -159,6 +159,60 @@ async def test_a_text_task_is_claimed_and_started_in_one_write(tmp_path: Path) -
     assert "start_generating" not in store.writes and "progress:100" not in store.writes
 
 
+class LoggingStore(CountingStore):
+    """Also logs empty claims and the engine record, in the order the worker made them."""
+
+    async def claim(self, **kwargs: Any) -> Any:
+        task = await super().claim(**kwargs)
+        if task is None:
+            self.writes.append("claim:none")
+        return task
+
+    async def set_task_engine(
+        self, task_id: str, engine: str, upstream_task_id: str | None = None
+    ) -> None:
+        self.writes.append("set_task_engine")
+        await super().set_task_engine(task_id, engine, upstream_task_id)
+
+
+class WritesSeenEngine(SandboxEngine):
+    """Notes the store writes made before its thread began the task."""
+
+    def __init__(self, store: LoggingStore) -> None:
+        super().__init__(steps=1)
+        self.store = store
+        self.seen: list[str] = []
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Any:
+        self.seen = list(self.store.writes)
+        return super().run(job, progress, cancel)
+
+
+async def test_no_store_write_holds_the_loop_while_the_engine_thread_starts(
+    tmp_path: Path,
+) -> None:
+    """The claim ahead and the engine record wait until the engine's thread runs (each is a
+    store write on the loop's thread, which the engine's thread waited for before)."""
+    store = LoggingStore(clock=Clock())
+    await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
+    task_id = await _task(store, image_size="square")
+    engine = WritesSeenEngine(store)
+    worker = Worker(
+        store=store,
+        storage=LocalStorage(tmp_path),
+        engines=Engines([engine]),
+        wakeup=Wakeup(None),
+        config=WorkerConfig(poll_seconds=0.05),
+    )
+    await worker.run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    assert engine.seen == ["claim:generating"]
+    # both still happen, after the engine began
+    assert "set_task_engine" in store.writes and "claim:none" in store.writes
+    assert await store.task_engine(task_id) == (engine.name, None)
+
+
 async def test_engine_error_fails_501_and_releases_credits(tmp_path: Path) -> None:
     store, _clock, make = await _setup(tmp_path, FailingEngine())
     task_id = await _task(store)

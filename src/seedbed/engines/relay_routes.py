@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from seedbed.engines import Engines
@@ -218,10 +219,11 @@ class RouteRunner:
         later = list(route[route.index(engine) + 1 :]) if engine in route else []
         while True:
             # not awaited: a record for operators, kept off the device's critical path
-            self._spawn_note(task_id, engine.name, None)
+            note_now = partial(self._spawn_note, task_id, engine.name, None)
             started = clock()
             try:
                 if isinstance(engine, AsyncEngine):
+                    note_now()
 
                     def note(upstream_id: str, name: str = engine.name) -> None:
                         self._spawn_note(task_id, name, upstream_id)
@@ -230,7 +232,9 @@ class RouteRunner:
                         job, progress, cancel, note
                     )
                 else:
-                    artifacts = await in_thread(engine.run, job, progress, cancel)
+                    # recorded once the engine's thread runs: a store write on the loop while
+                    # it starts holds the GIL that thread waits for (~0.5 ms per task)
+                    artifacts = await in_thread(engine.run, job, progress, cancel, begun=note_now)
             except UpstreamDown as exc:
                 nxt = next((e for e in later if _up(e)), None)
                 if nxt is None or cancel.is_set():
