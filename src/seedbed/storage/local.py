@@ -109,13 +109,45 @@ class LocalStorage:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        # Write beside the target and rename: a crash never leaves a half-written file.
+        # Write beside the target and rename: a crash never leaves a half-written file. The
+        # data reaches the disk before the rename, and the rename (with any folder made for
+        # it) before this returns, so a task that says success after it keeps its file through
+        # a power loss, not only a process crash. (ext4 on this machine, 60 KB: write and
+        # rename 0.06 ms; with the fdatasync 0.30; with the folder's fsync too 0.48.)
+        made = _missing_folders(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+                handle.flush()
+                _sync_data(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        for folder in (path.parent, *(m.parent for m in made)):
+            _sync_folder(folder)
+
+
+def _sync_data(fd: int) -> None:
+    """The file's data and size, not its times (fsync where the platform has no fdatasync)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` will make for ``folder``, deepest first."""
+    missing: list[Path] = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a rename or a new entry is the folder's data)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
