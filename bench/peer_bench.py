@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import inspect
 import json
 import os
 import statistics
@@ -51,13 +52,21 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from api_bench import create_key, free_port
+from seedbed.engines import standin
 
 MODEL = "bytedance/seedream"
 SIZE = 512
 NATIVE = 1024
 
+
+def _picture_source() -> str:
+    """``seedbed.engines.standin._picture`` as source, without its cache decorator."""
+    source = inspect.getsource(standin._picture.__wrapped__)
+    return "\n".join(line for line in source.splitlines() if not line.startswith("@"))
+
+
 #: the cog predictor: the stand-in's picture, made the same way, then the same post-processing
-PREDICT_PY = '''
+PREDICT_PY = """
 import time
 
 import numpy as np
@@ -65,23 +74,11 @@ from cog import BasePredictor, Input, Path
 from PIL import Image, ImageFilter
 
 
-def picture(width, height, variant):
-    """seedbed.engines.standin._picture, copied: cog's venv does not have seedbed."""
-    rng = np.random.default_rng(variant)
-    coarse = rng.integers(0, 256, (max(2, height // 32), max(2, width // 32), 3), dtype=np.uint8)
-    smooth = (
-        Image.fromarray(coarse, "RGB")
-        .resize((width, height), Image.Resampling.BICUBIC)
-        .filter(ImageFilter.GaussianBlur(2))
-    )
-    grain = rng.integers(-6, 7, (height, width, 3), dtype=np.int16)
-    pixels = np.clip(np.asarray(smooth, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
-
+@PICTURE@
 
 class Predictor(BasePredictor):
     def setup(self):
-        self.pictures = [picture(@NATIVE@, @NATIVE@, v) for v in range(4)]
+        self.pictures = [_picture(@NATIVE@, @NATIVE@, v) for v in range(4)]
         self.count = 0
 
     def predict(self, hold_ms: float = Input(default=100.0)) -> Path:
@@ -92,7 +89,9 @@ class Predictor(BasePredictor):
         out = Path(f"/tmp/cog-peer-{self.count % 8}.jpg")
         image.save(out, "JPEG", quality=90)
         return out
-'''.replace("@NATIVE@", str(NATIVE)).replace("@SIZE@", str(SIZE))
+""".replace("@NATIVE@", str(NATIVE)).replace("@SIZE@", str(SIZE))
+# the stand-in's own picture function, its source copied in: cog's venv does not have seedbed
+PREDICT_PY = PREDICT_PY.replace("@PICTURE@", _picture_source())
 
 
 # --- the engine alone ------------------------------------------------------------------------
