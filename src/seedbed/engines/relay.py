@@ -21,6 +21,7 @@ ever goes into an ``Authorization`` header: never into a message, a log line or 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import contextvars
@@ -257,7 +258,7 @@ class Answer:
     seconds: float = field(default=0.0)
 
 
-class RelayEngine:
+class RelayEngine(abc.ABC):
     """The shared part of the ``ark`` and ``kie`` engines (see the module's docstring)."""
 
     kind = "relay"
@@ -309,6 +310,7 @@ class RelayEngine:
 
     def load(self) -> None:
         """Nothing to load: the upstream is checked by the first request."""
+        return None
 
     def is_up(self) -> bool:
         return not self.circuit.is_open()
@@ -344,6 +346,7 @@ class RelayEngine:
                 self._current.reset(token)
                 pools.release(index)
 
+    @abc.abstractmethod
     async def relay(
         self,
         job: EngineJob,
@@ -351,7 +354,7 @@ class RelayEngine:
         cancel: threading.Event,
         note: NoteFn | None,
     ) -> list[Artifact]:
-        raise NotImplementedError
+        """One task through the upstream's own API (Ark's, kie's): its images, encoded."""
 
     async def aclose(self) -> None:
         """Close this loop's HTTP pool (the worker's loop ends; a later run opens another)."""
