@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from test_worker import _task as worker_task
 
-from seedbed import catalogue, errors, faults
+from seedbed import errors, faults
 from seedbed.engines import Engines
 from seedbed.engines.sandbox import SandboxEngine
 from seedbed.storage.local import LocalStorage
 from seedbed.store.memory import MemoryStore
 from seedbed.supervise import Supervisor
-from seedbed.tasks import NewKey, NewTask, Outcome, Task, TaskState, new_task_id
+from seedbed.tasks import NewKey, Outcome, Task, TaskState
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker, WorkerConfig
 
@@ -65,23 +66,9 @@ class FullStorage(LocalStorage):
 
 
 async def _task(store: MemoryStore) -> str:
+    """A key with 100 credits and one task of it (the worker tests' task)."""
     await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
-    spec = catalogue.get(MODEL)
-    inp = catalogue.validate_input(spec, {"prompt": "a cat"})
-    task_id = new_task_id()
-    await store.create_task(
-        NewTask(
-            id=task_id,
-            key_id="k1",
-            model=MODEL,
-            param="{}",
-            input={**inp.model_dump(mode="json"), "seed": 7},
-            callback_url=None,
-            reserve=spec.max_price(inp),
-        ),
-        open_task_cap=10,
-    )
-    return task_id
+    return await worker_task(store, MODEL)
 
 
 def _worker(store: MemoryStore, storage: LocalStorage, **config: Any) -> Worker:
