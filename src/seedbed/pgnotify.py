@@ -53,7 +53,7 @@ class PgNotifier:
     def __init__(self, dsn: str, *, check_seconds: float = 5.0) -> None:
         self._dsn = dsn
         self._check_seconds = check_seconds
-        self._callbacks: dict[str, list[Callable[[str], None]]] = {}
+        self._callbacks: dict[str, list[Callable[[str], object]]] = {}
         #: channels whose callbacks run after each (re)connection: the wake-ups, which a
         #: missed notification would otherwise delay until the next safety-net poll
         self._catch_up: set[str] = set()
@@ -63,7 +63,7 @@ class PgNotifier:
         self.connections = 0
 
     def subscribe(
-        self, channel: str, callback: Callable[[str], None], *, on_reconnect: bool = False
+        self, channel: str, callback: Callable[[str], object], *, on_reconnect: bool = False
     ) -> None:
         """Call ``callback(payload)`` on each notification on ``channel``; with
         ``on_reconnect``, also (payload ``""``) after every (re)connection."""

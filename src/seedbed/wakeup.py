@@ -26,6 +26,8 @@ class Wakeup:
     def __init__(self, run_dir: Path | None = None) -> None:
         self._run_dir = run_dir
         self._event = asyncio.Event()
+        #: local ``wait`` calls in progress
+        self._waiting = 0
         self._sender: socket.socket | None = None
         self._listener: socket.socket | None = None
         self._own_path: Path | None = None
@@ -99,17 +101,23 @@ class Wakeup:
         """Forget past wake-ups; call before looking for work so none is missed."""
         self._event.clear()
 
-    def kick(self) -> None:
-        """Wake the local waiter only (a slot freed up)."""
+    def kick(self) -> bool:
+        """Wake the local waiter only (a slot freed up); True when one was waiting (it runs
+        at the loop's next turn)."""
+        waiting = self._waiting > 0 and not self._event.is_set()
         self._event.set()
+        return waiting
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a wake-up; True if one came, False on timeout."""
+        self._waiting += 1
         try:
             async with asyncio.timeout(timeout):
                 await self._event.wait()
         except TimeoutError:
             return False
+        finally:
+            self._waiting -= 1
         return True
 
     def close(self) -> None:

@@ -36,14 +36,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from PIL import Image
 
 from seedbed import catalogue, errors, faults, images, netguard
 from seedbed.catalogue.base import ModelSpec
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, Engine, EngineJob, OutputPlan, Pictures, is_async
+from seedbed.engines.base import (
+    Artifact,
+    Engine,
+    EngineJob,
+    FinishFn,
+    OutputPlan,
+    Pictures,
+    is_async,
+)
 from seedbed.engines.relay_routes import RouteRunner
 from seedbed.links import Links
 from seedbed.logs import task_extra
@@ -114,13 +122,14 @@ class WorkerObserver(Protocol):
     """What the rest of the process learns from a worker: live events and metrics."""
 
     def changed(self, task_id: str) -> None:
-        """The worker has just written a change to this task (state or progress)."""
+        """The worker has just written a change to this task (state or progress; its end
+        is told to ``finished`` instead)."""
 
     def generated(self, task: Task, seconds: float) -> None:
         """The engine produced the task's images in ``seconds``."""
 
     def finished(self, task: Task) -> None:
-        """The worker ended the task (the store's final record of it)."""
+        """The worker ended the task (the store's final record of it, to publish as it is)."""
 
 
 class Worker:
@@ -461,7 +470,6 @@ class Worker:
                 f" ({done.fail_code}: {done.fail_msg})" if done.fail_code else "",
                 extra=extra,
             )
-            self._changed(task.id)
             if self._observer is not None:
                 self._observer.finished(done)
 
@@ -476,9 +484,7 @@ class Worker:
             return  # cannot tell: keep the files (retention deletes them in time)
         if record is not None and set(keys) & set(record.result_keys):
             return
-        for key in keys:
-            with contextlib.suppress(Exception):
-                await self.storage.delete(key)
+        await self._delete_files(keys)
         log.info(
             "the task was ended elsewhere; this attempt's results were dropped",
             extra=task_extra(task),
@@ -572,58 +578,93 @@ class Worker:
         if self._observer is not None:
             self._observer.generated(task, time.monotonic() - started)
         if isinstance(made, Pictures):
-            artifacts = await self._postprocess(task, made, progress, cancel)
+            outputs = await self._postprocess(task, made, plan, progress, cancel)
         else:
-            artifacts = made
-        _check_outputs(artifacts, plan)
-        keys = await self._store_results(task, artifacts)
-        billable = len(artifacts) - 1 if plan.layers else len(artifacts)
+            outputs = [_Output(artifact, None) for artifact in made]
+        keys = await self._store_results(task, outputs, plan)
+        billable = len(outputs) - 1 if plan.layers else len(outputs)
         charge = spec.price(inp, billable, self._pricing(spec))
         return Outcome.success(tuple(keys), charge)
 
     async def _postprocess(
-        self, task: Task, pictures: Pictures, progress: _Progress, cancel: threading.Event
-    ) -> list[Artifact]:
-        """The device is done: free its slot for the next task, then resize and encode the
-        outputs on the post-processing threads (in parallel, kept in order)."""
+        self,
+        task: Task,
+        pictures: Pictures,
+        plan: OutputPlan,
+        progress: _Progress,
+        cancel: threading.Event,
+    ) -> list[_Output]:
+        """The device is done: free its slot for the next task, then resize, encode and
+        (where storage is a local write) store the outputs on the post-processing threads
+        (in parallel, kept in order)."""
         self._post.add(task.id)
         self._routes.release(task.id)
         self.wakeup.kick()  # the claim loop may start the next generation now
-        outputs = list(pictures.outputs)
-        if not outputs:
+        steps = list(pictures.outputs)
+        if not steps:
             return []
         loop = asyncio.get_running_loop()
         start = progress.last
         done = 0
         encoding = self.config.encoding
 
-        def one(step: Callable[[images.Encoding], Sequence[Artifact]]) -> list[Artifact]:
+        def one(position: int, step: FinishFn) -> list[_Output]:
             if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
                 raise errors.EngineFailure("canceled")
-            return list(step(encoding))
+            artifacts = list(step(encoding))
+            if len(steps) > 1 and len(artifacts) > 1:
+                # its artifacts' places in the results are not known here: stored in order later
+                return [_Output(artifact, None) for artifact in artifacts]
+            return [
+                self._store_here(task.id, position if len(steps) > 1 else index, artifact, plan)
+                for index, artifact in enumerate(artifacts)
+            ]
 
-        async def run(step: Callable[[images.Encoding], Sequence[Artifact]]) -> list[Artifact]:
+        async def run(position: int, step: FinishFn) -> list[_Output]:
             nonlocal done
-            made = await loop.run_in_executor(self._post_threads, one, step)
+            made = await loop.run_in_executor(self._post_threads, one, position, step)
             done += 1
-            if done < len(outputs):
-                progress(start + (99 - start) * done // len(outputs))
+            if done < len(steps):
+                progress(start + (99 - start) * done // len(steps))
             return made
 
         async with self._post_slots:
             # every output ends before the slot is given back, even when one fails
-            parts = await asyncio.gather(*(run(step) for step in outputs), return_exceptions=True)
+            parts = await asyncio.gather(
+                *(run(position, step) for position, step in enumerate(steps)),
+                return_exceptions=True,
+            )
+        made = [output for part in parts if isinstance(part, list) for output in part]
+        failed = [part for part in parts if isinstance(part, BaseException)]
+        if cancel.is_set() or failed:
+            await self._delete_files([output.key for output in made if output.key is not None])
         if cancel.is_set():
             raise errors.EngineFailure("canceled")
-        for part in parts:
+        for part in failed:
             if isinstance(part, errors.TaskFailure):
                 raise part
-            if isinstance(part, BaseException):
-                log.warning("post-processing failed: %r", part, extra=task_extra(task))
-                raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
+            log.warning("post-processing failed: %r", part, extra=task_extra(task))
+            raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
         # No progress(100) here: the finish writes 100 with the success, in its own
         # transaction; a write of its own would be one more on every task's path.
-        return [artifact for part in parts if isinstance(part, list) for artifact in part]
+        return made
+
+    def _store_here(
+        self, task_id: str, index: int, artifact: Artifact, plan: OutputPlan
+    ) -> _Output:
+        """On a post-processing thread: store the file it has just encoded, where storage is a
+        local write (no hop to another thread and back: ~0.5 ms a task, bench/peer_bench.py).
+        Anything in the way (a full disk, the wrong size) leaves it to ``_store_results``,
+        which stores it with retries through faults, or fails the task as it should."""
+        if (artifact.width, artifact.height) != (plan.width, plan.height):
+            return _Output(artifact, None)
+        key = _result_key(task_id, index, artifact)
+        try:
+            if self.storage.put_here(key, artifact.data, artifact.content_type):
+                return _Output(artifact, key)
+        except Exception as exc:
+            log.debug("storing on the post-processing thread failed (%r); retried", exc)
+        return _Output(artifact, None)
 
     async def _in_engine_thread(
         self,
@@ -730,21 +771,47 @@ class Worker:
         else:
             self._changed(task_id)
 
-    async def _store_results(self, task: Task, artifacts: Sequence[Artifact]) -> list[str]:
-        keys: list[str] = []
+    async def _store_results(
+        self, task: Task, outputs: Sequence[_Output], plan: OutputPlan
+    ) -> list[str]:
+        """The outputs' keys, in order, once every file is stored (those a post-processing
+        thread has not stored are stored here, through faults). Nothing stored half: a task
+        that cannot store all its results, or whose results break the plan, keeps none."""
+        stored = [output.key for output in outputs if output.key is not None]
         try:
-            for index, artifact in enumerate(artifacts):
-                key = f"results/{task.id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
-                put = partial(self.storage.put, key, artifact.data, artifact.content_type)
-                await self._through_faults(task, "storage", put)
+            _check_outputs([output.artifact for output in outputs], plan)
+            keys: list[str] = []
+            for index, (artifact, key) in enumerate(outputs):
+                if key is None:
+                    key = _result_key(task.id, index, artifact)
+                    put = partial(
+                        self.storage.put, key, artifact.data, artifact.content_type, unique=True
+                    )
+                    await self._through_faults(task, "storage", put)
+                    stored.append(key)
                 keys.append(key)
         except BaseException:
-            # Nothing stored half: a task that cannot store all its results stores none.
-            for key in keys:
-                with contextlib.suppress(Exception):
-                    await self.storage.delete(key)
+            await self._delete_files(stored)
             raise
         return keys
+
+    async def _delete_files(self, keys: Sequence[str]) -> None:
+        """Delete files that no task will name (best effort: retention has the rest)."""
+        for key in keys:
+            with contextlib.suppress(Exception):
+                await self.storage.delete(key)
+
+
+class _Output(NamedTuple):
+    """One output's file, and its key where a post-processing thread stored it already."""
+
+    artifact: Artifact
+    key: str | None
+
+
+def _result_key(task_id: str, index: int, artifact: Artifact) -> str:
+    """``results/<taskId>_<i>_<random>.<ext>``: unguessable, never written twice."""
+    return f"results/{task_id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
 
 
 class _DeviceTurn:

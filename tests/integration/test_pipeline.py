@@ -308,3 +308,23 @@ def test_a_standin_at_native_size_gives_the_contracts_size_and_format(
     if size is not None:
         assert image.size == size
     assert plan.format == fmt.lower()
+
+
+def test_an_idle_worker_claims_a_task_in_its_creates_own_commit(
+    tmp_path: Path, gated: GatedEngine
+) -> None:
+    """createTask wakes the idle in-process worker before its write commits, and the worker's
+    claim joins that commit: when the create is answered the task is already generating (a
+    claim after the commit would have left it waiting a while)."""
+    gated.gate.set()
+    with serve(tmp_path, gated) as live:
+        key, _ = live.add_key(credits=100)
+        assert live.wait(key, live.create(key, T2I)["data"]["taskId"])["state"] == "success"
+        time.sleep(0.2)  # the worker is idle, waiting for a wake-up
+        for _ in range(3):
+            gated.device.clear()  # the device holds each task until the test looks
+            task_id = live.create(key, T2I)["data"]["taskId"]
+            assert _data(live, key, task_id)["state"] == "generating"
+            gated.device.set()
+            assert live.wait(key, task_id)["state"] == "success"
+            time.sleep(0.2)

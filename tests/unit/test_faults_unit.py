@@ -58,11 +58,17 @@ class FullStorage(LocalStorage):
         super().__init__(root)
         self.times = times
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
         if self.times > 0:
             self.times -= 1
             raise _disk_full()
-        await super().put(key, data, content_type)
+        await super().put(key, data, content_type, unique=unique)
+
+    def put_here(self, key: str, data: bytes, content_type: str) -> bool:
+        if self.times > 0:
+            self.times -= 1
+            raise _disk_full()
+        return super().put_here(key, data, content_type)
 
 
 async def _task(store: MemoryStore) -> str:

@@ -1,20 +1,24 @@
 """LocalStorage.put makes a result durable before it returns (issue 18): the worker finishes a
 task (success, with the file's link) only after ``put``, so a power loss after the finish must
-not lose the file."""
+not lose the file. A unique key (a result's) is written in place: one sync of its data, one of
+its folder, no temporary file."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from seedbed.errors import StorageFull
 from seedbed.storage import LocalStorage
+from seedbed.storage.base import StorageConflict
 
 
-async def test_put_syncs_the_data_before_the_rename_and_the_folders_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record each fdatasync, fsync (with the path of the file or folder) and rename."""
     calls: list[tuple[str, str]] = []
     real_fdatasync, real_fsync, real_replace = os.fdatasync, os.fsync, os.replace
 
@@ -36,6 +40,13 @@ async def test_put_syncs_the_data_before_the_rename_and_the_folders_after(
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+async def test_put_syncs_the_data_before_the_rename_and_the_folders_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_syncs(monkeypatch)
     root = tmp_path / "files"
     storage = LocalStorage(root)
     await storage.put("results/2026/a.jpg", b"picture", "image/jpeg")
@@ -55,3 +66,51 @@ async def test_put_syncs_the_data_before_the_rename_and_the_folders_after(
     await storage.put("results/2026/b.jpg", b"again", "image/jpeg")
     assert [kind for kind, _ in calls] == ["fdatasync", "replace", "fsync"]
     assert calls[2] == ("fsync", str(root / "results/2026"))
+
+
+@pytest.mark.parametrize("how", ["put", "put_here"])
+async def test_a_unique_key_is_written_in_place_synced_then_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    calls = _record_syncs(monkeypatch)
+    root = tmp_path / "files"
+    storage = LocalStorage(root)
+    key = "results/t1_0_abc.jpg"
+    if how == "put":
+        await storage.put(key, b"picture", "image/jpeg", unique=True)
+    else:
+        assert storage.put_here(key, b"picture", "image/jpeg") is True
+    path = root / key
+    assert path.read_bytes() == b"picture"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # as a renamed temporary file is
+    # no temporary file and no rename: the data, then the new name's folder (and the one
+    # made for it)
+    assert calls == [
+        ("fdatasync", str(path)),
+        ("fsync", str(root / "results")),
+        ("fsync", str(root)),
+    ]
+    assert sorted(p.name for p in (root / "results").iterdir()) == ["t1_0_abc.jpg"]
+
+
+async def test_a_unique_key_that_exists_is_refused_and_left_alone(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("results/t1_0_abc.jpg", b"first", "image/jpeg", unique=True)
+    with pytest.raises(StorageConflict):
+        await storage.put("results/t1_0_abc.jpg", b"second", "image/jpeg", unique=True)
+    with pytest.raises(StorageConflict):
+        storage.put_here("results/t1_0_abc.jpg", b"second", "image/jpeg")
+    assert (tmp_path / "results/t1_0_abc.jpg").read_bytes() == b"first"
+
+
+async def test_a_unique_write_that_fails_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full)
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(StorageFull):
+        storage.put_here("results/t1_0_abc.jpg", b"picture", "image/jpeg")
+    assert list((tmp_path / "results").iterdir()) == []

@@ -51,6 +51,25 @@ async def test_put_then_read(storage: Storage) -> None:
     assert await storage.read(k) == b"\x89PNG some bytes"
 
 
+async def test_a_unique_put_then_read(storage: Storage) -> None:
+    k = key("t_0_random.jpg")
+    await storage.put(k, b"\xff\xd8 a result", "image/jpeg", unique=True)
+    assert await storage.read(k) == b"\xff\xd8 a result"
+
+
+async def test_put_here_stores_where_storing_is_a_local_write(storage: Storage) -> None:
+    """Local files are stored on the calling thread; S3 says no (a network round trip, for
+    ``put`` on the loop) and stores nothing."""
+    k = key("t_0_random.png")
+    stored = await asyncio.to_thread(storage.put_here, k, b"\x89PNG here", "image/png")
+    assert stored is isinstance(storage, LocalStorage)
+    if stored:
+        assert await storage.read(k) == b"\x89PNG here"
+    else:
+        with pytest.raises(StoredFileNotFound):
+            await storage.read(k)
+
+
 async def test_a_second_put_replaces_the_first(storage: Storage) -> None:
     k = key(space="uploads")
     await storage.put(k, b"first", "image/png")

@@ -1184,3 +1184,27 @@ async def test_task_engine_is_recorded_and_replaced(store: Store) -> None:
     # a fallback moves the task on, and a relay learns the upstream's id of it
     await store.set_task_engine(task.id, "upstream", "f400b7ea65483c2f983d61fdaeeceea8")
     assert await store.task_engine(task.id) == ("upstream", "f400b7ea65483c2f983d61fdaeeceea8")
+
+
+async def test_a_claim_started_before_a_creates_commit_shares_it_and_is_answered_first(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """SQLite's group commit (``Store.group_commit``): a claim started after a create but
+    before the create's commit runs in the same transaction, sees the new task and takes it;
+    its caller (``write_first``: a device waits on it) is woken before the create's. This is
+    how createTask lets an idle in-process worker claim in the create's own commit."""
+    kind = request.node.callspec.params["store"]
+    assert store.group_commit is (kind == "sqlite")
+    await add_key(store)
+    woken: list[str] = []
+    new = new_task()
+    creating = asyncio.ensure_future(store.create_task(new, open_task_cap=10))
+    claiming = asyncio.ensure_future(store.claim(worker_id="w", models=None, lease_seconds=30))
+    creating.add_done_callback(lambda _: woken.append("create"))
+    claiming.add_done_callback(lambda _: woken.append("claim"))
+    created, claimed = await asyncio.gather(creating, claiming)
+    if store.group_commit:
+        assert claimed is not None and claimed.id == created.id == new.id
+        assert woken == ["claim", "create"]
+    else:  # each committed on its own: the claim may or may not have found it
+        assert claimed is None or claimed.id == new.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,17 @@ async def test_notify_wakes_the_local_waiter() -> None:
     assert await wakeup.wait(0.01) is True
     wakeup.clear()
     assert await wakeup.wait(0.01) is False
+
+
+async def test_kick_says_whether_a_local_waiter_was_woken() -> None:
+    wakeup = Wakeup(None)
+    assert wakeup.kick() is False  # nobody waits
+    wakeup.clear()
+    waiter = asyncio.ensure_future(wakeup.wait(5))
+    await asyncio.sleep(0)  # the waiter now waits
+    assert wakeup.kick() is True
+    assert wakeup.kick() is False  # woken already: this one wakes nobody new
+    assert await waiter is True
 
 
 async def test_notify_reaches_a_listener_through_its_socket(run_dir: Path) -> None:

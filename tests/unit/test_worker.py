@@ -17,7 +17,7 @@ from PIL import Image
 
 from seedbed import catalogue, netguard
 from seedbed.engines import Engines
-from seedbed.engines.base import Artifact, EngineJob, EngineLimits, ProgressFn
+from seedbed.engines.base import Artifact, EngineJob, EngineLimits, Pictures, ProgressFn
 from seedbed.engines.sandbox import SandboxEngine
 from seedbed.images import encode
 from seedbed.storage.local import LocalStorage
@@ -58,7 +58,11 @@ class WrongSizeEngine(FailingEngine):
 
 
 async def _setup(
-    tmp_path: Path, engine: Any = None, fetch: Any = netguard.fetch, **config: Any
+    tmp_path: Path,
+    engine: Any = None,
+    fetch: Any = netguard.fetch,
+    storage: LocalStorage | None = None,
+    **config: Any,
 ) -> tuple[MemoryStore, Clock, Callable[..., Worker]]:
     clock = Clock()
     store = MemoryStore(clock=clock)
@@ -68,7 +72,7 @@ async def _setup(
     def make(worker_id: str = "otherhost:1:aa", **overrides: Any) -> Worker:
         return Worker(
             store=store,
-            storage=LocalStorage(tmp_path),
+            storage=storage or LocalStorage(tmp_path),
             engines=engines,
             wakeup=Wakeup(None),
             config=WorkerConfig(**{"poll_seconds": 0.05, **config, **overrides}),
@@ -232,6 +236,83 @@ async def test_an_engine_that_breaks_the_size_contract_fails_the_task(tmp_path: 
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.FAIL
     assert task.fail_code == "500" and "expected 1024x1024" in (task.fail_msg or "")
+
+
+class WrongSizePicturesEngine:
+    """A pipelined engine whose post-processing breaks the size contract."""
+
+    name = "wrong-size-pictures"
+    limits = EngineLimits()
+
+    def serves(self, model: str) -> bool:
+        return True
+
+    def load(self) -> None:
+        pass
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        return Pictures([lambda _encoding: [encode(Image.new("RGB", (10, 10)), "png")]])
+
+
+async def test_a_post_processed_output_of_the_wrong_size_is_never_stored(tmp_path: Path) -> None:
+    store, _clock, make = await _setup(tmp_path, WrongSizePicturesEngine())
+    task_id = await _task(store)
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.FAIL
+    assert "expected 1024x1024" in (task.fail_msg or "")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+class ThreadsSeenStorage(LocalStorage):
+    """Local files, noting which thread stored each one and how; ``here``: whether it stores
+    on the calling thread (local files) or only through ``put`` (as S3 does)."""
+
+    def __init__(self, root: Path, *, here: bool) -> None:
+        super().__init__(root)
+        self.here = here
+        self.puts: list[tuple[str, str, bool]] = []  # (how, thread name, unique)
+
+    def put_here(self, key: str, data: bytes, content_type: str) -> bool:
+        if not self.here:
+            return False
+        self.puts.append(("here", threading.current_thread().name, True))
+        return super().put_here(key, data, content_type)
+
+    async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
+        self.puts.append(("put", threading.current_thread().name, unique))
+        await super().put(key, data, content_type, unique=unique)
+
+
+async def test_results_are_stored_on_the_post_processing_thread_that_made_them(
+    tmp_path: Path,
+) -> None:
+    storage = ThreadsSeenStorage(tmp_path, here=True)
+    store, _clock, make = await _setup(tmp_path, storage=storage)
+    task_id = await _task(store, "bytedance/seedream-v4-text-to-image", max_images=3)
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    assert len(storage.puts) == 3 == len(task.result_keys)
+    assert all(
+        how == "here" and thread.startswith("seedbed-post") for how, thread, _ in storage.puts
+    )
+    # results/<taskId>_<i>_<random>.<ext>, in order
+    assert [key.split("_")[1] for key in task.result_keys] == ["0", "1", "2"]
+    assert all((tmp_path / key).is_file() for key in task.result_keys)
+
+
+async def test_storage_that_cannot_store_on_a_thread_gets_a_put_of_a_unique_key(
+    tmp_path: Path,
+) -> None:
+    storage = ThreadsSeenStorage(tmp_path, here=False)
+    store, _clock, make = await _setup(tmp_path, storage=storage)
+    task_id = await _task(store, image_size="square")
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    assert [(how, unique) for how, _thread, unique in storage.puts] == [("put", True)]
+    assert (tmp_path / task.result_keys[0]).is_file()
 
 
 async def test_expired_lease_of_a_lost_worker_is_taken_up(tmp_path: Path) -> None:

@@ -12,8 +12,19 @@ class StoredFileNotFound(Exception):
 
 
 class Storage(Protocol):
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Store ``data`` under ``key`` atomically (readers see all of it or nothing)."""
+    async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
+        """Store ``data`` under ``key`` atomically (readers see all of it or nothing).
+
+        ``unique``: ``key`` is a fresh random name that nothing refers to until this returns
+        and that nobody else writes (a result's): storage may then write it in place, as
+        nobody can read it half-written.
+        """
+
+    def put_here(self, key: str, data: bytes, content_type: str) -> bool:
+        """``put(key, data, content_type, unique=True)`` on the calling thread, where storing
+        is a local write: a post-processing thread stores the file it has just encoded
+        without a hop to another thread. False, having done nothing, where storing is network
+        I/O (S3): ``put`` it instead. Raises as ``put`` does."""
 
     async def read(self, key: str) -> bytes:
         """Raise ``StoredFileNotFound`` when absent."""

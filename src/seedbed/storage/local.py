@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from seedbed.errors import StorageFull
@@ -80,20 +82,19 @@ class LocalStorage:
             raise StoredFileNotFound(key)
         return self.root / key
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
         """Store ``data``; ``StorageFull`` when the disk or quota is full (nothing is left
-        behind), ``StorageConflict`` when a folder of the key is a file or the key a folder."""
+        behind), ``StorageConflict`` when a folder of the key is a file or the key a folder
+        (or, ``unique``, when the file exists already)."""
         path = self.path(key)
-        try:
-            await asyncio.to_thread(self._write, path, data)
-        except OSError as exc:
-            if exc.errno in _FULL:
-                # the key is not logged: an upload's key holds its owner's secret folder
-                log.warning("storage is full: %d bytes not stored (%s)", len(data), exc.strerror)
-                raise StorageFull() from exc
-            if isinstance(exc, FileExistsError | NotADirectoryError | IsADirectoryError):
-                raise StorageConflict(key) from exc
-            raise
+        with _translated(key, len(data)):
+            await asyncio.to_thread(self._write_new if unique else self._write, path, data)
+
+    def put_here(self, key: str, data: bytes, content_type: str) -> bool:
+        path = self.path(key)
+        with _translated(key, len(data)):
+            self._write_new(path, data)
+        return True
 
     async def read(self, key: str) -> bytes:
         try:
@@ -128,6 +129,46 @@ class LocalStorage:
             raise
         for folder in (path.parent, *(m.parent for m in made)):
             _sync_folder(folder)
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        # A unique key (a result's random name): nobody reads it before the task's finish
+        # names it, so it is written in place, as durably as ``_write`` but with one journal
+        # commit instead of two: the new name is part of the commit that the file's fdatasync
+        # makes (ext4, XFS), so the folder's fsync after it finds nothing left to write (on
+        # this machine in the server, 2.2 ms of syncs became ~1). A crash mid-write leaves a
+        # partial file under a name no task refers to; an error removes it.
+        made = _missing_folders(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                _sync_data(handle.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        for folder in (path.parent, *(m.parent for m in made)):
+            _sync_folder(folder)
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@contextlib.contextmanager
+def _translated(key: str, size: int) -> Iterator[None]:
+    """A failed write as storage's errors: ``StorageFull``, ``StorageConflict``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            # the key is not logged: an upload's key holds its owner's secret folder
+            log.warning("storage is full: %d bytes not stored (%s)", size, exc.strerror)
+            raise StorageFull() from exc
+        if isinstance(exc, FileExistsError | NotADirectoryError | IsADirectoryError):
+            raise StorageConflict(key) from exc
+        raise
 
 
 def _sync_data(fd: int) -> None:

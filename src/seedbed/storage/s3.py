@@ -116,8 +116,8 @@ class S3Storage:
             raise StoredFileNotFound(key)
         return self.location.object_name(key)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """One PUT: S3 makes it visible whole or not at all."""
+    async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
+        """One PUT: S3 makes it visible whole or not at all (``unique`` changes nothing)."""
         import obstore
 
         name = self._name(key)
@@ -125,6 +125,9 @@ class S3Storage:
             await obstore.put_async(
                 self._store, name, data, attributes={"Content-Type": content_type}
             )
+
+    def put_here(self, key: str, data: bytes, content_type: str) -> bool:
+        return False  # a network round trip: ``put`` it on the loop
 
     async def read(self, key: str) -> bytes:
         import obstore

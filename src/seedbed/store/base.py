@@ -105,6 +105,12 @@ class TaskStats:
 
 
 class Store(Protocol):
+    @property
+    def group_commit(self) -> bool:
+        """A write joins the transaction of writes still waiting for their commit, which runs
+        in a later turn of the event loop (SQLite): started after another before that commit,
+        it sees the other's changes and commits with them."""
+
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect and bring the schema up to date (migrations)."""

@@ -122,6 +122,10 @@ class MemoryStore:
         self._secret: bytes | None = None
         self._exclusive: set[str] = set()
 
+    @property
+    def group_commit(self) -> bool:
+        return False  # each write is done at once: there is nothing to share
+
     def _now(self) -> int:
         return int(self._clock() * 1000)
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from seedbed.store.schema import api_keys, credit_ledger, flags, from_milli, tasks
+from seedbed.store.schema import api_keys, credit_ledger, flags, from_milli, task_engines, tasks
 from seedbed.tasks import OPEN_STATES, ApiKey, KeyLimits, Task, TaskView
 from seedbed.tasks import TaskState as S
 
@@ -54,6 +54,7 @@ __all__ = [
     "INSERT_KEY",
     "INSERT_LEDGER",
     "INSERT_TASK",
+    "INSERT_TASK_ENGINE",
     "KEY_BY_HASH",
     "KEY_BY_ID",
     "KEY_STATE",
@@ -74,6 +75,7 @@ __all__ = [
     "REVOKE",
     "SETTLE",
     "SET_LIMITS",
+    "SET_TASK_ENGINE",
     "SQLITE_SET_FLAG",
     "START",
     "TASKS_FINISHED_SINCE",
@@ -151,6 +153,13 @@ ADD_CREDITS = (
 )
 BALANCE = select(_K.balance_milli).where(_K.id == _p("key_id"))
 INSERT_LEDGER = insert(credit_ledger)
+#: which engine runs a task (and its upstream id): update, else insert (portable)
+SET_TASK_ENGINE = (
+    update(task_engines)
+    .where(task_engines.c.task_id == _p("task_id"))
+    .values(engine=_p("engine"), upstream_task_id=_p("upstream"), updated_at=_p("now"))
+)
+INSERT_TASK_ENGINE = insert(task_engines)
 LEDGER = select(credit_ledger).where(_L.key_id == _p("key_id")).order_by(_L.id)
 
 #: the whole admission check in one conditional write: whoever commits first wins the credits

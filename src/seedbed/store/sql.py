@@ -71,7 +71,7 @@ from seedbed.store.base import (
 )
 from seedbed.store.migrate import sqlite_path, upgrade
 from seedbed.store.schema import callbacks, from_milli, task_engines, to_milli
-from seedbed.store.sqlite import SqliteRunner, execute
+from seedbed.store.sqlite import SqliteRunner, execute, execute_many
 from seedbed.tasks import (
     ApiKey,
     Flags,
@@ -98,6 +98,11 @@ class _Runner(Protocol):
     async def write(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
     ) -> R: ...
+
+    async def write_first(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
+    ) -> R:
+        """``write``, for a caller a device waits on: woken first where writes share commits."""
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
@@ -130,6 +135,8 @@ class _AsyncRunner:
     ) -> R:
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn, *args, **kw)
+
+    write_first = write  # each write commits on its own: nobody to wake before
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
@@ -289,6 +296,10 @@ class SqlStore:
         self._file_id: tuple[int, int] | None = None
         self._polls = _PollCache()
         self._finish_listeners: list[Callable[[Task], None]] = []
+
+    @property
+    def group_commit(self) -> bool:
+        return self._dialect == "sqlite"  # SqliteRunner.write; PostgreSQL commits each apart
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -596,7 +607,8 @@ class SqlStore:
         if models is not None and not models:
             return None
         model_list = None if models is None else list(models)
-        return await self._db.write(self._claim, worker_id, model_list, lease_seconds, list(start))
+        db = self._db
+        return await db.write_first(self._claim, worker_id, model_list, lease_seconds, list(start))
 
     def _claim(
         self,
@@ -697,16 +709,16 @@ class SqlStore:
         if reserved > charge:
             entries.append(q.ledger_row(key_id, task_id, "release", reserved - charge, "", now))
         if entries:
-            conn.execute(q.INSERT_LEDGER, entries)  # executemany: the ordinary path
+            execute_many(conn, q.INSERT_LEDGER, entries)
         task = q.task_from_row(row)
         if task.callback_url:
             # the outbox row commits with the terminal state: no finished task loses its callback
-            conn.execute(
-                oq.INSERT_CALLBACK, oq.callback_row(task_id, key_id, task.callback_url, now)
-            )
+            outbox = oq.callback_row(task_id, key_id, task.callback_url, now)
+            execute(conn, oq.INSERT_CALLBACK, outbox)
         if success and task.result_keys:
             # an upsert: a record must never be the reason a task cannot be settled
-            conn.execute(
+            execute_many(
+                conn,
                 self._upsert_file,
                 [oq.file_row(_result_file(task, key), now) for key in task.result_keys],
             )
@@ -730,11 +742,11 @@ class SqlStore:
         self, conn: Connection, task_id: str, engine: str, upstream_task_id: str | None
     ) -> None:
         # update, else insert: portable, and one transaction holds the row for its task
-        table = task_engines
-        values = {"engine": engine, "upstream_task_id": upstream_task_id, "updated_at": self._now()}
-        done = conn.execute(table.update().where(table.c.task_id == task_id).values(**values))
-        if done.rowcount == 0:
-            conn.execute(table.insert().values(task_id=task_id, **values))
+        now = self._now()
+        params = {"p_task_id": task_id, "p_engine": engine, "p_upstream": upstream_task_id}
+        if execute(conn, q.SET_TASK_ENGINE, {**params, "p_now": now}).rowcount == 0:
+            row = {"engine": engine, "upstream_task_id": upstream_task_id, "updated_at": now}
+            execute(conn, q.INSERT_TASK_ENGINE, {"task_id": task_id, **row})
 
     async def task_engine(self, task_id: str) -> tuple[str, str | None] | None:
         return await self._db.read(self._task_engine, task_id)
@@ -810,7 +822,8 @@ class SqlStore:
     ) -> None:
         now = self._now()
         state, next_at = after_attempt(now, delivered, retry_in)
-        conn.execute(
+        execute(
+            conn,
             oq.INSERT_ATTEMPT,
             {
                 "task_id": task_id,
@@ -821,7 +834,8 @@ class SqlStore:
                 "at": now,
             },
         )
-        conn.execute(
+        execute(
+            conn,
             oq.RECORD_ATTEMPT,
             {
                 "p_task_id": task_id,

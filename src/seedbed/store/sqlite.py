@@ -25,13 +25,14 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.pool import NullPool
 
+from seedbed.store import outbox_queries as oq
 from seedbed.store import queries as q
 from seedbed.store.migrate import SQLITE_BUSY_TIMEOUT_MS, WAL_LIMIT_BYTES, install_sqlite_hooks
 
-__all__ = ["SqliteRunner", "execute"]
+__all__ = ["SqliteRunner", "execute", "execute_many"]
 
 #: longest a batch of writes holds off for a WAL restart waiting for the write lock; past it
 #: they go ahead (the restart then waits its turn like any other writer)
@@ -70,7 +71,8 @@ class SqliteRunner:
         #: ``PRAGMA data_version`` in this turn's snapshot, once asked for
         self._data_version: int | None = None
         self._checkpointer = _Checkpointer(url)
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        #: writes waiting for their commit: operation, its caller's future, ``write_first``
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any], bool]] = []
         self._flush: asyncio.Handle | None = None
 
     async def write(
@@ -82,12 +84,24 @@ class SqliteRunner:
         land at once under load) share one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each in its own
         savepoint so that one failing operation undoes only itself.
         """
+        result: R = await self._enqueue(partial(fn, self._writer, *args, **kw), first=False)
+        return result
+
+    async def write_first(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kw: P.kwargs
+    ) -> R:
+        """``write``, whose caller is woken before the others of its transaction once it
+        commits: a device waits on it (a claim), where a request's answer can wait the
+        fraction of a millisecond that starting the device takes."""
+        result: R = await self._enqueue(partial(fn, self._writer, *args, **kw), first=True)
+        return result
+
+    def _enqueue(self, op: Callable[[], Any], *, first: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append((partial(fn, self._writer, *args, **kw), future))
+        self._pending.append((op, future, first))
         if self._flush is None:
             self._flush = self._loop.call_soon(self._commit_pending, time.monotonic(), 0.001)
-        result: R = await future
-        return result
+        return future
 
     def _commit_pending(self, since: float, delay: float) -> None:
         self._flush = None
@@ -96,8 +110,9 @@ class SqliteRunner:
             # (its busy handler looks again within a few ms) rather than win it every time.
             self._commit_later(since, delay)
             return
-        batch = [(op, future) for op, future in self._pending if not future.cancelled()]
+        pending = [entry for entry in self._pending if not entry[1].cancelled()]
         self._pending = []
+        batch = [(op, future) for op, future, _first in pending]
         if not batch:
             return
         try:
@@ -105,7 +120,7 @@ class SqliteRunner:
         except OperationalError as exc:
             if _is_busy(exc) and time.monotonic() - since < SQLITE_BUSY_TIMEOUT_MS / 1000:
                 # Another process holds the write lock: try again soon, without blocking.
-                self._pending[:0] = batch
+                self._pending[:0] = pending
                 self._commit_later(since, delay)
                 return
             outcomes = [exc] * len(batch)
@@ -113,7 +128,10 @@ class SqliteRunner:
             outcomes = [exc] * len(batch)
         # Reads from here on must see what was just committed.
         self._end_snapshot()
-        for (_op, future), outcome in zip(batch, outcomes, strict=True):
+        done = list(zip(pending, outcomes, strict=True))
+        if any(first for _op, _future, first in pending):
+            done.sort(key=lambda entry: not entry[0][2])  # callers of write_first are woken first
+        for (_op, future, _first), outcome in done:
             if future.cancelled():
                 continue
             if isinstance(outcome, _Failed):
@@ -326,10 +344,17 @@ class _Compiled(NamedTuple):
     bind: Callable[[dict[str, Any]], Sequence[Any]]
 
 
-#: SQLite: the statements of ``queries`` (module constants, so their ids are stable),
-#: compiled once; anything else built at run time takes SQLAlchemy's ordinary path
+#: SQLite: the statements of ``queries`` and ``outbox_queries`` (module constants, and the
+#: values of their dicts of variants such as ``CLAIM``, so their ids are stable), compiled
+#: once; anything else built at run time takes SQLAlchemy's ordinary path
 _SQLITE_COMPILED: dict[tuple[int, tuple[str, ...]], _Compiled | None] = {}
-_CONSTANTS = frozenset(id(value) for value in vars(q).values())
+_CONSTANTS = frozenset(
+    id(statement)
+    for module in (q, oq)
+    for name, value in vars(module).items()
+    if name.isupper()
+    for statement in (value.values() if isinstance(value, dict) else (value,))
+)
 _ROW_TYPES: dict[tuple[str, ...], type[tuple[Any, ...]]] = {}
 #: a statement's result row type, by its SQL (a statement's columns never change)
 _ROW_BY_SQL: dict[str, type[tuple[Any, ...]]] = {}
@@ -343,14 +368,7 @@ def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
     still SQLAlchemy's, compiled once; statements it must re-render per call (expanding IN
     lists) and other dialects take the ordinary path.
     """
-    if conn.dialect.name != "sqlite" or id(stmt) not in _CONSTANTS:
-        return conn.execute(stmt, params)
-    # An INSERT's SQL depends on which columns are given, so the key names are in the key.
-    cache_key = (id(stmt), tuple(params))
-    try:
-        compiled = _SQLITE_COMPILED[cache_key]
-    except KeyError:
-        compiled = _SQLITE_COMPILED[cache_key] = _compile_sqlite(conn, stmt, cache_key[1])
+    compiled = _compiled(conn, stmt, tuple(params))
     if compiled is None:
         return conn.execute(stmt, params)
     args = compiled.bind(params)
@@ -359,10 +377,7 @@ def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
     try:
         cursor = dbapi.execute(compiled.sql, args)
     except sqlite3.Error as exc:
-        # The same exception types SQLAlchemy would raise (IntegrityError, OperationalError).
-        raise DBAPIError.instance(
-            compiled.sql, args, exc, sqlite3.Error, dialect=conn.dialect
-        ) from exc
+        raise _translated(conn, compiled.sql, args, exc) from exc
     if cursor.description is None:
         return _RawResult(cursor, None)
     row = _ROW_BY_SQL.get(compiled.sql)
@@ -371,6 +386,41 @@ def execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
             tuple(column[0] for column in cursor.description)
         )
     return _RawResult(cursor, row)
+
+
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """``conn.execute(stmt, rows)`` (one statement, many rows: an ``executemany``) on the same
+    fast path as :func:`execute` where that has one; every row has the same keys."""
+    compiled = _compiled(conn, stmt, tuple(rows[0])) if rows else None
+    if compiled is None or any(tuple(row) != tuple(rows[0]) for row in rows):
+        conn.execute(stmt, list(rows))
+        return
+    args = [compiled.bind(row) for row in rows]
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    try:
+        dbapi.executemany(compiled.sql, args)
+    except sqlite3.Error as exc:
+        raise _translated(conn, compiled.sql, args, exc) from exc
+
+
+def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Compiled | None:
+    """``stmt`` compiled for SQLite with these parameter names, once; None: SQLAlchemy's
+    ordinary path (another dialect, a statement built at run time, or one it must re-render)."""
+    if conn.dialect.name != "sqlite" or id(stmt) not in _CONSTANTS:
+        return None
+    # An INSERT's SQL depends on which columns are given, so the key names are in the key.
+    cache_key = (id(stmt), keys)
+    try:
+        return _SQLITE_COMPILED[cache_key]
+    except KeyError:
+        compiled = _SQLITE_COMPILED[cache_key] = _compile_sqlite(conn, stmt, keys)
+        return compiled
+
+
+def _translated(conn: Connection, sql: str, args: Any, exc: sqlite3.Error) -> StatementError:
+    """The same exception types SQLAlchemy would raise (IntegrityError, OperationalError)."""
+    return DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=conn.dialect)
 
 
 def _row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
