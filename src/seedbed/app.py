@@ -185,7 +185,7 @@ def build_context(
     if shared:
         notifier = PgNotifier(listen_dsn(settings.database))
         # after a reconnection too: a notification sent meanwhile is lost, so look anyway
-        notifier.subscribe(TASK_CREATED, lambda _: wakeup.kick(), on_reconnect=True)
+        notifier.subscribe(TASK_CREATED, lambda _: wakeup.work(), on_reconnect=True)
         notifier.subscribe(CALLBACKS, lambda _: callback_wakeup.kick(), on_reconnect=True)
         notifier.subscribe(TASK_CHANGED, feed.poke)
     if settings.server_secret:

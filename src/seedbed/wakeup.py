@@ -28,6 +28,9 @@ class Wakeup:
         self._event = asyncio.Event()
         #: local ``wait`` calls in progress
         self._waiting = 0
+        #: times work may have been added since this started: ``notify``, ``work`` and
+        #: datagrams count, a ``kick`` (a slot freed up) does not
+        self.work_signals = 0
         self._sender: socket.socket | None = None
         self._listener: socket.socket | None = None
         self._own_path: Path | None = None
@@ -37,6 +40,7 @@ class Wakeup:
     # -- the API side ----------------------------------------------------------------------
     def notify(self) -> None:
         """Wake every worker: the one in this process and those listening on this host."""
+        self.work_signals += 1
         self._event.set()
         if self._run_dir is None:
             return
@@ -95,6 +99,7 @@ class Wakeup:
         with contextlib.suppress(BlockingIOError, OSError):
             while self._listener.recv(64):
                 pass
+        self.work_signals += 1
         self._event.set()
 
     def clear(self) -> None:
@@ -107,6 +112,12 @@ class Wakeup:
         waiting = self._waiting > 0 and not self._event.is_set()
         self._event.set()
         return waiting
+
+    def work(self) -> bool:
+        """``kick``, for work that may be new (a task created, a notification from the
+        database): counted in ``work_signals``."""
+        self.work_signals += 1
+        return self.kick()
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a wake-up; True if one came, False on timeout."""

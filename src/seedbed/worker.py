@@ -287,10 +287,19 @@ class Worker:
 
     async def _claim_loop(self, group: asyncio.TaskGroup, *, burst: bool) -> None:
         served = [m for m in catalogue.CATALOGUE if self.engines.serves(m)]
+        # The models of the last claim that came back empty, and the work signals then: the
+        # same claim with no signal since would find nothing again, so it is not made when a
+        # slot frees up (the device done, a task finished: up to three empty claims a task,
+        # each a write on the loop at the moment post-processing starts or a task's end is
+        # told). The poll claims anyway: a lease that lapsed is found there.
+        empty: tuple[tuple[str, ...], int] | None = None
         while not self._stopping.is_set():
             self.wakeup.clear()
             claimed = False
             while models := self._claimable(served):
+                signals = self.wakeup.work_signals
+                if empty == (tuple(models), signals):
+                    break
                 try:
                     # one task, or a batch of them for relay engines' free slots
                     tasks = await self._routes.claim_some(models, self._claim)
@@ -303,7 +312,9 @@ class Worker:
                     await asyncio.sleep(CLAIM_RETRY)
                     break
                 if not tasks:
+                    empty = (tuple(models), signals)
                     break
+                empty = None
                 claimed = True
                 begun: list[asyncio.Future[None]] = []
                 for task in tasks:
@@ -322,7 +333,8 @@ class Worker:
                     await asyncio.wait(begun, timeout=ENGINE_START_WAIT)
             if burst and not claimed and not self._running:
                 return
-            await self.wakeup.wait(self.config.poll_seconds)
+            if not await self.wakeup.wait(self.config.poll_seconds):
+                empty = None  # the poll: look whatever the signals say
         # Stopping: wait for what is running (a hard stop cancels the task group instead).
         while self._running:
             self.wakeup.clear()

@@ -40,6 +40,19 @@ async def test_kick_says_whether_a_local_waiter_was_woken() -> None:
     assert await waiter is True
 
 
+async def test_work_is_counted_and_a_kick_is_not() -> None:
+    wakeup = Wakeup(None)
+    wakeup.kick()
+    assert wakeup.work_signals == 0  # a slot freed up: no new work
+    wakeup.clear()
+    waiter = asyncio.ensure_future(wakeup.wait(5))
+    await asyncio.sleep(0)
+    assert wakeup.work() is True  # a task created: counted, and the waiter woken
+    wakeup.notify()
+    assert wakeup.work_signals == 2
+    assert await waiter is True
+
+
 async def test_notify_reaches_a_listener_through_its_socket(run_dir: Path) -> None:
     worker = Wakeup(run_dir)
     worker.listen()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -215,6 +216,47 @@ async def test_no_store_write_holds_the_loop_while_the_engine_thread_starts(
     # both still happen, after the engine began
     assert "set_task_engine" in store.writes and "claim:none" in store.writes
     assert await store.task_engine(task_id) == (engine.name, None)
+
+
+async def test_a_freed_slot_makes_no_claim_that_would_come_back_empty_again(
+    tmp_path: Path,
+) -> None:
+    """After a claim came back empty, the same claim is made again only once a new task is
+    signalled (or the poll comes round): not each time a slot frees up."""
+    store = LoggingStore(clock=Clock())
+    await store.create_key(NewKey(id="k1", name="t", key_hash="h", credits=Decimal(100)))
+    wakeup = Wakeup(None)
+    worker = Worker(
+        store=store,
+        storage=LocalStorage(tmp_path),
+        engines=Engines([SandboxEngine(steps=1)]),
+        wakeup=wakeup,
+        config=WorkerConfig(poll_seconds=30),
+    )
+
+    async def run_one() -> None:
+        task_id = await _task(store, image_size="square")
+        wakeup.notify()
+        for _ in range(500):
+            task = await store.get_task(task_id)
+            if task is not None and task.state is TaskState.SUCCESS:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the task did not finish (taken only at the 30 s poll?)")
+
+    runner = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.05)  # started: its first look finds nothing, then it waits
+        await run_one()
+        await asyncio.sleep(0.1)
+        # the first look, and the claim ahead once the task's engine began; the device that
+        # freed up and the task that ended made none
+        assert store.writes.count("claim:none") == 2
+        await run_one()  # a new task is still taken at once
+        assert store.writes.count("claim:none") == 3
+    finally:
+        worker.stop()
+        await runner
 
 
 async def test_engine_error_fails_501_and_releases_credits(tmp_path: Path) -> None:

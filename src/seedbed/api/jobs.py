@@ -104,7 +104,7 @@ async def create_task(request: Request) -> Response:
     # task is generating when its creation commits, one commit and ~2 ms sooner than a
     # wake-up after it (bench/peer_bench.py). Should the claim miss the task, the wake-up
     # below makes the worker look again.
-    claim_along = ctx.store.group_commit and ctx.wakeup.kick()
+    claim_along = ctx.store.group_commit and ctx.wakeup.work()
     try:
         task = await ctx.store.create_task(new, open_task_cap=cap)
     except CreateRefused as exc:
