@@ -186,7 +186,7 @@ def build_context(
         notifier = PgNotifier(listen_dsn(settings.database))
         # after a reconnection too: a notification sent meanwhile is lost, so look anyway
         notifier.subscribe(TASK_CREATED, lambda _: wakeup.work(), on_reconnect=True)
-        notifier.subscribe(CALLBACKS, lambda _: callback_wakeup.kick(), on_reconnect=True)
+        notifier.subscribe(CALLBACKS, lambda _: callback_wakeup.work(), on_reconnect=True)
         notifier.subscribe(TASK_CHANGED, feed.poke)
     if settings.server_secret:
         links = Links(parse_secret(settings.server_secret))

@@ -169,13 +169,22 @@ class Dispatcher:
     async def run(self) -> None:
         """Claim due callbacks whenever woken (a finish, a free slot, a retry coming due)."""
         self.wakeup.listen()
+        # The work signals when a claim last found fewer due than it asked for: until a new
+        # one (a task finished, a retry came due, a redelivery) or the poll, a claim would find
+        # nothing, so a delivery that ends and frees its slot makes none (a write on the loop).
+        drained: int | None = None
         try:
             while not self._stopping.is_set():
                 self.wakeup.clear()
                 free = self.config.concurrency - len(self._inflight)
-                if free > 0 and await self._claim_some(free):
-                    continue  # as many as asked for: more may be due
-                await self.wakeup.wait(self.config.poll_seconds)
+                signals = self.wakeup.work_signals
+                if free > 0 and drained != signals:
+                    if await self._claim_some(free):
+                        drained = None
+                        continue  # as many as asked for: more may be due
+                    drained = signals
+                if not await self.wakeup.wait(self.config.poll_seconds):
+                    drained = None  # the poll: look whatever the signals say
         finally:
             await self._shutdown()
 
@@ -295,7 +304,7 @@ class Dispatcher:
 
         def fire() -> None:
             self._timers.difference_update(handles)
-            self.wakeup.kick()
+            self.wakeup.work()  # a retry is due: work a claim would now find
 
         handles.append(loop.call_later(seconds, fire))
         self._timers.update(handles)

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -256,3 +257,45 @@ async def test_receiver_clients_in_use_are_never_closed_to_make_room(
         assert none is None
     await clients.close()
     assert a.is_closed and c.is_closed
+
+
+class ClaimCountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[int] = []  # how many each claim took
+
+    async def claim_callbacks(self, *, limit: int, lease_seconds: float) -> Any:
+        due = await super().claim_callbacks(limit=limit, lease_seconds=lease_seconds)
+        self.claims.append(len(due))
+        return due
+
+
+async def test_a_delivery_that_ends_makes_no_claim_until_new_work_is_signalled() -> None:
+    """Once a claim found fewer due than it asked for, a slot that frees up makes no claim
+    (it would find nothing); a finish signalled to the dispatcher does."""
+    store = ClaimCountingStore()
+    first = await _finished(store, "http://127.0.0.1:9/hook")
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    dispatcher, client, outcomes = _local_dispatcher(store, answer)
+    runner = asyncio.create_task(dispatcher.run())
+    try:
+        async with asyncio.timeout(10):
+            while outcomes != ["delivered"]:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert store.claims == [1]  # not one more when the delivery ended
+            second = await _finished(store, "http://127.0.0.1:9/hook", new_key=False)
+            dispatcher.wakeup.notify()  # as the server's finish listener does
+            while outcomes != ["delivered", "delivered"]:
+                await asyncio.sleep(0.01)
+        assert store.claims == [1, 1]
+        for task_id in (first, second):
+            record = await store.get_callback(task_id)
+            assert record is not None and record.state is CallbackState.DELIVERED
+    finally:
+        dispatcher.stop()
+        await runner
+        await client.aclose()

@@ -783,12 +783,18 @@ class SqlStore:
         self, conn: Connection, limit: int, lease_seconds: float
     ) -> list[Delivery]:
         now = self._now()
-        ids = list(conn.execute(oq.DUE_CALLBACKS, {"p_now": now, "p_limit": limit}).scalars())
-        if not ids:
-            return []
-        lease = {"p_ids": ids, "p_now": now, "p_lease_until": now + round(lease_seconds * 1000)}
-        conn.execute(oq.CLAIM_CALLBACKS, lease)
-        rows = conn.execute(oq.DELIVERIES, {"p_ids": ids}).all()
+        lease_until = now + round(lease_seconds * 1000)
+        if self._dialect == "sqlite":
+            params = {"p_now": now, "p_limit": limit, "p_lease_until": lease_until}
+            rows = execute(conn, oq.SQLITE_CLAIM_CALLBACKS, params).all()
+        else:
+            due = conn.execute(oq.DUE_CALLBACKS, {"p_now": now, "p_limit": limit})
+            ids = list(due.scalars())
+            if not ids:
+                return []
+            lease = {"p_ids": ids, "p_now": now, "p_lease_until": lease_until}
+            conn.execute(oq.CLAIM_CALLBACKS, lease)
+            rows = conn.execute(oq.DELIVERIES, {"p_ids": ids}).all()
         return [
             Delivery(task_id=r.task_id, url=r.url, attempts=r.attempts, hmac_key=r.hmac_key)
             for r in rows
