@@ -26,8 +26,8 @@ class Wakeup:
     def __init__(self, run_dir: Path | None = None) -> None:
         self._run_dir = run_dir
         self._event = asyncio.Event()
-        #: local ``wait`` calls in progress
-        self._waiting = 0
+        #: local ``wait(ready=True)`` calls in progress
+        self._ready = 0
         #: times work may have been added since this started: ``notify``, ``work`` and
         #: datagrams count, a ``kick`` (a slot freed up) does not
         self.work_signals = 0
@@ -107,11 +107,11 @@ class Wakeup:
         self._event.clear()
 
     def kick(self) -> bool:
-        """Wake the local waiter only (a slot freed up); True when one was waiting (it runs
-        at the loop's next turn)."""
-        waiting = self._waiting > 0 and not self._event.is_set()
+        """Wake the local waiter only (a slot freed up); True when one was waiting ready to
+        take work (``wait(ready=True)``): it runs at the loop's next turn."""
+        woken = self._ready > 0 and not self._event.is_set()
         self._event.set()
-        return waiting
+        return woken
 
     def work(self) -> bool:
         """``kick``, for work that may be new (a task created, a notification from the
@@ -119,16 +119,17 @@ class Wakeup:
         self.work_signals += 1
         return self.kick()
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up; True if one came, False on timeout."""
-        self._waiting += 1
+    async def wait(self, timeout: float, *, ready: bool = True) -> bool:
+        """Wait for a wake-up; True if one came, False on timeout. ``ready``: the waiter
+        would take work if woken now (a worker with a free slot), as ``kick`` tells."""
+        self._ready += ready
         try:
             async with asyncio.timeout(timeout):
                 await self._event.wait()
         except TimeoutError:
             return False
         finally:
-            self._waiting -= 1
+            self._ready -= ready
         return True
 
     def close(self) -> None:

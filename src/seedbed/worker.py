@@ -333,7 +333,9 @@ class Worker:
                     await asyncio.wait(begun, timeout=ENGINE_START_WAIT)
             if burst and not claimed and not self._running:
                 return
-            if not await self.wakeup.wait(self.config.poll_seconds):
+            # ready: a task created now could be claimed at once (createTask's claim along)
+            ready = bool(self._claimable(served))
+            if not await self.wakeup.wait(self.config.poll_seconds, ready=ready):
                 empty = None  # the poll: look whatever the signals say
         # Stopping: wait for what is running (a hard stop cancels the task group instead).
         while self._running:

@@ -29,7 +29,7 @@ async def test_notify_wakes_the_local_waiter() -> None:
     assert await wakeup.wait(0.01) is False
 
 
-async def test_kick_says_whether_a_local_waiter_was_woken() -> None:
+async def test_kick_says_whether_a_waiter_ready_for_work_was_woken() -> None:
     wakeup = Wakeup(None)
     assert wakeup.kick() is False  # nobody waits
     wakeup.clear()
@@ -38,6 +38,11 @@ async def test_kick_says_whether_a_local_waiter_was_woken() -> None:
     assert wakeup.kick() is True
     assert wakeup.kick() is False  # woken already: this one wakes nobody new
     assert await waiter is True
+    wakeup.clear()
+    busy = asyncio.ensure_future(wakeup.wait(5, ready=False))  # a worker with no free slot
+    await asyncio.sleep(0)
+    assert wakeup.kick() is False  # woken, but it would take nothing
+    assert await busy is True
 
 
 async def test_work_is_counted_and_a_kick_is_not() -> None:

@@ -99,11 +99,11 @@ async def create_task(request: Request) -> Response:
         else hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
     cap = key.limits.open_task_cap or ctx.settings.open_task_cap
-    # An idle worker in this process claims in this create's own transaction: woken before
-    # the create's write, its claim starts before that write commits and joins it, so the
-    # task is generating when its creation commits, one commit and ~2 ms sooner than a
-    # wake-up after it (bench/peer_bench.py). Should the claim miss the task, the wake-up
-    # below makes the worker look again.
+    # An idle worker in this process (waiting, with a free slot) claims in this create's own
+    # transaction: woken before the create's write, its claim starts before that write
+    # commits and joins it, so the task is generating when its creation commits, one commit
+    # and ~2 ms sooner than a wake-up after it (bench/peer_bench.py). Should the claim miss
+    # the task, the wake-up below makes the worker look again. A busy worker is only woken.
     claim_along = ctx.store.group_commit and ctx.wakeup.work()
     try:
         task = await ctx.store.create_task(new, open_task_cap=cap)
