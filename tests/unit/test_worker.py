@@ -36,8 +36,9 @@ class Clock:
         return self.now
 
 
-class FailingEngine:
-    name = "failing"
+class FixtureEngine:
+    """What every engine here shares: it serves every model and loads nothing."""
+
     limits = EngineLimits()
 
     def serves(self, model: str) -> bool:
@@ -45,6 +46,10 @@ class FailingEngine:
 
     def load(self) -> None:
         pass
+
+
+class FailingEngine(FixtureEngine):
+    name = "failing"
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
         progress(50)
@@ -271,38 +276,25 @@ async def test_engine_error_fails_501_and_releases_credits(tmp_path: Path) -> No
     assert key is not None and key.balance == 100 and key.held == 0 and key.open_tasks == 0
 
 
-async def test_an_engine_that_breaks_the_size_contract_fails_the_task(tmp_path: Path) -> None:
-    store, _clock, make = await _setup(tmp_path, WrongSizeEngine())
-    task_id = await _task(store)
-    await make().run(burst=True)
-    task = await store.get_task(task_id)
-    assert task is not None and task.state is TaskState.FAIL
-    assert task.fail_code == "500" and "expected 1024x1024" in (task.fail_msg or "")
-
-
-class WrongSizePicturesEngine:
+class WrongSizePicturesEngine(FixtureEngine):
     """A pipelined engine whose post-processing breaks the size contract."""
 
     name = "wrong-size-pictures"
-    limits = EngineLimits()
-
-    def serves(self, model: str) -> bool:
-        return True
-
-    def load(self) -> None:
-        pass
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
         return Pictures([lambda _encoding: [encode(Image.new("RGB", (10, 10)), "png")]])
 
 
-async def test_a_post_processed_output_of_the_wrong_size_is_never_stored(tmp_path: Path) -> None:
-    store, _clock, make = await _setup(tmp_path, WrongSizePicturesEngine())
+@pytest.mark.parametrize("engine", [WrongSizeEngine(), WrongSizePicturesEngine()])
+async def test_an_engine_that_breaks_the_size_contract_fails_the_task_storing_nothing(
+    tmp_path: Path, engine: Any
+) -> None:
+    store, _clock, make = await _setup(tmp_path, engine)
     task_id = await _task(store)
     await make().run(burst=True)
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.FAIL
-    assert "expected 1024x1024" in (task.fail_msg or "")
+    assert task.fail_code == "500" and "expected 1024x1024" in (task.fail_msg or "")
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
