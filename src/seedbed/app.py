@@ -80,6 +80,8 @@ def create_app(
         supervisor = ctx.supervisor
         supervisor.start("feed", ctx.feed.run)
         ctx.shutdown_hooks.append(ctx.feed.close)
+        # changes made by worker processes here (SQLite): read at once, not at the next poll
+        ctx.task_changes.listen(on_message=lambda task_id: ctx.feed.poke(task_id.decode()))
         worker: Worker | None = None
         if settings.worker:
             worker = ctx.worker = build_worker(ctx)
@@ -121,6 +123,7 @@ def create_app(
             await supervisor.stop_all()  # the feed (its streams have ended), the notifier
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
+            ctx.task_changes.close()
             await ctx.store.close()
 
     app = FastAPI(
@@ -172,6 +175,8 @@ def build_context(
         private_dir(settings.data_dir)
     store = store or store_module.open_store(settings.database)
     callback_wakeup = Wakeup(None if shared else settings.run_dir / "callbacks")
+    # PostgreSQL's NOTIFY tells every host (TASK_CHANGED below); on SQLite, datagrams here
+    task_changes = Wakeup(None if shared else settings.run_dir / "events")
     wakeup = Wakeup(None if shared else settings.run_dir)
 
     def on_finish(task: Task) -> None:
@@ -213,6 +218,7 @@ def build_context(
         keys=KeyCache(store, settings.admin_refresh_seconds),
         links=links,
         callback_wakeup=callback_wakeup,
+        task_changes=task_changes,
         feed=feed,
         shared_limiter=SharedRateLimiter(store) if shared else None,
         notifier=notifier,
@@ -331,7 +337,7 @@ class _WorkerObserver:
         self._ctx = ctx
 
     def changed(self, task_id: str) -> None:
-        self._ctx.feed.poke(task_id)
+        self._ctx.task_changed(task_id)
 
     def generated(self, task: Task, seconds: float) -> None:
         self._ctx.metrics.generated(task, seconds)

@@ -367,6 +367,7 @@ def worker_command(
             worker.close()
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
+            ctx.task_changes.close()
             await ctx.store.close()
 
     asyncio.run(run())

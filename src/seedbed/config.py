@@ -309,7 +309,9 @@ class Settings(BaseSettings):
         15.0, description="comment lines on idle live-event streams, so proxies keep them open"
     )
     events_poll_seconds: float = Field(
-        0.25, description="how often the live-event feed reads tasks changed by other processes"
+        0.25,
+        description="how often the live-event feed reads tasks changed by other processes (a "
+        "safety net: processes on this host, and PostgreSQL, tell it of changes at once)",
     )
     ready_queue_limit: int = Field(
         10_000, description="/readyz reports not ready while this many tasks wait or more"

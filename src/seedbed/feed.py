@@ -5,8 +5,9 @@ its own clock, one loop per process reads the changed tasks of *all* subscribed 
 indexed query (``Store.changed_tasks``) every ``interval`` and hands each new snapshot to its
 subscribers. A thousand idle streams cost one query of a thousand key look-ups a tick.
 Changes made in this process (the in-process worker, a cancel) ``poke`` the feed, which then
-reads those tasks at once instead of at the next tick; changes made by other processes (a
-``seedbed worker`` beside the server) are seen at the next tick.
+reads those tasks at once instead of at the next tick; so do changes other processes tell it
+of (a ``seedbed worker`` beside the server: a datagram on SQLite, ``NOTIFY`` on PostgreSQL).
+The tick is the safety net for a change nobody told.
 """
 
 from __future__ import annotations

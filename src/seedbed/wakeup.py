@@ -5,6 +5,11 @@ processes on this host (``seedbed worker`` beside ``seedbed serve``) each bind a
 socket in ``<data_dir>/run/``; creating a task sends one byte to each. A datagram that cannot be
 delivered is simply dropped: workers also poll slowly as a safety net, so a lost wake-up only
 delays a task, never loses it.
+
+The same mechanism carries short messages: the callback dispatchers' wake-ups
+(``run/callbacks/``), and on SQLite the ids of changed tasks (``run/events/``), which a worker
+process sends to the server processes here so that their live-event streams hear of a change
+at once rather than at their feed's next poll (PostgreSQL's ``NOTIFY`` does this across hosts).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["Wakeup"]
@@ -36,10 +42,12 @@ class Wakeup:
         self._own_path: Path | None = None
         self._peers: list[str] = []
         self._peers_scanned = -1.0
+        self._on_message: Callable[[bytes], object] | None = None
 
     # -- the API side ----------------------------------------------------------------------
-    def notify(self) -> None:
-        """Wake every worker: the one in this process and those listening on this host."""
+    def notify(self, message: bytes = b"!") -> None:
+        """Wake every worker: the one in this process and those listening on this host (each
+        of those is sent ``message``, at most 64 bytes)."""
         self.work_signals += 1
         self._event.set()
         if self._run_dir is None:
@@ -56,7 +64,7 @@ class Wakeup:
             self._sender.setblocking(False)
         for peer in self._peers:
             try:
-                self._sender.sendto(b"!", peer)
+                self._sender.sendto(message, peer)
             except ConnectionRefusedError:
                 # Nobody listens there any more: a worker that died without cleaning up.
                 with contextlib.suppress(OSError):
@@ -76,10 +84,12 @@ class Wakeup:
         return [p for p in paths if p != own]
 
     # -- the worker side -------------------------------------------------------------------
-    def listen(self) -> None:
-        """Start receiving wake-ups from other processes (a worker calls this once)."""
+    def listen(self, on_message: Callable[[bytes], object] | None = None) -> None:
+        """Start receiving wake-ups from other processes (a worker calls this once);
+        ``on_message`` is given each one's message."""
         if self._run_dir is None or self._listener is not None:
             return
+        self._on_message = on_message
         self._run_dir.mkdir(parents=True, exist_ok=True)
         path = self._run_dir / f"w-{os.getpid()}.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -97,8 +107,9 @@ class Wakeup:
     def _on_datagram(self) -> None:
         assert self._listener is not None
         with contextlib.suppress(BlockingIOError, OSError):
-            while self._listener.recv(64):
-                pass
+            while message := self._listener.recv(64):
+                if self._on_message is not None:
+                    self._on_message(message)
         self.work_signals += 1
         self._event.set()
 

@@ -117,6 +117,53 @@ def test_separate_worker_process_is_woken_by_notification(tmp_path: Path) -> Non
         stop(worker)
 
 
+def test_a_worker_process_tells_the_servers_live_events_at_once(tmp_path: Path) -> None:
+    """SQLite, ``serve --no-worker`` + ``seedbed worker``: the server's feed reads tasks that
+    other processes changed only every 30 s here, so events within seconds of each change
+    prove the worker process told the server (a datagram with the task's id)."""
+    port = free_port()
+    key = create_key(tmp_path, credits=100)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    worker = subprocess.Popen(
+        [*SEEDBED, "worker", "--data-dir", str(tmp_path)],
+        env=env(sandbox_step_seconds=0.3),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with (
+            server(tmp_path, port, "--no-worker", events_poll_seconds=30),
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
+        ):
+            deadline = time.monotonic() + 10
+            while not list((tmp_path / "run").glob("*.sock")):
+                assert time.monotonic() < deadline, "worker never listened"
+                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+                time.sleep(0.05)
+            body = {"model": "bytedance/seedream", "input": {"prompt": "told at once"}}
+            created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
+            task_id = created["data"]["taskId"]
+            started = time.monotonic()
+            states: list[str] = []
+            with client.stream(
+                "GET",
+                "/api/v1/jobs/events",
+                params={"taskId": task_id},
+                headers=headers,
+                timeout=20,
+            ) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        states.append(json.loads(line[5:])["state"])
+                        if states[-1] in ("success", "fail"):
+                            break
+            assert states[-1] == "success", states
+            assert "generating" in states, states  # each change told, not only the last
+            assert time.monotonic() - started < 10, "events waited for the feed's 30 s poll"
+    finally:
+        stop(worker)
+
+
 def test_tasks_list_get_and_stats(tmp_path: Path) -> None:
     port = free_port()
     key = create_key(tmp_path, credits=100)

@@ -72,6 +72,26 @@ async def test_notify_reaches_a_listener_through_its_socket(run_dir: Path) -> No
     assert list(run_dir.iterdir()) == []  # the listener removed its socket
 
 
+async def test_messages_reach_the_listener_in_order(run_dir: Path) -> None:
+    """Change notices (``run/events/``): each datagram's message is handed on."""
+    got: list[bytes] = []
+    server = Wakeup(run_dir)
+    server.listen(on_message=got.append)
+    worker = Wakeup(run_dir)
+    try:
+        worker.notify(b"a" * 32)
+        worker.notify(b"b" * 32)
+        assert await server.wait(1.0) is True
+        for _ in range(100):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"a" * 32, b"b" * 32]
+    finally:
+        server.close()
+        worker.close()
+
+
 async def test_a_dead_listeners_socket_is_removed(run_dir: Path) -> None:
     stale = run_dir / "w-999999.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

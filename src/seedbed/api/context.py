@@ -154,6 +154,8 @@ class Context:
     records: Records = field(default_factory=Records)
     #: wakes the callback dispatcher (this process's, and those of other processes here)
     callback_wakeup: Wakeup = field(default_factory=Wakeup)
+    #: tells the server processes here which task changed (SQLite: their live events)
+    task_changes: Wakeup = field(default_factory=Wakeup)
     #: how user URLs' host names are resolved (tests put a stub here)
     resolver: netguard.Resolver = netguard.default_resolver
     metrics: Metrics = field(default_factory=Metrics)
@@ -173,9 +175,17 @@ class Context:
             hook()
 
     def task_ended(self, task: Task) -> None:
-        """A task was just ended in this process: count it and tell its live-event streams."""
+        """A task was just ended in this process: count it and tell its live-event streams,
+        and those of the other server processes here."""
         self.metrics.finished(task)
         self.feed.publish(task)
+        self.task_changes.notify(task.id.encode())
+
+    def task_changed(self, task_id: str) -> None:
+        """This process just wrote a change to a task (state, progress): tell the live-event
+        streams here and in the other server processes here."""
+        self.feed.poke(task_id)
+        self.task_changes.notify(task_id.encode())
 
     async def queue_position(self, task: Task) -> int | None:
         """Tasks ahead of ``task`` while it waits or queues; None once it is running or done
