@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from proc import SEEDBED, create_key, env, run_cli, server, stop
@@ -79,42 +82,49 @@ def test_admin_switches_reach_a_running_server(tmp_path: Path) -> None:
         assert code() == 401
 
 
+@contextmanager
+def worker_process(data_dir: Path, **settings: Any) -> Iterator[None]:
+    """``seedbed worker`` in a subprocess, once it listens for wake-ups."""
+    worker = subprocess.Popen(
+        [*SEEDBED, "worker", "--data-dir", str(data_dir)],
+        env=env(**settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not list((data_dir / "run").glob("*.sock")):
+            assert time.monotonic() < deadline, "worker never listened"
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            time.sleep(0.05)
+        yield
+    finally:
+        stop(worker)
+
+
 def test_separate_worker_process_is_woken_by_notification(tmp_path: Path) -> None:
     """``serve --no-worker`` + ``seedbed worker``: the worker polls only every 60 s, so a task
     finishing within seconds proves it was woken by the create notification."""
     port = free_port()
     key = create_key(tmp_path, credits=100)
     headers = {"Authorization": f"Bearer {key['key']}"}
-    worker = subprocess.Popen(
-        [*SEEDBED, "worker", "--data-dir", str(tmp_path)],
-        env=env(poll_seconds=60),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with (
+        worker_process(tmp_path, poll_seconds=60),
+        server(tmp_path, port, "--no-worker"),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
+    ):
+        body = {"model": "bytedance/seedream", "input": {"prompt": "elsewhere"}}
+        created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
+        task_id = created["data"]["taskId"]
         deadline = time.monotonic() + 10
-        while not list((tmp_path / "run").glob("*.sock")):
-            assert time.monotonic() < deadline, "worker never listened"
-            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        while True:
+            data = client.get(
+                "/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers
+            ).json()["data"]
+            if data["state"] == "success":
+                break
+            assert time.monotonic() < deadline, data
             time.sleep(0.05)
-        with (
-            server(tmp_path, port, "--no-worker"),
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
-        ):
-            body = {"model": "bytedance/seedream", "input": {"prompt": "elsewhere"}}
-            created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
-            task_id = created["data"]["taskId"]
-            deadline = time.monotonic() + 10
-            while True:
-                data = client.get(
-                    "/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers
-                ).json()["data"]
-                if data["state"] == "success":
-                    break
-                assert time.monotonic() < deadline, data
-                time.sleep(0.05)
-    finally:
-        stop(worker)
 
 
 def test_a_worker_process_tells_the_servers_live_events_at_once(tmp_path: Path) -> None:
@@ -124,44 +134,27 @@ def test_a_worker_process_tells_the_servers_live_events_at_once(tmp_path: Path) 
     port = free_port()
     key = create_key(tmp_path, credits=100)
     headers = {"Authorization": f"Bearer {key['key']}"}
-    worker = subprocess.Popen(
-        [*SEEDBED, "worker", "--data-dir", str(tmp_path)],
-        env=env(sandbox_step_seconds=0.3),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        with (
-            server(tmp_path, port, "--no-worker", events_poll_seconds=30),
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
-        ):
-            deadline = time.monotonic() + 10
-            while not list((tmp_path / "run").glob("*.sock")):
-                assert time.monotonic() < deadline, "worker never listened"
-                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
-                time.sleep(0.05)
-            body = {"model": "bytedance/seedream", "input": {"prompt": "told at once"}}
-            created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
-            task_id = created["data"]["taskId"]
-            started = time.monotonic()
-            states: list[str] = []
-            with client.stream(
-                "GET",
-                "/api/v1/jobs/events",
-                params={"taskId": task_id},
-                headers=headers,
-                timeout=20,
-            ) as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data:"):
-                        states.append(json.loads(line[5:])["state"])
-                        if states[-1] in ("success", "fail"):
-                            break
-            assert states[-1] == "success", states
-            assert "generating" in states, states  # each change told, not only the last
-            assert time.monotonic() - started < 10, "events waited for the feed's 30 s poll"
-    finally:
-        stop(worker)
+    with (
+        worker_process(tmp_path, sandbox_step_seconds=0.3),
+        server(tmp_path, port, "--no-worker", events_poll_seconds=30),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
+    ):
+        body = {"model": "bytedance/seedream", "input": {"prompt": "told at once"}}
+        created = client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()
+        task_id = created["data"]["taskId"]
+        started = time.monotonic()
+        states: list[str] = []
+        with client.stream(
+            "GET", "/api/v1/jobs/events", params={"taskId": task_id}, headers=headers, timeout=20
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    states.append(json.loads(line[5:])["state"])
+                    if states[-1] in ("success", "fail"):
+                        break
+        assert states[-1] == "success", states
+        assert "generating" in states, states  # each change told, not only the last
+        assert time.monotonic() - started < 10, "events waited for the feed's 30 s poll"
 
 
 def test_tasks_list_get_and_stats(tmp_path: Path) -> None:
