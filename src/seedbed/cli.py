@@ -484,14 +484,14 @@ def keys_create(
     amount = _decimal(credits, "--credits")
     if amount < 0:
         _fail("--credits must not be negative", USAGE)
+    limits = KeyLimits(
+        create_per_window=_limit(create_rate, "--create-rate"),
+        create_window_seconds=_limit(create_window, "--create-window"),
+        record_per_second=_limit(record_rate, "--record-rate"),
+        open_task_cap=_limit(open_task_cap, "--open-task-cap"),
+    )
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
     plain = keys.new_key()
-    limits = KeyLimits(
-        create_per_window=create_rate,
-        create_window_seconds=create_window,
-        record_per_second=record_rate,
-        open_task_cap=open_task_cap,
-    )
     new = NewKey(
         id=keys.new_key_id(),
         name=name,
@@ -939,12 +939,29 @@ def stats(
 
 # -- helpers ---------------------------------------------------------------------------------
 def _decimal(text: str, name: str) -> Decimal:
+    """A credit amount: a finite number of at most ``CREDITS_MAX`` either way."""
+    from seedbed.tasks import CREDITS_MAX
+
     try:
         value = Decimal(text)
     except InvalidOperation:
         _fail(f"{name} must be a number, not {text!r}", USAGE)
     if not value.is_finite():
         _fail(f"{name} must be a finite number", USAGE)
+    if abs(value) > CREDITS_MAX:
+        _fail(f"{name} must be at most {CREDITS_MAX} credits", USAGE)
+    return value
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _limit(value: _Number | None, name: str) -> _Number | None:
+    """A key's limit as the admin API takes it: positive, at most ``LIMIT_MAX``."""
+    from seedbed.tasks import LIMIT_MAX
+
+    if value is not None and not 0 < value <= LIMIT_MAX:
+        _fail(f"{name} must be a positive number of at most {LIMIT_MAX}", USAGE)
     return value
 
 

@@ -11,6 +11,9 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 __all__ = [
+    "BALANCE_MAX",
+    "CREDITS_MAX",
+    "LIMIT_MAX",
     "ApiKey",
     "Flags",
     "KeyLimits",
@@ -47,6 +50,14 @@ class TaskState(enum.StrEnum):
 
 OPEN_STATES: tuple[TaskState, ...] = (TaskState.WAITING, TaskState.QUEUING, TaskState.GENERATING)
 
+#: the largest value of a key's limit (counts and seconds alike): past it a limit is no limit,
+#: and the stored JSON cannot hold every integer (fuzzing found 10**30 answering 500)
+LIMIT_MAX = 1_000_000_000
+#: the most credits one key creation or one credit change may carry
+CREDITS_MAX = 1_000_000_000_000
+#: the largest balance a key may reach (in thousandths, well inside a 64-bit column)
+BALANCE_MAX = 1_000_000_000_000_000
+
 
 def new_task_id() -> str:
     """32 lowercase hex characters from the OS's cryptographic source, like kie's ids."""
@@ -55,7 +66,8 @@ def new_task_id() -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class KeyLimits:
-    """Per-key overrides of the deployment's limits; ``None`` means the deployment default."""
+    """Per-key overrides of the deployment's limits; ``None`` means the deployment default.
+    Each is at most ``LIMIT_MAX``."""
 
     create_per_window: int | None = None
     create_window_seconds: float | None = None

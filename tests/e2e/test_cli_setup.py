@@ -220,6 +220,28 @@ def test_a_negative_amount_needs_no_double_dash(tmp_path: Path) -> None:
     assert typo.returncode == USAGE
 
 
+def test_numbers_past_what_a_key_can_hold_are_usage_errors_not_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """The admin API's bounds, on the command line too (a limit over 10**9, credits over
+    10**12 in one change)."""
+    key = create_key(tmp_path, credits=5)
+    for args in (
+        ["keys", "create", "--name", "x", "--open-task-cap", "99999999999999999999999"],
+        ["keys", "create", "--name", "x", "--record-rate", "0"],
+        ["keys", "create", "--name", "x", "--create-window", "1e12"],
+        ["keys", "create", "--name", "x", "--credits", "1e20"],
+        ["credits", "add", key["id"], "1000000000001"],
+        ["credits", "add", key["id"], "-1e13"],
+    ):
+        done = run_cli(args, tmp_path)
+        assert done.returncode == USAGE, (args, done.stderr)
+        assert "Traceback" not in done.stderr and done.stdout == "", args
+        assert one_line(done).startswith("error: "), args
+    listed = json.loads(run_cli(["keys", "list", "--json"], tmp_path).stdout)
+    assert [k["name"] for k in listed] == ["e2e"]  # nothing was made
+
+
 def test_tables_in_a_pipe_keep_ids_and_model_names_whole(tmp_path: Path) -> None:
     long_name = "a key whose name is longer than any terminal would show in one column"
     assert run_cli(["init"], tmp_path).returncode == 0

@@ -33,6 +33,7 @@ from seedbed.store.base import (
 from seedbed.store.memory import MemoryStore
 from seedbed.store.sql import SqlStore
 from seedbed.tasks import (
+    BALANCE_MAX,
     Flags,
     KeyLimits,
     NewKey,
@@ -175,6 +176,17 @@ async def test_revoke_key(store: Store, clock: Clock) -> None:
     key = await store.get_key("k1")
     assert key is not None and key.revoked and key.revoked_at == ms(T0 + 5)
     assert await store.revoke_key("nope") is False
+
+
+async def test_a_balance_never_passes_its_maximum(store: Store) -> None:
+    """Repeated grants stop at ``BALANCE_MAX`` (a 64-bit column of thousandths would overflow
+    past about 9.2 * 10**15 credits; SQLite would silently turn it into a float)."""
+    await add_key(store, str(BALANCE_MAX - 1))
+    with pytest.raises(ValueError, match=f"cannot exceed {BALANCE_MAX} credits"):
+        await store.add_credits("k1", D(2))
+    assert await store.add_credits("k1", D(1)) == D(BALANCE_MAX)
+    key = await store.get_key("k1")
+    assert key is not None and key.balance == D(BALANCE_MAX)
 
 
 async def test_add_credits(store: Store) -> None:

@@ -30,7 +30,7 @@ from seedbed.console import schemas, tokens
 from seedbed.console.stats import QueueSampler
 from seedbed.outbox import CallbackState
 from seedbed.store.base import TaskFilter
-from seedbed.tasks import KeyLimits, NewKey, TaskState
+from seedbed.tasks import CREDITS_MAX, LIMIT_MAX, KeyLimits, NewKey, TaskState
 
 __all__ = ["ADMIN_SCHEME", "AdminGuard", "router"]
 
@@ -205,10 +205,6 @@ async def workers(request: Request) -> Response:
 
 
 # -- keys ------------------------------------------------------------------------------------
-#: the largest value of a key's limit (counts and seconds alike)
-LIMIT_MAX = 1_000_000_000
-#: the most credits one key creation or one credit change may carry
-CREDITS_MAX = 1_000_000_000_000
 _LIMIT_PROPS: dict[str, Any] = {
     "createPerWindow": {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAX},
     "createWindowSeconds": {
@@ -242,8 +238,6 @@ def _limits(data: Any) -> KeyLimits:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise errors.ValidationFailed(f"limits.{name} must be a positive number or null")
         if value > LIMIT_MAX:
-            # past it a limit is no limit, and the stored JSON cannot hold every integer
-            # (fuzzing found 10**30 answering 500, issue 13)
             raise errors.ValidationFailed(f"limits.{name} must be at most {LIMIT_MAX}")
         if kind is int and value != int(value):
             raise errors.ValidationFailed(f"limits.{name} must be a whole number")

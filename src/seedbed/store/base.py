@@ -22,6 +22,7 @@ from seedbed.outbox import (
     StoredFile,
 )
 from seedbed.tasks import (
+    BALANCE_MAX,
     ApiKey,
     Flags,
     KeyLimits,
@@ -42,6 +43,7 @@ __all__ = [
     "Store",
     "TaskFilter",
     "TaskStats",
+    "balance_refusal",
 ]
 
 #: how long an ``Idempotency-Key`` answers with the task it first created (CONTRACT §3)
@@ -55,6 +57,13 @@ class CreateRefused(Exception):
         #: "credits" (balance too low), "open_tasks" (cap reached) or "key" (revoked / unknown)
         self.reason = reason
         super().__init__(reason)
+
+
+def balance_refusal(amount: int) -> str:
+    """Why ``add_credits`` refused a change of ``amount`` (any unit) to an existing key."""
+    if amount < 0:
+        return "the balance cannot go below zero"
+    return f"the balance cannot exceed {BALANCE_MAX} credits"
 
 
 class IdempotencyConflict(Exception):

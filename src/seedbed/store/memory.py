@@ -38,9 +38,11 @@ from seedbed.store.base import (
     QueueSummary,
     TaskFilter,
     TaskStats,
+    balance_refusal,
 )
 from seedbed.store.schema import from_milli, to_milli
 from seedbed.tasks import (
+    BALANCE_MAX,
     ApiKey,
     Flags,
     KeyLimits,
@@ -221,8 +223,8 @@ class MemoryStore:
             key = self._keys.get(key_id)
             if key is None:
                 raise KeyError(key_id)
-            if key.balance + milli < 0:
-                raise ValueError("the balance cannot go below zero")
+            if not 0 <= key.balance + milli <= to_milli(BALANCE_MAX):
+                raise ValueError(balance_refusal(milli))
             if milli != 0:
                 key.balance += milli
                 self._record(key_id, None, "grant" if milli > 0 else "adjust", milli, note)

@@ -147,7 +147,11 @@ REVOKE = (
 )
 ADD_CREDITS = (
     update(api_keys)
-    .where(_K.id == _p("key_id"), _K.balance_milli + _p("amount") >= 0)
+    .where(
+        _K.id == _p("key_id"),
+        _K.balance_milli + _p("amount") >= 0,
+        _K.balance_milli + _p("amount") <= _p("max"),
+    )
     .values(balance_milli=_K.balance_milli + _p("amount"))
     .returning(_K.balance_milli)
 )

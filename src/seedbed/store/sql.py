@@ -68,11 +68,13 @@ from seedbed.store.base import (
     QueueSummary,
     TaskFilter,
     TaskStats,
+    balance_refusal,
 )
 from seedbed.store.migrate import sqlite_path, upgrade
 from seedbed.store.schema import callbacks, from_milli, task_engines, to_milli
 from seedbed.store.sqlite import SqliteRunner, execute, execute_many
 from seedbed.tasks import (
+    BALANCE_MAX,
     ApiKey,
     Flags,
     KeyLimits,
@@ -414,11 +416,12 @@ class SqlStore:
         return await self._db.write(self._add_credits, key_id, to_milli(amount), note)
 
     def _add_credits(self, conn: Connection, key_id: str, milli: int, note: str) -> Decimal:
-        row = execute(conn, q.ADD_CREDITS, {"p_key_id": key_id, "p_amount": milli}).first()
+        params = {"p_key_id": key_id, "p_amount": milli, "p_max": to_milli(BALANCE_MAX)}
+        row = execute(conn, q.ADD_CREDITS, params).first()
         if row is None:
             if execute(conn, q.BALANCE, {"p_key_id": key_id}).first() is None:
                 raise KeyError(key_id)
-            raise ValueError("the balance cannot go below zero")
+            raise ValueError(balance_refusal(milli))
         if milli != 0:
             kind = "grant" if milli > 0 else "adjust"
             execute(
