@@ -251,7 +251,10 @@ async def test_a_freed_slot_makes_no_claim_that_would_come_back_empty_again(
 
     runner = asyncio.create_task(worker.run())
     try:
-        await asyncio.sleep(0.05)  # started: its first look finds nothing, then it waits
+        for _ in range(500):  # started: its first look finds nothing, then it waits
+            if "claim:none" in store.writes:
+                break
+            await asyncio.sleep(0.01)
         await run_one()
         await asyncio.sleep(0.1)
         # the first look, and the claim ahead once the task's engine began; the device that
