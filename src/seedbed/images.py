@@ -36,7 +36,8 @@ import struct
 import warnings
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, ImageFile, ImageOps
@@ -45,6 +46,7 @@ from PIL.PngImagePlugin import PngInfo
 from seedbed.catalogue.base import ImageInputRule
 from seedbed.engines.base import Artifact
 from seedbed.errors import InputImageError
+from seedbed.strips import Rows, share
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -68,10 +70,16 @@ PNG_COMPRESS_LEVEL = 1
 
 @dataclass(frozen=True)
 class Encoding:
-    """How outputs are encoded (the ``png_compress_level`` setting)."""
+    """How outputs are made: the ``png_compress_level`` setting, and the threads that may
+    share one output's resize and PNG (:mod:`seedbed.strips`)."""
 
     #: 0 stores, 1-3 the fast deflate (ISA-L where installed), 4-9 zlib's smaller, slower ones
     png_compress_level: int = PNG_COMPRESS_LEVEL
+    #: threads that take strips of an output while they are idle (the worker's post-processing
+    #: threads); None: every output is made by its calling thread alone
+    helpers: Executor | None = field(default=None, compare=False, repr=False)
+    #: how many threads (the caller's included) may work on one output at once
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.png_compress_level <= 9:
@@ -334,8 +342,8 @@ def encode(
         if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
             image = image.convert("RGBA" if image.has_transparency_data else "RGB")
         level = encoding.png_compress_level
-        if 1 <= level <= 3 and image.mode in ("RGB", "RGBA") and _isal() is not None:
-            data = _fast_png(image, text or {}, level)
+        if _fast_png_fits(image, encoding):
+            data = _fast_png(Rows(image, image.width, image.height), text or {}, encoding)
         else:
             info = PngInfo()
             for key, value in (text or {}).items():
@@ -379,11 +387,7 @@ def resize_exact(image: Image.Image, width: int, height: int) -> Image.Image:
     Aspect is not preserved: the plan's size is the contract, and engines render at (nearly) the
     plan's aspect already. RGBA is resized premultiplied by Pillow, so edges do not fringe.
     """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"cannot resize to {width}x{height}")
-    if image.size == (width, height):
-        return image.copy()
-    return image.resize((width, height), Image.Resampling.LANCZOS)
+    return Rows(image, width, height).whole()
 
 
 # --- post-processing ---------------------------------------------------------------------------
@@ -413,13 +417,21 @@ def finish(
     text: Mapping[str, str] | None = None,
     encoding: Encoding = DEFAULT_ENCODING,
 ) -> Artifact:
-    """Post-processing of one output: to exactly ``width`` x ``height`` (Lanczos), encoded."""
+    """Post-processing of one output: to exactly ``width`` x ``height`` (Lanczos), encoded.
+
+    Both steps are made in strips shared with ``encoding.helpers`` while they are idle
+    (:mod:`seedbed.strips`); a fast PNG's strips go from resize to deflate on one thread.
+    """
     image = to_image(picture)
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-    if image.size != (width, height):
-        image = resize_exact(image, width, height)
-    return encode(image, fmt, text=text, encoding=encoding)
+    rows = Rows(image, width, height)
+    if fmt == "png" and _fast_png_fits(image, encoding):
+        data = _fast_png(rows, text or {}, encoding)
+        return Artifact(
+            data=data, content_type="image/png", extension="png", width=width, height=height
+        )
+    return encode(rows.whole(encoding.helpers, encoding.threads), fmt, text=text, encoding=encoding)
 
 
 def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[Any]:
@@ -459,15 +471,8 @@ def _isal() -> Any:
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return b"".join(_chunk_parts(kind, body))
-
-
-def _chunk_parts(kind: bytes, body: bytes) -> list[bytes]:
-    """A chunk as its pieces, to be joined once with the file's others: the CRC runs on
-    ``kind`` then ``body`` without gluing them (at 4K the IDAT body is ~18 MB, and each copy
-    of it is time with the GIL held)."""
     crc = zlib.crc32(body, zlib.crc32(kind))
-    return [struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc)]
+    return b"".join([struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc)])
 
 
 def _text_chunk(key: str, value: str) -> bytes:
@@ -481,27 +486,83 @@ def _text_chunk(key: str, value: str) -> bytes:
         return _chunk(b"iTXt", body)
 
 
-def _fast_png(image: Image.Image, text: Mapping[str, str], level: int) -> bytes:
-    """An 8-bit RGB/RGBA PNG: every row "Up"-filtered, deflated by ISA-L at ``level`` (1-3).
+def _fast_png_fits(image: Image.Image, encoding: Encoding) -> bool:
+    """Whether the fast writer makes this PNG: 8-bit RGB/RGBA at levels 1-3, with ``isal``."""
+    return (
+        1 <= encoding.png_compress_level <= 3
+        and image.mode in ("RGB", "RGBA")
+        and _isal() is not None
+    )
 
-    Pillow picks a filter per row and deflates with zlib; at 4096x4096 that is seconds. One
-    filter for all rows is a single numpy subtraction (uint8 arithmetic wraps, as PNG's does),
-    and ISA-L deflates several times faster than zlib at its fast levels. Both release the GIL.
+
+#: a zlib stream's header: deflate with a 32 KiB window, "fastest" (only informative)
+_ZLIB_HEADER = b"\x78\x01"
+
+_ADLER_BASE = 65521
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """The Adler-32 of two pieces of data joined, from each piece's (zlib's
+    ``adler32_combine``, which Python's zlib and ``isal`` do not offer)."""
+    rem = second_length % _ADLER_BASE
+    low = first & 0xFFFF
+    high = (rem * low) % _ADLER_BASE
+    low = (low + (second & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    high = (high + (first >> 16) + (second >> 16) + _ADLER_BASE - rem) % _ADLER_BASE
+    return low | (high << 16)
+
+
+def _fast_png(rows: Rows, text: Mapping[str, str], encoding: Encoding) -> bytes:
+    """An 8-bit RGB/RGBA PNG of ``rows``: its rows filtered with one numpy subtraction, deflated
+    by ISA-L at ``encoding.png_compress_level`` (1-3), in strips on several threads.
+
+    Pillow picks a filter per row and deflates with zlib; at 4096x4096 that is seconds. Here
+    every row is "Up"-filtered (uint8 arithmetic wraps, as PNG's does) except each strip's
+    first, which is "Sub"-filtered so that it needs no row of another strip; each strip is
+    deflated on its own into a piece of raw deflate ended by a sync flush (the last by the
+    final block), so the pieces joined are one zlib stream, whose Adler-32 and the chunk's
+    CRC are combined from the pieces'. Every step releases the GIL.
     """
     import numpy as np
 
-    pixels = np.asarray(image)
-    height, width = pixels.shape[:2]
-    channels = pixels.shape[2]
-    rows = pixels.reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type Up; on row 0 the row above counts as zeros
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    idat = _isal().compress(filtered, level)  # the array's buffer, not a copy
-    header = struct.pack(">IIBBBBB", width, height, 8, 2 if channels == 3 else 6, 0, 0, 0)
+    isal_zlib = _isal()
+    level = encoding.png_compress_level
+    edges = rows.edges(encoding.threads if encoding.helpers is not None else 1)
+    last = len(edges) - 2
+
+    def strip(index: int) -> tuple[bytes, int, int]:
+        band = np.asarray(rows.band(edges[index], edges[index + 1]))
+        height, width, channels = band.shape
+        lines = band.reshape(height, width * channels)
+        filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+        if index == 0:
+            filtered[0, 0] = 2  # Up: on the picture's first row the row above counts as zeros
+            filtered[0, 1:] = lines[0]
+        else:
+            filtered[0, 0] = 1  # Sub: each byte less the same channel's byte to its left
+            filtered[0, 1 : 1 + channels] = lines[0, :channels]
+            np.subtract(lines[0, channels:], lines[0, :-channels], out=filtered[0, 1 + channels :])
+        filtered[1:, 0] = 2
+        np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])
+        compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)  # raw deflate
+        flush = isal_zlib.Z_FINISH if index == last else isal_zlib.Z_SYNC_FLUSH
+        piece = compressor.compress(filtered) + compressor.flush(flush)
+        return piece, isal_zlib.adler32(filtered), filtered.size
+
+    pieces = share(len(edges) - 1, strip, encoding.helpers, encoding.threads)
+    adler = pieces[0][1]
+    for _, checksum, length in pieces[1:]:
+        adler = _adler32_combine(adler, checksum, length)
+    idat = [_ZLIB_HEADER, *(piece for piece, _, _ in pieces), struct.pack(">I", adler)]
+    crc = zlib.crc32(b"IDAT")
+    for part in idat:
+        crc = isal_zlib.crc32(part, crc)
+    header = struct.pack(
+        ">IIBBBBB", rows.width, rows.height, 8, 2 if rows.mode == "RGB" else 6, 0, 0, 0
+    )
     parts = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header)]
     parts.extend(_text_chunk(key, value) for key, value in text.items())
-    parts.extend(_chunk_parts(b"IDAT", idat))
+    size = sum(len(part) for part in idat)
+    parts += [struct.pack(">I", size), b"IDAT", *idat, struct.pack(">I", crc)]
     parts.append(_chunk(b"IEND", b""))
     return b"".join(parts)

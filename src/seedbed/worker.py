@@ -9,7 +9,9 @@ once when a worker on the same host sees that the holder's process is gone. Afte
 The device and the CPU work as a pipeline: an engine on a device returns its pictures
 (``Pictures``) as soon as they exist, the worker frees the engine's slot at once, and resizing,
 encoding, storing and finishing run as post-processing on their own threads
-(``postprocess_concurrency``) while the device renders the next task. The worker claims no more
+(``postprocess_concurrency``) while the device renders the next task; a task's resize and PNG
+are cut into strips that idle post-processing threads share (``seedbed.strips``), so a task
+alone uses every core. The worker claims no more
 than post-processing can absorb: while ``postprocess_concurrency`` tasks are in it, it claims
 nothing, so the queue stays in the store (visible, claimable by other workers) instead of
 piling up in memory.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -173,6 +176,11 @@ class Worker:
             thread_name_prefix="seedbed-post",
             initializer=_lower_priority,
             initargs=(config.engine_nice,),
+        )
+        # One task's resize and PNG are cut into strips that idle post-processing threads
+        # share (seedbed.strips): alone, a task's post-processing uses every core.
+        self._encoding = dataclasses.replace(
+            config.encoding, helpers=self._post_threads, threads=config.postprocess_slots
         )
         #: tasks whose pictures exist and that are not finished yet (waiting or running)
         self._post: set[str] = set()
@@ -620,7 +628,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         start = progress.last
         done = 0
-        encoding = self.config.encoding
+        encoding = self._encoding
 
         def one(position: int, step: FinishFn) -> list[_Output]:
             if cancel.is_set():  # canceled while waiting for a thread: no work for nobody

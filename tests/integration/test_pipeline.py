@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,7 +32,7 @@ from seedbed.engines.base import (
     Pictures,
     ProgressFn,
 )
-from seedbed.engines.standin import StandinEngine
+from seedbed.engines.standin import StandinEngine, _picture, native_size
 from seedbed.errors import EngineFailure
 from seedbed.images import Encoding, finish
 
@@ -297,6 +298,8 @@ def test_a_failed_output_fails_the_task_and_stores_none(tmp_path: Path) -> None:
 def test_a_standin_at_native_size_gives_the_contracts_size_and_format(
     tmp_path: Path, body: dict[str, Any], fmt: str, size: tuple[int, int] | None
 ) -> None:
+    """The result is the contract's size and format, and (made in strips shared by the two
+    post-processing threads) pixel for pixel what one thread alone makes of the picture."""
     plan = _plan(body)
     engine = StandinEngine(hold_ms=20, native=512)
     with serve(tmp_path, engine) as live:
@@ -308,6 +311,17 @@ def test_a_standin_at_native_size_gives_the_contracts_size_and_format(
     if size is not None:
         assert image.size == size
     assert plan.format == fmt.lower()
+    meta = (
+        image.text
+        if fmt == "PNG"
+        else dict(  # type: ignore[attr-defined]
+            line.split("=", 1) for line in image.info["comment"].decode().splitlines()
+        )
+    )
+    native = native_size(plan.width, plan.height, 512)
+    picture = _picture(*native, int(meta["seedbed:seed"]) % 4)
+    alone = finish(picture, plan.width, plan.height, plan.format)
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(alone.data))))
 
 
 def test_an_idle_worker_claims_a_task_in_its_creates_own_commit(
