@@ -8,6 +8,10 @@
 2. Post-processing of ``--jobs`` 4K outputs (resize from 1024x1024, encode) on a thread pool
    against a process pool of the same size (the CPU count): threads share the pictures, a
    process pool pickles each one across.
+3. One output alone, after an idle gap of ``--gap`` seconds (the CPU idles while a device
+   renders): its post-processing on one thread against in strips shared by one thread per
+   core (``seedbed.strips``, as the worker makes it), alternating; p50 of ``--samples`` and
+   the ratio, at 512 JPEG and the Seedream sizes (2K and 4K, JPEG and PNG).
 
 The machine may be shared: compare within one run. Usage: ``python bench/encoder_bench.py``.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -82,11 +87,49 @@ def _pool_run(pool: Executor, picture: Image.Image, jobs: int, fmt: str) -> floa
     return time.perf_counter() - start
 
 
+def _alone(picture: Image.Image, size: int, fmt: str, encoding: images.Encoding) -> float:
+    start = time.perf_counter()
+    images.finish(picture, size, size, fmt, encoding=encoding)  # type: ignore[arg-type]
+    return time.perf_counter() - start
+
+
+def strips(native: Image.Image, gap: float, samples: int) -> None:
+    """Section 3: one output alone, on one thread against in strips on every core."""
+    cores = os.cpu_count() or 1
+    with ThreadPoolExecutor(cores) as pool:
+        shared = images.Encoding(helpers=pool, threads=cores)
+        print(f"one output alone after {gap:g} s idle, p50 of {samples}: one thread / strips")
+        for size, fmt in [
+            (512, "jpeg"),
+            (2048, "jpeg"),
+            (2048, "png"),
+            (4096, "jpeg"),
+            (4096, "png"),
+        ]:
+            times: dict[str, list[float]] = {"one": [], "strips": []}
+            for sample in range(samples):
+                for name in ("one", "strips") if sample % 2 else ("strips", "one"):
+                    time.sleep(gap)
+                    encoding = shared if name == "strips" else images.DEFAULT_ENCODING
+                    times[name].append(_alone(native, size, fmt, encoding))
+            one, split = (statistics.median(times[name]) for name in ("one", "strips"))
+            print(
+                f"  {size}x{size} {fmt:4s} one thread {one * 1000:7.1f} ms   strips on {cores} "
+                f"cores {split * 1000:7.1f} ms   ratio {split / one:.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--gap", type=float, default=1.0, help="idle seconds before each output")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--only-strips", action="store_true", help="section 3 alone")
     args = parser.parse_args()
+    if args.only_strips:
+        strips(_picture(1024, 1024, 0), args.gap, args.samples)
+        return
     native = _picture(1024, 1024, 0)
     start = time.perf_counter()
     big = native.resize((4096, 4096), Image.Resampling.LANCZOS)
@@ -108,6 +151,7 @@ def main() -> None:
             f"{args.jobs} x 4K {fmt} post-processing on {workers} workers: threads {t:.2f} s, "
             f"processes {p:.2f} s"
         )
+    strips(native, args.gap, args.samples)
 
 
 if __name__ == "__main__":

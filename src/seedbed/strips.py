@@ -34,20 +34,24 @@ __all__ = ["Rows", "share", "strip_edges"]
 
 T = TypeVar("T")
 
-#: the fewest output rows in a strip: below this a strip's own costs (a thread's wake-up, the
-#: horizontal pass of the rows it shares with its neighbours) outweigh what it saves
+#: the fewest output pixels in a strip (about 5 ms of Lanczos): below this a strip's own costs
+#: outweigh what it saves. A helper idle for a while wakes ~2 ms late on a shared host, and a
+#: 512x512 output split in two was slower there (bench/encoder_bench.py), 2K and 4K faster.
+MIN_PIXELS = 1 << 19
+
+#: the fewest output rows in a strip (its horizontal pass repeats a few rows of each neighbour's)
 MIN_ROWS = 64
 
 #: Lanczos's support, in source pixels at a scale of 1 (Pillow's ``LANCZOS`` filter)
 _SUPPORT = 3.0
 
 
-def strip_edges(height: int, source_height: int, threads: int) -> list[int]:
-    """Where to cut ``height`` output rows into at most ``threads`` strips of ``MIN_ROWS`` or
-    more: ``[0, ..., height]``. When the rows are resized from ``source_height`` rows, edges
-    fall only on output rows whose source position is a whole number (see the module's
-    docstring)."""
-    count = min(threads, height // MIN_ROWS)
+def strip_edges(height: int, width: int, source_height: int, threads: int) -> list[int]:
+    """Where to cut ``height`` output rows of ``width`` pixels into at most ``threads`` strips
+    of ``MIN_ROWS`` rows and ``MIN_PIXELS`` pixels or more: ``[0, ..., height]``. When the rows
+    are resized from ``source_height`` rows, edges fall only on output rows whose source
+    position is a whole number (see the module's docstring)."""
+    count = min(threads, height // MIN_ROWS, height * width // MIN_PIXELS)
     if count < 2:
         return [0, height]
     step = height // math.gcd(height, source_height) if source_height != height else 1
@@ -80,7 +84,7 @@ class Rows:
 
     def edges(self, threads: int) -> list[int]:
         """How to cut this output into strips for ``threads`` threads (:func:`strip_edges`)."""
-        return strip_edges(self.height, self._source.height, threads)
+        return strip_edges(self.height, self.width, self._source.height, threads)
 
     def band(self, top: int, bottom: int) -> Image.Image:
         """Output rows ``top`` to ``bottom`` (excluded), in the source's mode."""
@@ -112,6 +116,8 @@ class Rows:
 
     def whole(self, helpers: Executor | None = None, threads: int = 1) -> Image.Image:
         """The whole output, its strips shared with ``helpers`` (see :func:`share`)."""
+        if not (self._horizontal or self._vertical):
+            return self._source.copy()
         edges = self.edges(threads if helpers is not None else 1)
         if len(edges) == 2:
             return self.band(0, self.height)

@@ -16,15 +16,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seedbed import images
+from seedbed import images, strips
 from seedbed.engines.standin import _picture, native_size
-from seedbed.strips import MIN_ROWS, Rows, share, strip_edges
+from seedbed.strips import MIN_PIXELS, MIN_ROWS, Rows, share, strip_edges
 
 
 @pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=7) as executor:
         yield executor
+
+
+@pytest.fixture
+def small_strips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strips down to ``MIN_ROWS`` rows whatever their width: small pictures cut as many
+    ways as large ones, so every edge rule is met in a test's time."""
+    monkeypatch.setattr(strips, "MIN_PIXELS", 1)
 
 
 # native sizes of a 1024x1024-area model for the catalogue's aspects and a few odd ones; the
@@ -44,6 +51,7 @@ CASES = [
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 @pytest.mark.parametrize(("width", "height"), CASES)
+@pytest.mark.usefixtures("small_strips")
 def test_strips_give_pillows_resize_exactly(
     pool: ThreadPoolExecutor, mode: str, width: int, height: int
 ) -> None:
@@ -62,16 +70,18 @@ def test_strips_give_pillows_resize_exactly(
 def test_strip_edges_fall_on_whole_source_rows() -> None:
     for height, source in [(4096, 1024), (1440, 768), (777, 896), (2048, 2048), (1000, 1024)]:
         for threads in (2, 3, 5, 16):
-            edges = strip_edges(height, source, threads)
+            edges = strip_edges(height, 4096, source, threads)
             assert edges[0] == 0 and edges[-1] == height
             assert len(edges) - 1 <= threads
-            strips = list(itertools.pairwise(edges))
-            assert all(bottom - top >= MIN_ROWS for top, bottom in strips[:-1])
+            cuts = list(itertools.pairwise(edges))
+            assert all(bottom - top >= MIN_ROWS for top, bottom in cuts[:-1])
+            assert all((bottom - top) * 4096 >= MIN_PIXELS for top, bottom in cuts[:-1])
             assert all(top * source % height == 0 for top in edges)
     # no whole source row short of the end: one strip
-    assert strip_edges(1021, 1024, 8) == [0, 1021]
-    assert strip_edges(100, 100, 8) == [0, 100]  # too few rows to cut
-    assert strip_edges(4096, 1024, 1) == [0, 4096]
+    assert strip_edges(1021, 4096, 1024, 8) == [0, 1021]
+    assert strip_edges(100, 8192, 100, 8) == [0, 100]  # too few rows to cut
+    assert strip_edges(512, 512, 1024, 8) == [0, 512]  # too few pixels to share
+    assert strip_edges(4096, 4096, 1024, 1) == [0, 4096]
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -89,6 +99,7 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.usefixtures("small_strips")
 def test_a_png_deflated_in_strips_is_one_valid_stream(pool: ThreadPoolExecutor, mode: str) -> None:
     picture = _picture(512, 512, 2).convert(mode)
     one = images.finish(picture, 1024, 768, "png", text={"a": "b"})
@@ -114,6 +125,7 @@ def test_a_png_deflated_in_strips_is_one_valid_stream(pool: ThreadPoolExecutor, 
     assert np.array_equal(np.asarray(decoded_many), np.asarray(expected))
 
 
+@pytest.mark.usefixtures("small_strips")
 def test_a_jpeg_from_strips_is_the_same_file(pool: ThreadPoolExecutor) -> None:
     picture = _picture(512, 512, 3)
     one = images.finish(picture, 1024, 1024, "jpeg")
