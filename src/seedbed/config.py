@@ -376,13 +376,15 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description="CPU nice increment for the threads that run engines (Linux), so that a "
-        "busy in-process worker leaves the API its CPU; 0 keeps the process's priority",
+        "busy in-process worker leaves the API its CPU; 0 keeps the process's priority. "
+        "Post-processing threads run 5 lower still, so that the engines feed the device first",
     )
     postprocess_concurrency: int = Field(
         0,
         ge=0,
         description="tasks a worker resizes, encodes and stores at once after their engine is "
-        "done with them (apart from worker_concurrency, the device slots); 0: one per CPU core",
+        "done with them (apart from worker_concurrency, the device slots), and its threads, "
+        "which share one task's resize and PNG in strips while idle; 0: one per CPU core",
     )
     png_compress_level: int = Field(
         1,

@@ -170,12 +170,14 @@ class Worker:
         )
         # Post-processing threads: Pillow's resize and encoders, numpy and ISA-L release the GIL,
         # so threads use every core without copying pictures to another process (measured
-        # against a process pool: bench/postprocess_bench.py). Niced like the engines' threads.
+        # against a process pool: bench/encoder_bench.py). Niced below the engines'
+        # threads: when one task's strips take every core, the thread that feeds the device
+        # the next task still gets the CPU the moment it needs it.
         self._post_threads = ThreadPoolExecutor(
             max_workers=config.postprocess_slots,
             thread_name_prefix="seedbed-post",
             initializer=_lower_priority,
-            initargs=(config.engine_nice,),
+            initargs=(config.engine_nice + POSTPROCESS_NICE,),
         )
         # One task's resize and PNG are cut into strips that idle post-processing threads
         # share (seedbed.strips): alone, a task's post-processing uses every core.
@@ -897,6 +899,10 @@ def _check_outputs(artifacts: Sequence[Artifact], plan: OutputPlan) -> None:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+#: how much lower than the engines' threads the post-processing threads run (nice levels)
+POSTPROCESS_NICE = 5
 
 
 def _lower_priority(increment: int) -> None:

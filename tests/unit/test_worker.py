@@ -25,7 +25,7 @@ from seedbed.storage.local import LocalStorage
 from seedbed.store.memory import MemoryStore
 from seedbed.tasks import NewKey, NewTask, TaskState, new_task_id
 from seedbed.wakeup import Wakeup
-from seedbed.worker import Worker, WorkerConfig
+from seedbed.worker import POSTPROCESS_NICE, Worker, WorkerConfig
 
 
 class Clock:
@@ -453,29 +453,42 @@ async def test_redirect_to_a_private_address_is_refused_before_connecting(tmp_pa
     assert len(sent) == 1  # only the first hop, to the (stub) public address
 
 
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 class NiceProbeEngine(FailingEngine):
-    """Records the CPU nice value of the thread it runs on, then succeeds."""
+    """Records the CPU nice value of the thread it runs on and of the thread its output is
+    post-processed on, then succeeds."""
 
     name = "nice-probe"
 
     def __init__(self) -> None:
         self.seen: list[int] = []
+        self.post: list[int] = []
 
-    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> list[Artifact]:
-        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        self.seen.append(_nice())
+        return Pictures([partial(self._output, job)])
+
+    def _output(self, job: EngineJob, encoding: Any) -> list[Artifact]:
+        self.post.append(_nice())
         image = Image.new("RGB", (job.plan.width, job.plan.height))
-        return [encode(image, job.plan.format)]
+        return [encode(image, job.plan.format, encoding=encoding)]
 
 
-@pytest.mark.parametrize("increment", [0, 5])
+@pytest.mark.parametrize("increment", [0, 5, 17])
 async def test_engines_run_at_the_configured_lower_cpu_priority(
     tmp_path: Path, increment: int
 ) -> None:
+    """Engines at ``engine_nice`` below the process; post-processing lower still, so that the
+    thread feeding the device gets the CPU first."""
     engine = NiceProbeEngine()
     store, _clock, make = await _setup(tmp_path, engine, engine_nice=increment)
     task_id = await _task(store, image_size="square")
     await make().run(burst=True)
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.SUCCESS
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    base = _nice()
     assert engine.seen == [min(19, base + increment)]
+    assert engine.post == [min(19, base + increment + POSTPROCESS_NICE)]
