@@ -38,6 +38,7 @@ import http.server
 import inspect
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -407,9 +408,14 @@ def main() -> None:
                     one(seed)
             latencies: dict[str, list[float]] = {name: [] for name in systems}
             names = list(systems)
+            shuffler = random.Random(18)
             for sample in range(args.samples):
-                shift = sample % len(names)  # rotate the order each sample
-                for name in names[shift:] + names[:shift]:
+                # a new order each sample: in a rotated fixed order each system would always
+                # follow the same one, and what that one leaves behind (a busy core, a cold
+                # cache) would count against it alone
+                turn = names.copy()
+                shuffler.shuffle(turn)
+                for name in turn:
                     latencies[name].append(systems[name](sample))
             order = ["engine alone", *servers, "cog"]
             rates: dict[str, list[float]] = {name: [] for name in order}
