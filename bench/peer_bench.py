@@ -5,7 +5,9 @@ then the 1024x1024 photo-like picture of ``seedbed.engines.standin`` resized wit
 512x512 and encoded as JPEG (quality 90), which is the work ``bytedance/seedream`` with
 ``image_size: square`` does on the stand-in engine.
 
-- **engine alone** (the limit): that function called in a loop in this process;
+- **engine alone** (the limit): that function called in a loop in this process; **engine in
+  strips** is the same with seedbed's post-processing as its worker makes it (an output cut
+  into strips shared by one thread per core, ``seedbed.strips``; a 512x512 is not cut);
 - **cog** (Replicate's model server, from PyPI, in its own virtual environment ``--cog-venv``,
   made with ``python3 -m venv /tmp/cogvenv && /tmp/cogvenv/bin/pip install cog pillow numpy``):
   a ``predict.py`` doing the same, served by ``COG_PREDICT_TYPE_STUB=predict.py:Predictor
@@ -17,8 +19,9 @@ then the 1024x1024 photo-like picture of ``seedbed.engines.standin`` resized wit
   its events stream (``/api/v1/jobs/events``) or through its callback (a receiver in this
   process).
 
-Printed, from one run where the systems alternate sample by sample (so drift on a shared
-machine hits all alike): one task at a time, the p50 (and p90) of each system's latency above
+Printed, from one run where the systems alternate sample by sample, in a new random order each
+sample (so drift on a shared machine, and what one system leaves behind for the next, hit all
+alike): one task at a time, the p50 (and p90) of each system's latency above
 the engine alone's p50 — seedbed through events, seedbed through a callback, cog sync — and,
 for a backlog of ``--backlog`` tasks with one slot, each system's rate as a fraction of 1/M.
 What each system hands back differs: cog's sync answer carries the JPEG (a data URI, as it does
