@@ -81,16 +81,19 @@ class Rows:
             if premultiplied and (self._horizontal or self._vertical)
             else image
         )
+        self._source.load()  # before threads share it: a lazy picture's first load is not theirs
 
     def edges(self, threads: int) -> list[int]:
         """How to cut this output into strips for ``threads`` threads (:func:`strip_edges`)."""
         return strip_edges(self.height, self.width, self._source.height, threads)
 
     def band(self, top: int, bottom: int) -> Image.Image:
-        """Output rows ``top`` to ``bottom`` (excluded), in the source's mode."""
+        """Output rows ``top`` to ``bottom`` (excluded), in the source's mode (all the rows of
+        a picture at its size are the picture itself, not a copy)."""
         source = self._source
         if not self._vertical:
-            rows = source.crop((0, top, source.width, bottom))
+            whole = (top, bottom) == (0, source.height)
+            rows = source if whole else source.crop((0, top, source.width, bottom))
             if self._horizontal:
                 rows = rows.resize((self.width, bottom - top), Image.Resampling.LANCZOS)
             return self._back(rows)
