@@ -5,6 +5,12 @@ CONTRACT §7: results are kept 14 days and uploads 3 days by default (``result_r
 ``Store.finish`` for results); the sweeper deletes the files whose records are older than their
 kind's retention and marks the records deleted. Task records stay: recordInfo still answers,
 and the result URLs answer 404. The clock is injectable so tests move time instead of waiting.
+
+A result file is recorded by the finish of its task, so one stored by a worker that died before
+that finish (a crash between the two, or in a task with several outputs between them), or one
+whose delete failed, has no record: nothing names it and no retention finds it. Once a day
+(``ORPHAN_INTERVAL``) the sweeper lists the stored results and deletes those no record names
+that are older than ``ORPHAN_GRACE`` (younger ones may be a running task's, not finished yet).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from seedbed.links import RESULTS
 from seedbed.outbox import FileKind
 from seedbed.storage.base import Storage
 from seedbed.store.base import Store
@@ -25,6 +32,12 @@ log = logging.getLogger(__name__)
 
 #: records handled per store round trip
 BATCH = 500
+
+#: how often stored results are listed for files that no record names (seconds)
+ORPHAN_INTERVAL = 86400.0
+#: a result file no record names is deleted once it is this old (seconds): a task's files are
+#: recorded when it finishes, and no task runs for a day
+ORPHAN_GRACE = 86400.0
 
 
 class Sweeper:
@@ -47,6 +60,8 @@ class Sweeper:
         self.interval = interval
         self._clock = clock
         self._stopping = asyncio.Event()
+        #: when the stored results were last listed for orphans (clock seconds)
+        self._orphans_swept: float | None = None
 
     def stop(self) -> None:
         """Finish ``run()`` (a sweep under way completes first)."""
@@ -73,7 +88,30 @@ class Sweeper:
             if not mine:
                 log.debug("retention: another process is sweeping; skipped")
                 return 0
-            return await self._sweep()
+            deleted = await self._sweep()
+            now = self._clock()
+            if self._orphans_swept is None or now - self._orphans_swept >= ORPHAN_INTERVAL:
+                deleted += await self.sweep_orphans()
+                self._orphans_swept = now
+            return deleted
+
+    async def sweep_orphans(self) -> int:
+        """Delete the result files that no record names, older than ``ORPHAN_GRACE``; return
+        how many were deleted."""
+        cutoff = self._clock() - ORPHAN_GRACE
+        deleted = 0
+        async for batch in self.storage.list_files(RESULTS.rstrip("/")):
+            old = [key for key, written in batch if written < cutoff]
+            if not old:
+                continue
+            known = await self.store.known_files(old)
+            for key in old:
+                if key not in known:
+                    await self.storage.delete(key)
+                    deleted += 1
+        if deleted:
+            log.info("retention: deleted %d result file(s) that no task names", deleted)
+        return deleted
 
     async def _sweep(self) -> int:
         now_ms = int(self._clock() * 1000)

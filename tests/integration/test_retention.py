@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from conftest import LiveServer, auth
@@ -111,3 +112,88 @@ async def test_the_sweeper_runs_at_once_then_every_interval_until_stopped(tmp_pa
     sweeper.stop()
     await asyncio.wait_for(runner, 5)
     assert all(b - a >= 0.04 for a, b in itertools.pairwise(calls))
+
+
+def test_result_files_no_task_names_go_once_a_day_after_a_day(server: LiveServer) -> None:
+    """A worker that died between storing a task's file and finishing the task (or a delete
+    that failed) leaves a result file no record names: the sweeper deletes it once it is a day
+    old, at most once a day, and never a file a task names."""
+    key, _ = server.add_key(credits=100)
+    task_id = server.create(key, {"model": "bytedance/seedream", "input": {"prompt": "kept"}})[
+        "data"
+    ]["taskId"]
+    (result,) = json.loads(server.wait(key, task_id)["resultJson"])["resultUrls"]
+    results = server.settings.files_dir / "results"
+
+    def orphan(name: str) -> Path:
+        path = results / f"{task_id}_{name}.png"
+        path.write_bytes(png_bytes())
+        return path
+
+    first = orphan("0_from-a-dead-attempt")
+    clock = FakeClock()
+
+    async def scenario() -> list[int]:
+        store = open_store(server.settings.database)
+        await store.open()
+        sweeper = Sweeper(
+            store=store,
+            storage=LocalStorage(server.settings.files_dir),
+            result_retention=14 * DAY,
+            upload_retention=3 * DAY,
+            interval=3600,
+            clock=clock,
+        )
+        counts = []
+        try:
+            clock.now += DAY / 2  # young: it may be a running task's
+            counts.append(await sweeper.sweep())
+            assert first.exists()
+            # a new sweeper (a restarted server) looks at once; a day and a minute on, it goes
+            sweeper = _fresh_sweeper(sweeper)
+            clock.now += DAY / 2 + 60
+            counts.append(await sweeper.sweep())
+            assert not first.exists()
+            second = orphan("1_another")
+            clock.now += 3600  # old already, but the results were listed an hour ago
+            counts.append(await sweeper.sweep())
+            assert second.exists()
+            clock.now += DAY
+            counts.append(await sweeper.sweep())
+            assert not second.exists()
+        finally:
+            await store.close()
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 1, 0, 1]
+    assert _status(server, result) == 200  # the task's own file stays
+
+
+def _fresh_sweeper(sweeper: Sweeper) -> Sweeper:
+    """A fresh sweeper like ``sweeper`` (what a restarted process makes)."""
+    return Sweeper(
+        store=sweeper.store,
+        storage=sweeper.storage,
+        result_retention=sweeper.retention[FileKind.RESULT],
+        upload_retention=sweeper.retention[FileKind.UPLOAD],
+        interval=sweeper.interval,
+        clock=sweeper._clock,
+    )
+
+
+def test_a_result_whose_delete_failed_goes_with_the_orphans(server: LiveServer) -> None:
+    """Retention marked the record deleted but the file stayed (its delete failed): no record
+    names a file there any more, so the orphan pass deletes it."""
+    key, _ = server.add_key(credits=100)
+    task_id = server.create(key, {"model": "bytedance/seedream", "input": {"prompt": "x"}})["data"][
+        "taskId"
+    ]
+    (result,) = json.loads(server.wait(key, task_id)["resultJson"])["resultUrls"]
+    path = server.settings.files_dir / result.split("/files/", 1)[1]
+    data = path.read_bytes()
+    clock = FakeClock()
+    clock.now += 15 * DAY
+    assert _sweep(server, clock) == 1  # by retention
+    path.write_bytes(data)  # as if that delete had failed
+    assert _sweep(server, clock) == 1  # a new sweeper lists the results at once
+    assert not path.exists()

@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import string
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 import services
 from seedbed.storage import LocalStorage, Storage, StoredFileNotFound
+from seedbed.storage.base import LIST_BATCH
 from seedbed.storage.s3 import ObjectStoreError, S3Storage, parse_s3_url
 
 
@@ -68,6 +70,44 @@ async def test_put_here_stores_where_storing_is_a_local_write(storage: Storage) 
     else:
         with pytest.raises(StoredFileNotFound):
             await storage.read(k)
+
+
+async def _listed(storage: Storage, space: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    async for batch in storage.list_files(space):
+        for name, written in batch:
+            assert name not in found
+            found[name] = written
+    return found
+
+
+async def test_list_files_names_every_file_of_a_space_and_when_it_was_written(
+    storage: Storage,
+) -> None:
+    results = [f"results/{uuid.uuid4().hex}_{i}_r.png" for i in range(3)]
+    deep = key("nested.png")  # a folder inside the space
+    upload = key(space="uploads")
+    before = time.time()
+    for name in [*results, deep, upload]:
+        await storage.put(name, b"x", "image/png")
+    listed = await _listed(storage, "results")
+    assert set(results) | {deep} <= set(listed)
+    assert upload not in listed
+    for name in [*results, deep]:
+        assert before - 5 <= listed[name] <= time.time() + 5, (name, listed[name])
+    await storage.delete(results[0])
+    assert results[0] not in await _listed(storage, "results")
+    with pytest.raises(ValueError):
+        await _listed(storage, "../results")
+
+
+async def test_list_files_comes_in_batches(storage: Storage) -> None:
+    space = "batch" + "".join(random.choices(string.ascii_lowercase, k=8))
+    names = {f"{space}/f{i:04d}.png" for i in range(LIST_BATCH + 3)}
+    await asyncio.gather(*(storage.put(name, b"x", "image/png") for name in names))
+    sizes = [len(batch) async for batch in storage.list_files(space)]
+    assert sum(sizes) == len(names) and max(sizes) <= LIST_BATCH and len(sizes) >= 2
+    assert set(await _listed(storage, space)) == names
 
 
 async def test_a_second_put_replaces_the_first(storage: Storage) -> None:
@@ -190,6 +230,9 @@ async def test_prefixes_keep_deployments_apart(seaweedfs_server: services.Seawee
     # in the bucket the object is <prefix>/<key>: a store on the bucket's root finds it there
     root = s3_storage(seaweedfs_server, f"s3://{seaweedfs_server.bucket}")
     assert await root.read(f"{prefixes[0]}/{k}") == b"one's"
+    # each lists its own keys, without the prefix
+    assert set(await _listed(one, "results")) == {k}
+    assert await _listed(two, "results") == {}
 
 
 async def test_store_errors_are_connection_errors_without_the_key(

@@ -1127,9 +1127,15 @@ async def test_results_and_uploads_are_recorded_and_expire(store: Store, clock: 
     assert await store.expired_files(FileKind.RESULT, before=ms(T0 + 1), limit=10) == [result]
     assert await store.expired_files(FileKind.UPLOAD, before=ms(T0 + 11), limit=10) == [stored]
     clock.advance(5)
+    assert await store.known_files(["results/a.png", upload.key, "results/nope.png"]) == {
+        "results/a.png",
+        upload.key,
+    }
+    assert await store.known_files([]) == set()
     assert await store.mark_files_deleted([upload.key], before=ms(T0 + 10)) == []  # too new
     assert await store.mark_files_deleted(["results/a.png", "nope"]) == ["results/a.png"]
     assert await store.mark_files_deleted(["results/a.png"]) == []
+    assert await store.known_files(["results/a.png"]) == set()  # its file is gone
     gone = await store.get_file("results/a.png")
     assert gone is not None and gone.deleted_at == ms(T0 + 15)
     assert await store.expired_files(FileKind.RESULT, before=ms(T0 + 99), limit=10) == []

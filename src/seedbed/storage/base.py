@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-__all__ = ["Storage", "StorageConflict", "StoredFileNotFound"]
+__all__ = ["LIST_BATCH", "Storage", "StorageConflict", "StoredFileNotFound"]
+
+#: files per batch of ``Storage.list_files`` (S3 lists at most 1,000 per request)
+LIST_BATCH = 1000
 
 
 class StoredFileNotFound(Exception):
@@ -30,6 +34,11 @@ class Storage(Protocol):
         """Raise ``StoredFileNotFound`` when absent."""
 
     async def delete(self, key: str) -> None: ...
+
+    def list_files(self, folder: str) -> AsyncIterator[list[tuple[str, float]]]:
+        """The files stored under ``folder`` (a space, the keys' first segment: ``results``),
+        in batches: each file's key and when it was written (Unix seconds). Names that are not
+        valid keys (which seedbed could neither have made nor delete) are left out."""
 
 
 class StorageConflict(Exception):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from seedbed.errors import StorageFull
-from seedbed.storage.base import StorageConflict, StoredFileNotFound
+from seedbed.storage.base import LIST_BATCH, StorageConflict, StoredFileNotFound
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -21,6 +22,7 @@ __all__ = [
     "LocalStorage",
     "is_valid_key",
     "segment_problem",
+    "space_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,13 @@ def segment_problem(segment: str) -> str | None:
     if len(segment.encode()) > MAX_SEGMENT_BYTES:
         return f"is longer than {MAX_SEGMENT_BYTES} bytes"
     return None
+
+
+def space_folder(space: str) -> str:
+    """``space`` (``results``, ``uploads``) checked as the first segment of keys."""
+    if not re.fullmatch(r"[a-z]+", space):
+        raise ValueError(f"not a storage space: {space!r}")
+    return space
 
 
 def is_valid_key(key: str) -> bool:
@@ -107,6 +116,29 @@ class LocalStorage:
             await asyncio.to_thread(self.path(key).unlink)
         except FileNotFoundError:
             pass
+
+    async def list_files(self, folder: str) -> AsyncIterator[list[tuple[str, float]]]:
+        # the folder is walked on a thread, a batch at a time: results hold every task's files
+        walk = self._walk(self.root / space_folder(folder))
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(walk, LIST_BATCH))):
+            yield batch
+
+    def _walk(self, folder: Path) -> Iterator[tuple[str, float]]:
+        pending = [folder]
+        while pending:
+            try:
+                entries = list(os.scandir(pending.pop()))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                    continue
+                key = Path(entry.path).relative_to(self.root).as_posix()
+                if not entry.is_file(follow_symlinks=False) or not is_valid_key(key):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    yield key, entry.stat(follow_symlinks=False).st_mtime
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:

@@ -21,8 +21,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from seedbed.storage.base import StoredFileNotFound
-from seedbed.storage.local import is_valid_key
+from seedbed.storage.base import LIST_BATCH, StoredFileNotFound
+from seedbed.storage.local import is_valid_key, space_folder
 
 if TYPE_CHECKING:
     from obstore.store import S3Config, S3Store
@@ -144,6 +144,16 @@ class S3Storage:
         name = self._name(key)
         with contextlib.suppress(StoredFileNotFound), _translated("DELETE", key):
             await obstore.delete_async(self._store, name)
+
+    async def list_files(self, folder: str) -> AsyncIterator[list[tuple[str, float]]]:
+        import obstore
+
+        prefix = self.location.object_name(space_folder(folder))
+        skip = len(self.location.prefix) + 1 if self.location.prefix else 0
+        with _translated("LIST", folder):
+            async for chunk in obstore.list(self._store, prefix, chunk_size=LIST_BATCH):
+                found = ((meta["path"][skip:], meta["last_modified"]) for meta in chunk)
+                yield [(key, when.timestamp()) for key, when in found if is_valid_key(key)]
 
     async def open(self, key: str) -> S3Object:
         """The object's size and type, and its bytes in chunks; ``StoredFileNotFound`` when

@@ -317,6 +317,9 @@ class Store(Protocol):
 
     async def get_file(self, key: str) -> StoredFile | None: ...
 
+    async def known_files(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that a record names whose file retention has not deleted."""
+
     async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
         """Records of ``kind`` created before ``before`` (Unix ms) whose file still exists."""
 

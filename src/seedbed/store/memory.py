@@ -655,6 +655,13 @@ class MemoryStore:
     async def get_file(self, key: str) -> StoredFile | None:
         return self._files.get(key)
 
+    async def known_files(self, keys: Collection[str]) -> set[str]:
+        return {
+            key
+            for key in keys
+            if (found := self._files.get(key)) is not None and found.deleted_at is None
+        }
+
     async def expired_files(self, kind: FileKind, *, before: int, limit: int) -> list[StoredFile]:
         found = [
             f

@@ -30,6 +30,7 @@ __all__ = [
     "GET_FILE",
     "INSERT_ATTEMPT",
     "INSERT_CALLBACK",
+    "KNOWN_FILES",
     "LIST_CALLBACKS",
     "MARK_FILES_DELETED",
     "PG_UPSERT_FILE",
@@ -152,6 +153,10 @@ EXPIRED_FILES = (
     )
     .order_by(_F.created_at)
     .limit(_p("limit", Integer()))
+)
+#: which of these keys name a file on record (not deleted by retention)
+KNOWN_FILES = select(_F.key).where(
+    _F.key.in_(bindparam("p_keys", expanding=True)), _F.deleted_at.is_(None)
 )
 MARK_FILES_DELETED = (
     update(files)

@@ -903,6 +903,12 @@ class SqlStore:
         params = {"p_kind": kind.value, "p_before": before, "p_limit": limit}
         return [oq.file_from_row(r) for r in await self._db.read(_all, oq.EXPIRED_FILES, params)]
 
+    async def known_files(self, keys: Collection[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self._db.read(_all, oq.KNOWN_FILES, {"p_keys": sorted(set(keys))})
+        return {row.key for row in rows}
+
     async def mark_files_deleted(
         self, keys: Collection[str], *, before: int | None = None
     ) -> list[str]:
