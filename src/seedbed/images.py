@@ -431,7 +431,9 @@ def finish(
         return Artifact(
             data=data, content_type="image/png", extension="png", width=width, height=height
         )
-    return encode(rows.whole(encoding.helpers, encoding.threads), fmt, text=text, encoding=encoding)
+    if image.size != (width, height):  # at its size already (resized on a GPU): no copy
+        image = rows.whole(encoding.helpers, encoding.threads)
+    return encode(image, fmt, text=text, encoding=encoding)
 
 
 def resize_tensor(pictures: Any, width: int, height: int) -> NDArray[Any]:
