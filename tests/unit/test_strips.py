@@ -163,11 +163,13 @@ def test_a_busy_pool_is_never_waited_for() -> None:
     """Every helper thread is held by other work: the caller makes every strip itself and
     returns at once (it does not wait for the queued helper job)."""
     release = threading.Event()
-    with ThreadPoolExecutor(max_workers=1) as busy:
-        busy.submit(release.wait, 30)
+    with ThreadPoolExecutor(max_workers=1) as busy, ThreadPoolExecutor(max_workers=1) as caller:
+        busy.submit(release.wait)  # held until the test ends
         try:
             made: list[int] = []
-            assert share(4, lambda i: made.append(i) or i, busy, 4) == [0, 1, 2, 3]
+            sharing = caller.submit(share, 4, lambda i: made.append(i) or i, busy, 4)
+            # a share that waited for its queued helper job would still be waiting here
+            assert sharing.result(timeout=10) == [0, 1, 2, 3]
             assert made == [0, 1, 2, 3]
         finally:
             release.set()
