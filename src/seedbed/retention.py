@@ -7,10 +7,12 @@ kind's retention and marks the records deleted. Task records stay: recordInfo st
 and the result URLs answer 404. The clock is injectable so tests move time instead of waiting.
 
 A result file is recorded by the finish of its task, so one stored by a worker that died before
-that finish (a crash between the two, or in a task with several outputs between them), or one
-whose delete failed, has no record: nothing names it and no retention finds it. Once a day
-(``ORPHAN_INTERVAL``) the sweeper lists the stored results and deletes those no record names
-that are older than ``ORPHAN_GRACE`` (younger ones may be a running task's, not finished yet).
+that finish (a crash between the two, or in a task with several outputs between them) has no
+record: nothing names it and no retention finds it. The same goes for an upload stored by a
+process that died before recording it, and for any file whose delete failed after its record
+was marked deleted. Once a day (``ORPHAN_INTERVAL``) the sweeper lists the stored results and
+uploads and deletes the files no live record names that are older than ``ORPHAN_GRACE``
+(younger ones may be a running task's, not finished yet).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from seedbed.links import RESULTS
+from seedbed.links import RESULTS, UPLOADS
 from seedbed.outbox import FileKind
 from seedbed.storage.base import Storage
 from seedbed.store.base import Store
@@ -35,9 +37,11 @@ BATCH = 500
 
 #: how often stored results are listed for files that no record names (seconds)
 ORPHAN_INTERVAL = 86400.0
-#: a result file no record names is deleted once it is this old (seconds): a task's files are
+#: a file no record names is deleted once it is this old (seconds): a task's files are
 #: recorded when it finishes, and no task runs for a day
 ORPHAN_GRACE = 86400.0
+#: the spaces whose files have records
+_SPACES = (RESULTS.rstrip("/"), UPLOADS.rstrip("/"))
 
 
 class Sweeper:
@@ -96,21 +100,22 @@ class Sweeper:
             return deleted
 
     async def sweep_orphans(self) -> int:
-        """Delete the result files that no record names, older than ``ORPHAN_GRACE``; return
-        how many were deleted."""
+        """Delete the stored results and uploads that no live record names, older than
+        ``ORPHAN_GRACE``; return how many were deleted."""
         cutoff = self._clock() - ORPHAN_GRACE
         deleted = 0
-        async for batch in self.storage.list_files(RESULTS.rstrip("/")):
-            old = [key for key, written in batch if written < cutoff]
-            if not old:
-                continue
-            known = await self.store.known_files(old)
-            for key in old:
-                if key not in known:
-                    await self.storage.delete(key)
-                    deleted += 1
+        for space in _SPACES:
+            async for batch in self.storage.list_files(space):
+                old = [key for key, written in batch if written < cutoff]
+                if not old:
+                    continue
+                known = await self.store.known_files(old)
+                for key in old:
+                    if key not in known:
+                        await self.storage.delete(key)
+                        deleted += 1
         if deleted:
-            log.info("retention: deleted %d result file(s) that no task names", deleted)
+            log.info("retention: deleted %d file(s) that no record names", deleted)
         return deleted
 
     async def _sweep(self) -> int:

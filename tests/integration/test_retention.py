@@ -197,3 +197,25 @@ def test_a_result_whose_delete_failed_goes_with_the_orphans(server: LiveServer) 
     path.write_bytes(data)  # as if that delete had failed
     assert _sweep(server, clock) == 1  # a new sweeper lists the results at once
     assert not path.exists()
+
+
+def test_an_upload_never_recorded_goes_after_a_day(server: LiveServer) -> None:
+    """An upload stored by a process that died before recording it: the orphan pass deletes it
+    a day on; recorded uploads stay (until their retention)."""
+    key, _ = server.add_key(credits=100)
+    upload = server.client.post(
+        "/api/file-stream-upload",
+        files={"file": ("a.png", png_bytes(), "image/png")},
+        data={"uploadPath": "keep"},
+        headers=auth(key),
+    ).json()["data"]
+    kept = server.settings.files_dir / upload["filePath"]
+    lost = kept.with_name("never-recorded.png")
+    lost.write_bytes(png_bytes())
+    clock = FakeClock()
+    clock.now += DAY / 2
+    assert _sweep(server, clock) == 0 and lost.exists()
+    clock.now += DAY / 2 + 60
+    assert _sweep(server, clock) == 1
+    assert not lost.exists() and kept.exists()
+    assert _status(server, upload["downloadUrl"]) == 200
