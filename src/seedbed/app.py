@@ -95,6 +95,7 @@ def create_app(
         dispatcher: Dispatcher | None = None
         if settings.callbacks:
             dispatcher = build_dispatcher(ctx)
+            ctx.ended_hooks.append(dispatcher.ended)
             supervisor.start("callbacks", dispatcher.run)
             background.append(("callbacks", dispatcher))
         sweeper = build_sweeper(ctx)

@@ -59,6 +59,9 @@ LEASE_MARGIN = 15.0
 STORE_RETRY = 1.0
 #: every callback says who sends it (receivers log it, firewalls filter on it), not httpx's
 USER_AGENT = f"seedbed/{__version__}"
+#: final records kept for deliveries that have not claimed them yet (another process's
+#: dispatcher may deliver a callback, and this one never sees it)
+ENDED_KEPT = 1024
 
 
 def signature(hmac_key: str, task_id: str, timestamp: str) -> str:
@@ -136,6 +139,17 @@ class Dispatcher:
         self._clients = _Clients()
         self._client = client
         self._stopping = asyncio.Event()
+        #: final records of tasks with a callback that this process just ended, by id: their
+        #: first delivery builds its body from them instead of reading the task back
+        self._ended: OrderedDict[str, Task] = OrderedDict()
+
+    def ended(self, task: Task) -> None:
+        """A task this process has just ended, as the store recorded it (a terminal record
+        does not change, so its callback's body can be made from it)."""
+        if task.callback_url and task.state.is_terminal:
+            self._ended[task.id] = task
+            if len(self._ended) > ENDED_KEPT:  # delivered by another process: not popped
+                self._ended.popitem(last=False)
 
     def stop(self) -> None:
         """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
@@ -234,7 +248,9 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Delivery) -> None:
         attempt = delivery.attempts + 1
-        task = await self.store.get_task(delivery.task_id)
+        task = self._ended.pop(delivery.task_id, None) or await self.store.get_task(
+            delivery.task_id
+        )
         status: int | None = None
         error: str | None = None
         started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ import pytest
 from seedbed import netguard
 from seedbed.callbacks import (
     DEFAULT_RETRY_DELAYS,
+    ENDED_KEPT,
     Dispatcher,
     DispatcherConfig,
     _Clients,
@@ -299,3 +301,58 @@ async def test_a_delivery_that_ends_makes_no_claim_until_new_work_is_signalled()
         dispatcher.stop()
         await runner
         await client.aclose()
+
+
+class _CountingStore(MemoryStore):
+    """A memory store that counts reads of tasks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_task(self, task_id: str) -> Any:
+        self.reads += 1
+        return await super().get_task(task_id)
+
+
+async def test_a_task_this_process_ended_is_delivered_without_reading_it_back() -> None:
+    """The worker hands its final record over (``ended``): the first attempt's body is made
+    from it, with no read of the task; a retry reads it from the store, and both bodies are
+    the same."""
+    store = _CountingStore()
+    task_id = await _finished(store, "https://hooks.example/cb")
+    seen: list[bytes] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(503 if len(seen) == 1 else 204)
+
+    dispatcher, client, outcomes = _local_dispatcher(store, answer)
+    dispatcher.config = DispatcherConfig(
+        retry_delays=(0.01,),
+        poll_seconds=0.05,
+        net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
+    )
+    final = await store.get_task(task_id)
+    assert final is not None
+    store.reads = 0
+    dispatcher.ended(final)
+    await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
+    await client.aclose()
+    assert outcomes == ["retry", "delivered"]
+    assert store.reads == 1  # the retry's only
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+async def test_ended_keeps_only_tasks_with_a_callback_and_a_bounded_number() -> None:
+    store = MemoryStore()
+    dispatcher = Dispatcher(store=store, config=DispatcherConfig())
+    with_url = await store.get_task(await _finished(store, "https://hooks.example/cb"))
+    without = await store.get_task(await _finished(store, "", new_key=False))
+    assert with_url is not None and without is not None
+    dispatcher.ended(without)
+    assert dispatcher._ended == {}
+    for index in range(ENDED_KEPT + 5):
+        dispatcher.ended(dataclasses.replace(with_url, id=f"{index:032d}"))
+    assert len(dispatcher._ended) == ENDED_KEPT
+    assert f"{ENDED_KEPT + 4:032d}" in dispatcher._ended and f"{0:032d}" not in dispatcher._ended
