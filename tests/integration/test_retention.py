@@ -15,6 +15,7 @@ from seedbed.outbox import FileKind
 from seedbed.retention import Sweeper
 from seedbed.storage.local import LocalStorage
 from seedbed.store import open_store
+from seedbed.store.base import Store
 
 DAY = 86400.0
 
@@ -27,20 +28,24 @@ class FakeClock:
         return self.now
 
 
+def _sweeper(server: LiveServer, store: Store, clock: FakeClock) -> Sweeper:
+    """A sweeper like a server process's (each new one is a restarted process's)."""
+    return Sweeper(
+        store=store,
+        storage=LocalStorage(server.settings.files_dir),
+        result_retention=14 * DAY,
+        upload_retention=3 * DAY,
+        interval=3600,
+        clock=clock,
+    )
+
+
 def _sweep(server: LiveServer, clock: FakeClock) -> int:
     async def run() -> int:
         store = open_store(server.settings.database)
         await store.open()
         try:
-            sweeper = Sweeper(
-                store=store,
-                storage=LocalStorage(server.settings.files_dir),
-                result_retention=14 * DAY,
-                upload_retention=3 * DAY,
-                interval=3600,
-                clock=clock,
-            )
-            return await sweeper.sweep()
+            return await _sweeper(server, store, clock).sweep()
         finally:
             await store.close()
 
@@ -136,21 +141,14 @@ def test_result_files_no_task_names_go_once_a_day_after_a_day(server: LiveServer
     async def scenario() -> list[int]:
         store = open_store(server.settings.database)
         await store.open()
-        sweeper = Sweeper(
-            store=store,
-            storage=LocalStorage(server.settings.files_dir),
-            result_retention=14 * DAY,
-            upload_retention=3 * DAY,
-            interval=3600,
-            clock=clock,
-        )
+        sweeper = _sweeper(server, store, clock)
         counts = []
         try:
             clock.now += DAY / 2  # young: it may be a running task's
             counts.append(await sweeper.sweep())
             assert first.exists()
             # a new sweeper (a restarted server) looks at once; a day and a minute on, it goes
-            sweeper = _fresh_sweeper(sweeper)
+            sweeper = _sweeper(server, store, clock)
             clock.now += DAY / 2 + 60
             counts.append(await sweeper.sweep())
             assert not first.exists()
@@ -167,18 +165,6 @@ def test_result_files_no_task_names_go_once_a_day_after_a_day(server: LiveServer
 
     assert asyncio.run(scenario()) == [0, 1, 0, 1]
     assert _status(server, result) == 200  # the task's own file stays
-
-
-def _fresh_sweeper(sweeper: Sweeper) -> Sweeper:
-    """A fresh sweeper like ``sweeper`` (what a restarted process makes)."""
-    return Sweeper(
-        store=sweeper.store,
-        storage=sweeper.storage,
-        result_retention=sweeper.retention[FileKind.RESULT],
-        upload_retention=sweeper.retention[FileKind.UPLOAD],
-        interval=sweeper.interval,
-        clock=sweeper._clock,
-    )
 
 
 def test_a_result_whose_delete_failed_goes_with_the_orphans(server: LiveServer) -> None:
