@@ -81,7 +81,7 @@ class Rows:
             if premultiplied and (self._horizontal or self._vertical)
             else image
         )
-        self._source.load()  # before threads share it: a lazy picture's first load is not theirs
+        self._source.load()  # a lazily opened picture is loaded here, not by threads at once
 
     def edges(self, threads: int) -> list[int]:
         """How to cut this output into strips for ``threads`` threads (:func:`strip_edges`)."""
