@@ -152,6 +152,8 @@ def share(
     caller waits only for indices being made, never for a busy pool. The first error any
     index raised is raised here, once every index taken has ended.
     """
+    if count <= 0:
+        return []
     results: list[T | None] = [None] * count
     errors: list[BaseException] = []
     lock = threading.Lock()

@@ -180,6 +180,23 @@ def test_database_file_deleted(tmp_path: Path) -> None:
         assert "database file was removed" in _log(log)
 
 
+def _freeze_outside_a_write(proc: Any, database: Path) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock: frozen inside a write it
+    would lock every other process out of the database until resumed (SQLite's one writer),
+    which is not what a test of leases is about."""
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=0.5)) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.rollback()
+            return
+        except sqlite3.OperationalError:  # locked by the frozen process: let it commit
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+    raise AssertionError("the worker held the database's write lock every time it was frozen")
+
+
 def test_worker_stopped_past_its_lease(tmp_path: Path) -> None:
     """A worker frozen with SIGSTOP loses its tasks to another worker; resumed, it neither
     stores nor charges them a second time."""
@@ -190,7 +207,7 @@ def test_worker_stopped_past_its_lease(tmp_path: Path) -> None:
         try:
             ids = [api.create(f"task {i}")["data"]["taskId"] for i in range(2)]
             wait_until(lambda: "generating" in api.states(ids).values(), 20, first, "generating")
-            first.proc.send_signal(signal.SIGSTOP)
+            _freeze_outside_a_write(first.proc, data / "seedbed.db")
             second = worker(data, tmp_path / "w2.log", **settings)
             try:
                 wait_until(lambda: all_done(api, ids), 30, second, "the second worker to finish")
