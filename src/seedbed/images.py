@@ -529,7 +529,7 @@ def _fast_png(rows: Rows, text: Mapping[str, str], encoding: Encoding) -> bytes:
 
     isal_zlib = _isal()
     level = encoding.png_compress_level
-    edges = rows.edges(encoding.threads if encoding.helpers is not None else 1)
+    edges = rows.edges(encoding.helpers, encoding.threads)
     last = len(edges) - 2
 
     def strip(index: int) -> tuple[bytes, int, int]:

@@ -83,9 +83,11 @@ class Rows:
         )
         self._source.load()  # a lazily opened picture is loaded here, not by threads at once
 
-    def edges(self, threads: int) -> list[int]:
-        """How to cut this output into strips for ``threads`` threads (:func:`strip_edges`)."""
-        return strip_edges(self.height, self.width, self._source.height, threads)
+    def edges(self, helpers: Executor | None, threads: int) -> list[int]:
+        """How to cut this output into strips for ``threads`` threads, the caller's and
+        ``helpers``' (:func:`strip_edges`); one strip without helpers."""
+        alone = helpers is None
+        return strip_edges(self.height, self.width, self._source.height, 1 if alone else threads)
 
     def band(self, top: int, bottom: int) -> Image.Image:
         """Output rows ``top`` to ``bottom`` (excluded), in the source's mode (all the rows of
@@ -121,7 +123,7 @@ class Rows:
         """The whole output, its strips shared with ``helpers`` (see :func:`share`)."""
         if not (self._horizontal or self._vertical):
             return self._source.copy()
-        edges = self.edges(threads if helpers is not None else 1)
+        edges = self.edges(helpers, threads)
         if len(edges) == 2:
             return self.band(0, self.height)
         out = Image.new(self.mode, (self.width, self.height), None)  # None: not cleared
