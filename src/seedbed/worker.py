@@ -53,12 +53,13 @@ from seedbed.engines.base import (
     FinishFn,
     OutputPlan,
     Pictures,
+    extension_of,
     is_async,
 )
 from seedbed.engines.relay_routes import RouteRunner
 from seedbed.links import Links
 from seedbed.logs import task_extra
-from seedbed.storage.base import Storage, StoredFileNotFound
+from seedbed.storage.base import Reserved, Storage, StoredFileNotFound
 from seedbed.store.base import Store
 from seedbed.tasks import Outcome, Task, TaskState
 from seedbed.wakeup import Wakeup
@@ -514,6 +515,28 @@ class Worker:
             extra=task_extra(task),
         )
 
+    async def _drop_earlier_results(self, task: Task) -> None:
+        """The task runs again: delete the files an earlier attempt stored or began and never
+        finished with (its process died before the finish), so that no result is stored
+        twice. The task's record names none (it is not finished); this attempt's own files
+        come after, under new names."""
+        try:
+            keys = [
+                key
+                async for batch in self.storage.list_files("results", starting=f"{task.id}_")
+                for key, _written in batch
+            ]
+        except Exception as exc:
+            log.warning(
+                "an earlier attempt's files could not be listed (%s); retention deletes them",
+                _short(exc),
+                extra=task_extra(task),
+            )
+            return
+        if keys:
+            await self._delete_files(keys)
+            log.info("deleted %d file(s) of an earlier attempt", len(keys), extra=task_extra(task))
+
     async def _through_faults(self, task: Task, part: str, step: Callable[[], Awaitable[R]]) -> R:
         """Run ``step``, retrying it with backoff while it meets infrastructure faults.
 
@@ -550,6 +573,8 @@ class Worker:
             return Outcome.failure(
                 "500", f"the task was interrupted {task.attempts - 1} times; giving up"
             )
+        if task.attempts > 1:
+            await self._drop_earlier_results(task)
         spec = catalogue.CATALOGUE[task.model]
         inp = spec.input_model.model_validate(task.input)
         engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
@@ -631,18 +656,33 @@ class Worker:
         start = progress.last
         done = 0
         encoding = self._encoding
+        # Each output's file is begun now, its name synced while the picture is encoded.
+        extension = extension_of(plan.format)
+        ahead = [
+            self.storage.reserve_here(_result_key(task.id, position, extension))
+            for position in range(len(steps))
+        ]
 
         def one(position: int, step: FinishFn) -> list[_Output]:
-            if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
-                raise errors.EngineFailure("canceled")
-            artifacts = list(step(encoding))
-            if len(steps) > 1 and len(artifacts) > 1:
-                # its artifacts' places in the results are not known here: stored in order later
-                return [_Output(artifact, None) for artifact in artifacts]
-            return [
-                self._store_here(task.id, position if len(steps) > 1 else index, artifact, plan)
-                for index, artifact in enumerate(artifacts)
-            ]
+            try:
+                if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
+                    raise errors.EngineFailure("canceled")
+                artifacts = list(step(encoding))
+                if len(steps) > 1 and len(artifacts) > 1:
+                    # its artifacts' places in the results are not known here: stored later
+                    return [_Output(artifact, None) for artifact in artifacts]
+                return [
+                    self._store_here(
+                        task.id,
+                        position if len(steps) > 1 else index,
+                        artifact,
+                        plan,
+                        ahead[position] if index == 0 else None,
+                    )
+                    for index, artifact in enumerate(artifacts)
+                ]
+            finally:
+                _discard(ahead[position])  # unless stored: failed, canceled, or not taken
 
         async def run(position: int, step: FinishFn) -> list[_Output]:
             nonlocal done
@@ -653,11 +693,16 @@ class Worker:
             return made
 
         async with self._post_slots:
-            # every output ends before the slot is given back, even when one fails
-            parts = await asyncio.gather(
-                *(run(position, step) for position, step in enumerate(steps)),
-                return_exceptions=True,
-            )
+            try:
+                # every output ends before the slot is given back, even when one fails
+                parts = await asyncio.gather(
+                    *(run(position, step) for position, step in enumerate(steps)),
+                    return_exceptions=True,
+                )
+            except asyncio.CancelledError:
+                for reserved in ahead:  # outputs whose thread never ran them
+                    _discard(reserved)
+                raise
         made = [output for part in parts if isinstance(part, list) for output in part]
         failed = [part for part in parts if isinstance(part, BaseException)]
         if cancel.is_set() or failed:
@@ -674,16 +719,25 @@ class Worker:
         return made
 
     def _store_here(
-        self, task_id: str, index: int, artifact: Artifact, plan: OutputPlan
+        self,
+        task_id: str,
+        index: int,
+        artifact: Artifact,
+        plan: OutputPlan,
+        reserved: Reserved | None,
     ) -> _Output:
         """On a post-processing thread: store the file it has just encoded, where storage is a
-        local write (no hop to another thread and back: ~0.5 ms a task, bench/peer_bench.py).
-        Anything in the way (a full disk, the wrong size) leaves it to ``_store_results``,
-        which stores it with retries through faults, or fails the task as it should."""
+        local write (no hop to another thread and back: ~0.5 ms a task, bench/peer_bench.py),
+        under the key ``reserved`` for it where it has the reservation's extension. Anything in
+        the way (a full disk, the wrong size) leaves it to ``_store_results``, which stores it
+        with retries through faults, or fails the task as it should."""
         if (artifact.width, artifact.height) != (plan.width, plan.height):
             return _Output(artifact, None)
-        key = _result_key(task_id, index, artifact)
         try:
+            if reserved is not None and reserved.key.endswith(f".{artifact.extension}"):
+                reserved.put(artifact.data)
+                return _Output(artifact, reserved.key)
+            key = _result_key(task_id, index, artifact.extension)
             if self.storage.put_here(key, artifact.data, artifact.content_type):
                 return _Output(artifact, key)
         except Exception as exc:
@@ -807,7 +861,7 @@ class Worker:
             keys: list[str] = []
             for index, (artifact, key) in enumerate(outputs):
                 if key is None:
-                    key = _result_key(task.id, index, artifact)
+                    key = _result_key(task.id, index, artifact.extension)
                     put = partial(
                         self.storage.put, key, artifact.data, artifact.content_type, unique=True
                     )
@@ -833,9 +887,14 @@ class _Output(NamedTuple):
     key: str | None
 
 
-def _result_key(task_id: str, index: int, artifact: Artifact) -> str:
+def _result_key(task_id: str, index: int, extension: str) -> str:
     """``results/<taskId>_<i>_<random>.<ext>``: unguessable, never written twice."""
-    return f"results/{task_id}_{index}_{secrets.token_hex(16)}.{artifact.extension}"
+    return f"results/{task_id}_{index}_{secrets.token_hex(16)}.{extension}"
+
+
+def _discard(reserved: Reserved | None) -> None:
+    if reserved is not None:
+        reserved.discard()
 
 
 class _DeviceTurn:

@@ -19,6 +19,7 @@ from test_worker import _task as worker_task
 from seedbed import errors, faults
 from seedbed.engines import Engines
 from seedbed.engines.sandbox import SandboxEngine
+from seedbed.storage.base import Reserved
 from seedbed.storage.local import LocalStorage
 from seedbed.store.memory import MemoryStore
 from seedbed.supervise import Supervisor
@@ -69,6 +70,26 @@ class FullStorage(LocalStorage):
             self.times -= 1
             raise _disk_full()
         return super().put_here(key, data, content_type)
+
+    def reserve_here(self, key: str) -> Reserved:
+        return _FullReserved(self, super().reserve_here(key))
+
+
+class _FullReserved:
+    """A file reserved on ``FullStorage``: its write is one of the writes the disk refuses."""
+
+    def __init__(self, storage: FullStorage, reserved: Reserved) -> None:
+        self.storage, self.reserved, self.key = storage, reserved, reserved.key
+
+    def put(self, data: bytes) -> None:
+        if self.storage.times > 0:
+            self.storage.times -= 1
+            self.reserved.discard()
+            raise _disk_full()
+        self.reserved.put(data)
+
+    def discard(self) -> None:
+        self.reserved.discard()
 
 
 async def _task(store: MemoryStore) -> str:

@@ -1,7 +1,8 @@
 """LocalStorage.put makes a result durable before it returns (issue 18): the worker finishes a
 task (success, with the file's link) only after ``put``, so a power loss after the finish must
 not lose the file. A unique key (a result's) is written in place: one sync of its data, one of
-its folder, no temporary file."""
+its folder, no temporary file. A reserved key (`reserve_here`) has its name made and synced
+ahead, while its picture is encoded, and only its data synced at `put`."""
 
 from __future__ import annotations
 
@@ -114,3 +115,67 @@ async def test_a_unique_write_that_fails_leaves_no_partial_file(
     with pytest.raises(StorageFull):
         storage.put_here("results/t1_0_abc.jpg", b"picture", "image/jpeg")
     assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_reserved_key_has_its_name_synced_ahead_and_its_data_at_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_syncs(monkeypatch)
+    root = tmp_path / "files"
+    storage = LocalStorage(root)
+    key = "results/t1_0_abc.jpg"
+    reserved = storage.reserve_here(key)
+    assert reserved.key == key
+    path = root / key
+    # the name first (and the folders made for it), on the storage's own thread
+    reserved.put(b"picture")
+    assert calls == [
+        ("fsync", str(root / "results")),
+        ("fsync", str(root)),
+        ("fdatasync", str(path)),
+    ]
+    assert path.read_bytes() == b"picture"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    reserved.discard()  # once stored, a discard keeps it
+    assert path.read_bytes() == b"picture"
+    with pytest.raises(RuntimeError, match="already ended"):
+        reserved.put(b"again")  # a reservation stores once
+    assert sorted(p.name for p in (root / "results").iterdir()) == ["t1_0_abc.jpg"]
+
+
+def test_a_discarded_reservation_leaves_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    made = storage.reserve_here("results/t1_0_abc.jpg")
+    made._made.result()  # the file is made ...
+    assert (tmp_path / "results/t1_0_abc.jpg").exists()
+    made.discard()  # ... and removed at the discard
+    assert list((tmp_path / "results").iterdir()) == []
+    made.discard()  # twice is once
+    with pytest.raises(RuntimeError, match="already ended"):
+        made.put(b"picture")
+    # discarded at once, while it may still be being made: gone when discard returns
+    for n in range(20):
+        storage.reserve_here(f"results/t{n}_0_abc.jpg").discard()
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_reservation_that_cannot_be_made_fails_at_put_leaving_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put_here("results/t1_0_abc.jpg", b"first", "image/jpeg")
+    with pytest.raises(StorageConflict):  # the key exists: refused, the file left alone
+        storage.reserve_here("results/t1_0_abc.jpg").put(b"second")
+    assert (tmp_path / "results/t1_0_abc.jpg").read_bytes() == b"first"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the name cannot be synced: made, then removed
+    with pytest.raises(StorageFull):
+        storage.reserve_here("results/t2_0_abc.jpg").put(b"picture")
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "fdatasync", full)  # the data cannot be synced: removed
+    with pytest.raises(StorageFull):
+        storage.reserve_here("results/t3_0_abc.jpg").put(b"picture")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["t1_0_abc.jpg"]

@@ -101,6 +101,23 @@ async def test_list_files_names_every_file_of_a_space_and_when_it_was_written(
         await _listed(storage, "../results")
 
 
+async def test_list_files_starting_lists_one_tasks_results(storage: Storage) -> None:
+    task = uuid.uuid4().hex
+    mine = {f"results/{task}_{i}_r{i}.png" for i in range(3)}
+    # neighbours in key order on both sides, and a name the task's id only begins
+    others = [f"results/{task[:-1]}_0_r.png", f"results/{task}0_0_r.png", f"results/{task}"]
+    others += [f"results/{task[:-1]}{'f' if task[-1] != 'f' else 'e'}_0_r.png"]
+    await asyncio.gather(*(storage.put(n, b"x", "image/png") for n in [*mine, *others]))
+    found = [
+        key
+        async for batch in storage.list_files("results", starting=f"{task}_")
+        for key, _ in batch
+    ]
+    assert sorted(found) == sorted(mine)
+    none = [b async for b in storage.list_files("results", starting=f"{uuid.uuid4().hex}_")]
+    assert sum(len(batch) for batch in none) == 0
+
+
 async def test_list_files_comes_in_batches(storage: Storage) -> None:
     space = "batch" + "".join(random.choices(string.ascii_lowercase, k=8))
     names = {f"{space}/f{i:04d}.png" for i in range(LIST_BATCH + 3)}

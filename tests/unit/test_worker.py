@@ -21,6 +21,7 @@ from seedbed.engines import Engines
 from seedbed.engines.base import Artifact, EngineJob, EngineLimits, Pictures, ProgressFn
 from seedbed.engines.sandbox import SandboxEngine
 from seedbed.images import encode
+from seedbed.storage.base import Reserved
 from seedbed.storage.local import LocalStorage
 from seedbed.store.memory import MemoryStore
 from seedbed.tasks import NewKey, NewTask, TaskState, new_task_id
@@ -316,6 +317,24 @@ class ThreadsSeenStorage(LocalStorage):
         self.puts.append(("here", threading.current_thread().name, True))
         return super().put_here(key, data, content_type)
 
+    def reserve_here(self, key: str) -> Reserved | None:
+        if not self.here:
+            return None
+        reserved = super().reserve_here(key)
+        storage = self
+
+        class Seen:
+            key = reserved.key
+
+            def put(self, data: bytes) -> None:
+                storage.puts.append(("reserved", threading.current_thread().name, True))
+                reserved.put(data)
+
+            def discard(self) -> None:
+                reserved.discard()
+
+        return Seen()
+
     async def put(self, key: str, data: bytes, content_type: str, *, unique: bool = False) -> None:
         self.puts.append(("put", threading.current_thread().name, unique))
         await super().put(key, data, content_type, unique=unique)
@@ -331,8 +350,9 @@ async def test_results_are_stored_on_the_post_processing_thread_that_made_them(
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.SUCCESS
     assert len(storage.puts) == 3 == len(task.result_keys)
+    # each in the file reserved for it while it was encoded
     assert all(
-        how == "here" and thread.startswith("seedbed-post") for how, thread, _ in storage.puts
+        how == "reserved" and thread.startswith("seedbed-post") for how, thread, _ in storage.puts
     )
     # results/<taskId>_<i>_<random>.<ext>, in order
     assert [key.split("_")[1] for key in task.result_keys] == ["0", "1", "2"]
@@ -365,6 +385,30 @@ async def test_expired_lease_of_a_lost_worker_is_taken_up(tmp_path: Path) -> Non
     await make().run(burst=True)
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.SUCCESS and task.attempts == 2
+
+
+async def test_a_task_run_again_deletes_the_files_an_earlier_attempt_left(
+    tmp_path: Path,
+) -> None:
+    """A process that died after beginning or storing a task's files and before its finish
+    left them under names no record gives: the next attempt deletes them."""
+    store, clock, make = await _setup(tmp_path, lease_seconds=30)
+    task_id = await _task(store)
+    assert await store.claim(worker_id="elsewhere:99:xx", models=None, lease_seconds=30)
+    results = tmp_path / "results"
+    results.mkdir()
+    begun = results / f"{task_id}_0_{'a' * 32}.png"  # a file made ahead, left empty
+    stored = results / f"{task_id}_0_{'b' * 32}.png"  # one stored, never finished
+    other = results / f"{'f' * 32}_0_{'c' * 32}.png"  # another task's
+    begun.write_bytes(b"")
+    stored.write_bytes(b"\x89PNG")
+    other.write_bytes(b"\x89PNG")
+    clock.now += 31
+    await make().run(burst=True)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS and task.attempts == 2
+    left = sorted(path.name for path in results.iterdir())
+    assert left == sorted([other.name, Path(task.result_keys[0]).name])
 
 
 async def test_dead_process_on_this_host_is_released_at_start(tmp_path: Path) -> None:

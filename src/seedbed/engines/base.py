@@ -24,10 +24,17 @@ __all__ = [
     "OutputPlan",
     "Pictures",
     "ProgressFn",
+    "extension_of",
     "is_async",
 ]
 
 ImageFormat = Literal["png", "jpeg"]
+
+
+def extension_of(format: ImageFormat) -> str:
+    """The file extension of a result in ``format``: ``jpg`` or ``png``."""
+    return "jpg" if format == "jpeg" else format
+
 
 #: called by an engine with a percentage 0..100; cheap and safe from any thread
 ProgressFn = Callable[[int], None]

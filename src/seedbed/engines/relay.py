@@ -43,7 +43,14 @@ from seedbed import netguard
 from seedbed.catalogue.base import ImageInputRule
 from seedbed.client.protocol import parse_retry_after
 from seedbed.config import RelayEngineSettings
-from seedbed.engines.base import Artifact, EngineJob, EngineLimits, NoteFn, ProgressFn
+from seedbed.engines.base import (
+    Artifact,
+    EngineJob,
+    EngineLimits,
+    NoteFn,
+    ProgressFn,
+    extension_of,
+)
 from seedbed.errors import EngineFailure, InputImageError, TaskFailure
 
 __all__ = [
@@ -575,7 +582,7 @@ class RelayEngine(abc.ABC):
             return Artifact(
                 data=data,
                 content_type=f"image/{plan.format}",
-                extension="jpg" if plan.format == "jpeg" else plan.format,
+                extension=extension_of(plan.format),
                 width=plan.width,
                 height=plan.height,
             )

@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from seedbed.errors import StorageFull
@@ -85,6 +87,8 @@ class LocalStorage:
         self.root = root
         # made at once: free-space checks (``shutil.disk_usage``) read it before any file
         root.mkdir(parents=True, exist_ok=True)
+        # where reserved files are made and their names synced, beside the encodes
+        self._makers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seedbed-storage")
 
     def path(self, key: str) -> Path:
         if not is_valid_key(key):
@@ -105,6 +109,13 @@ class LocalStorage:
             self._write_new(path, data)
         return True
 
+    def reserve_here(self, key: str) -> _Reserved:
+        # A new name costs a journal commit of its own: made ahead, while the picture is
+        # encoded, the sync after the data has only the data left (this disk, 60 KB: the
+        # new file's write and syncs 2.6 ms, the reserved file's 1.1; bench/peer_bench.py).
+        path = self.path(key)
+        return _Reserved(key, path, self._makers.submit(_make_named, path))
+
     async def read(self, key: str) -> bytes:
         try:
             return await asyncio.to_thread(self.path(key).read_bytes)
@@ -117,13 +128,15 @@ class LocalStorage:
         except FileNotFoundError:
             pass
 
-    async def list_files(self, folder: str) -> AsyncIterator[list[tuple[str, float]]]:
+    async def list_files(
+        self, folder: str, *, starting: str = ""
+    ) -> AsyncIterator[list[tuple[str, float]]]:
         # the folder is walked on a thread, a batch at a time: results hold every task's files
-        walk = self._walk(self.root / space_folder(folder))
+        walk = self._walk(self.root / space_folder(folder), f"{folder}/{starting}")
         while batch := await asyncio.to_thread(lambda: list(itertools.islice(walk, LIST_BATCH))):
             yield batch
 
-    def _walk(self, folder: Path) -> Iterator[tuple[str, float]]:
+    def _walk(self, folder: Path, starting: str) -> Iterator[tuple[str, float]]:
         pending = [folder]
         while pending:
             try:
@@ -135,7 +148,9 @@ class LocalStorage:
                     pending.append(Path(entry.path))
                     continue
                 key = Path(entry.path).relative_to(self.root).as_posix()
-                if not entry.is_file(follow_symlinks=False) or not is_valid_key(key):
+                if not key.startswith(starting) or not entry.is_file(follow_symlinks=False):
+                    continue
+                if not is_valid_key(key):
                     continue
                 with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
                     yield key, entry.stat(follow_symlinks=False).st_mtime
@@ -151,16 +166,15 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                _sync_data(handle.fileno())
+            try:
+                _write_synced(fd, data)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        for folder in (path.parent, *(m.parent for m in made)):
-            _sync_folder(folder)
+        _sync_names(path, made)
 
     @staticmethod
     def _write_new(path: Path, data: bytes) -> None:
@@ -170,22 +184,72 @@ class LocalStorage:
         # makes (ext4, XFS), so the folder's fsync after it has little left to do (in the
         # server here 0.15-0.25 ms, against 0.6-0.85 after a rename). A crash mid-write leaves
         # a partial file under a name no task refers to; an error removes it.
-        made = _missing_folders(path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+        fd, made = _create_new(path)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                _sync_data(handle.fileno())
+            try:
+                _write_synced(fd, data)
+            finally:
+                os.close(fd)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        for folder in (path.parent, *(m.parent for m in made)):
-            _sync_folder(folder)
+        _sync_names(path, made)
 
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _make_named(path: Path) -> int:
+    """Make the new, empty file ``path`` and sync its name (and any folder made for it):
+    open for writing, its descriptor returned. Nothing is left behind when this fails."""
+    fd, made = _create_new(path)
+    try:
+        _sync_names(path, made)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+class _Reserved:
+    """A result file made ahead by ``LocalStorage.reserve_here`` (``storage.base.Reserved``)."""
+
+    def __init__(self, key: str, path: Path, made: Future[int]) -> None:
+        self.key = key
+        self._path = path
+        self._made = made
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def put(self, data: bytes) -> None:
+        with self._lock:
+            if self._ended:
+                raise RuntimeError(f"{self.key}: reservation already ended")
+            self._ended = True
+        with _translated(self.key, len(data)):
+            fd = self._made.result()  # raises what making it met: the file is not there
+            try:
+                _write_synced(fd, data)
+            except BaseException:
+                self._path.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
+
+    def discard(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        if self._made.cancel():
+            return  # never begun
+        try:
+            fd = self._made.result()  # being made: a wait of one sync at most
+        except Exception:
+            return  # never made
+        os.close(fd)
+        self._path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -203,9 +267,27 @@ def _translated(key: str, size: int) -> Iterator[None]:
         raise
 
 
-def _sync_data(fd: int) -> None:
-    """The file's data and size, not its times (fsync where the platform has no fdatasync)."""
+def _create_new(path: Path) -> tuple[int, list[Path]]:
+    """Create ``path`` (it must not exist) and any folder it needs: its descriptor, open for
+    writing, and the folders made (deepest first)."""
+    made = _missing_folders(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600), made
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd`` and sync it: the file's data and size, not its times
+    (fsync where the platform has no fdatasync)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
     getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _sync_names(path: Path, made: Sequence[Path]) -> None:
+    """Make ``path``'s name durable, and the names of the folders ``made`` for it."""
+    for folder in (path.parent, *(m.parent for m in made)):
+        _sync_folder(folder)
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from seedbed.storage.base import LIST_BATCH, StoredFileNotFound
+from seedbed.storage.base import LIST_BATCH, Reserved, StoredFileNotFound
 from seedbed.storage.local import is_valid_key, space_folder
 
 if TYPE_CHECKING:
@@ -129,6 +129,9 @@ class S3Storage:
     def put_here(self, key: str, data: bytes, content_type: str) -> bool:
         return False  # a network round trip: ``put`` it on the loop
 
+    def reserve_here(self, key: str) -> Reserved | None:
+        return None  # an object appears whole with its PUT: nothing to make ahead
+
     async def read(self, key: str) -> bytes:
         import obstore
 
@@ -145,15 +148,28 @@ class S3Storage:
         with contextlib.suppress(StoredFileNotFound), _translated("DELETE", key):
             await obstore.delete_async(self._store, name)
 
-    async def list_files(self, folder: str) -> AsyncIterator[list[tuple[str, float]]]:
+    async def list_files(
+        self, folder: str, *, starting: str = ""
+    ) -> AsyncIterator[list[tuple[str, float]]]:
         import obstore
 
         prefix = self.location.object_name(space_folder(folder))
         skip = len(self.location.prefix) + 1 if self.location.prefix else 0
+        # S3 lists in key order, its prefixes whole segments: names that start with
+        # ``starting`` are listed from just before the first of them, up to the first that
+        # does not (one request for a task's few results, not a list of every task's)
+        begin = f"{folder}/{starting}"
+        offset = self.location.object_name(begin) if starting else None
         with _translated("LIST", folder):
-            async for chunk in obstore.list(self._store, prefix, chunk_size=LIST_BATCH):
-                found = ((meta["path"][skip:], meta["last_modified"]) for meta in chunk)
-                yield [(key, when.timestamp()) for key, when in found if is_valid_key(key)]
+            async for chunk in obstore.list(
+                self._store, prefix, offset=offset, chunk_size=LIST_BATCH
+            ):
+                found = [(meta["path"][skip:], meta["last_modified"]) for meta in chunk]
+                batch = [(key, when.timestamp()) for key, when in found if is_valid_key(key)]
+                if starting and any(not key.startswith(begin) for key, _ in found):
+                    yield [(key, when) for key, when in batch if key.startswith(begin)]
+                    return
+                yield batch
 
     async def open(self, key: str) -> S3Object:
         """The object's size and type, and its bytes in chunks; ``StoredFileNotFound`` when
