@@ -163,8 +163,10 @@ class Worker:
         self._loaded: set[int] = set()
         # Engines run here, not in asyncio's default pool: their threads get a lower CPU
         # priority, so in the server's process a busy engine leaves the API its CPU.
+        # One more thread than device slots: a task alone post-processes its pictures on its
+        # engine's thread (``_post_alone``) while the next task's engine starts on another.
         self._engine_threads = ThreadPoolExecutor(
-            max_workers=max(1, config.concurrency),
+            max_workers=max(1, config.concurrency) + 1,
             thread_name_prefix="seedbed-engine",
             initializer=_lower_priority,
             initargs=(config.engine_nice,),
@@ -187,6 +189,8 @@ class Worker:
         )
         #: tasks whose pictures exist and that are not finished yet (waiting or running)
         self._post: set[str] = set()
+        #: outputs post-processed on their engine's thread, by task id (``_post_alone``)
+        self._posted: dict[str, _Posted] = {}
         self._post_slots = asyncio.Semaphore(config.postprocess_slots)
         #: engines whose load failed, by id, with the message their tasks fail with
         self._load_errors: dict[int, str] = {}
@@ -455,6 +459,7 @@ class Worker:
             self._engine_began(task.id, None)  # ended before its engine ran: stop waiting
             self._running.pop(task.id, None)
             self._post.discard(task.id)
+            self._posted.pop(task.id, None)
             self._routes.release(task.id)
             self.wakeup.kick()
 
@@ -608,13 +613,14 @@ class Worker:
         # task's pictures and the next task's start.
         async with _DeviceTurn(None if is_async(engine) else self._device) as turn:
             started = time.monotonic()
+            alone = partial(self._post_alone, asyncio.get_running_loop(), task, plan, cancel, turn)
             try:
                 made = await self._routes.run(
                     task.id,
                     job,
                     progress,
                     cancel,
-                    partial(self._in_engine_thread, task_id=task.id),
+                    partial(self._in_engine_thread, task_id=task.id, then=alone),
                     time.monotonic,
                 )
             except errors.TaskFailure:
@@ -624,10 +630,14 @@ class Worker:
                     log.warning("engine %s failed: %r", engine.name, exc, extra=task_extra(task))
                 raise errors.EngineFailure(f"generation failed: {_short(exc)}") from exc
             turn.end()  # the pictures exist: the next task's turn on the device
+        posted = self._posted.pop(task.id, None)
         if self._observer is not None:
-            self._observer.generated(task, time.monotonic() - started)
+            ended = posted.pictures_at if posted is not None else time.monotonic()
+            self._observer.generated(task, ended - started)
         if isinstance(made, Pictures):
-            outputs = await self._postprocess(task, made, plan, progress, cancel)
+            outputs = await self._postprocess(
+                task, made, plan, progress, cancel, posted.parts if posted is not None else None
+            )
         else:
             outputs = [_Output(artifact, None) for artifact in made]
         keys = await self._store_results(task, outputs, plan)
@@ -642,69 +652,16 @@ class Worker:
         plan: OutputPlan,
         progress: _Progress,
         cancel: threading.Event,
+        posted: list[list[_Output] | BaseException] | None = None,
     ) -> list[_Output]:
         """The device is done: free its slot for the next task, then resize, encode and
         (where storage is a local write) store the outputs on the post-processing threads
-        (in parallel, kept in order)."""
-        self._post.add(task.id)
-        self._routes.release(task.id)
-        self.wakeup.kick()  # the claim loop may start the next generation now
-        steps = list(pictures.outputs)
-        if not steps:
-            return []
-        loop = asyncio.get_running_loop()
-        start = progress.last
-        done = 0
-        encoding = self._encoding
-        # Each output's file is begun now, its name synced while the picture is encoded.
-        extension = extension_of(plan.format)
-        ahead = [
-            self.storage.reserve_here(_result_key(task.id, position, extension))
-            for position in range(len(steps))
-        ]
-
-        def one(position: int, step: FinishFn) -> list[_Output]:
-            try:
-                if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
-                    raise errors.EngineFailure("canceled")
-                artifacts = list(step(encoding))
-                if len(steps) > 1 and len(artifacts) > 1:
-                    # its artifacts' places in the results are not known here: stored later
-                    return [_Output(artifact, None) for artifact in artifacts]
-                return [
-                    self._store_here(
-                        task.id,
-                        position if len(steps) > 1 else index,
-                        artifact,
-                        plan,
-                        ahead[position] if index == 0 else None,
-                    )
-                    for index, artifact in enumerate(artifacts)
-                ]
-            finally:
-                _discard(ahead[position])  # unless stored: failed, canceled, or not taken
-
-        async def run(position: int, step: FinishFn) -> list[_Output]:
-            nonlocal done
-            made = await loop.run_in_executor(self._post_threads, one, position, step)
-            done += 1
-            if done < len(steps):
-                progress(start + (99 - start) * done // len(steps))
-            return made
-
-        async with self._post_slots:
-            try:
-                # every output ends before the slot is given back, even when one fails
-                parts = await asyncio.gather(
-                    *(run(position, step) for position, step in enumerate(steps)),
-                    return_exceptions=True,
-                )
-            except asyncio.CancelledError:
-                for reserved in ahead:  # outputs whose thread never ran them
-                    _discard(reserved)
-                raise
-        made = [output for part in parts if isinstance(part, list) for output in part]
-        failed = [part for part in parts if isinstance(part, BaseException)]
+        (in parallel, kept in order). ``posted``: what the engine's thread did already."""
+        if posted is None:
+            self._pictures_made(task.id)
+            posted = await self._postprocess_here(task, pictures, plan, progress, cancel)
+        made = [output for part in posted if isinstance(part, list) for output in part]
+        failed = [part for part in posted if isinstance(part, BaseException)]
         if cancel.is_set() or failed:
             await self._delete_files([output.key for output in made if output.key is not None])
         if cancel.is_set():
@@ -717,6 +674,127 @@ class Worker:
         # No progress(100) here: the finish writes 100 with the success, in its own
         # transaction; a write of its own would be one more on every task's path.
         return made
+
+    async def _postprocess_here(
+        self,
+        task: Task,
+        pictures: Pictures,
+        plan: OutputPlan,
+        progress: _Progress,
+        cancel: threading.Event,
+    ) -> list[list[_Output] | BaseException]:
+        """Each output on a post-processing thread: its outputs, or what it raised."""
+        steps = list(pictures.outputs)
+        if not steps:
+            return []
+        loop = asyncio.get_running_loop()
+        start = progress.last
+        done = 0
+        # Each output's file is begun now, its name synced while the picture is encoded.
+        ahead = [self._reserve(task.id, position, plan) for position in range(len(steps))]
+
+        async def run(position: int, step: FinishFn) -> list[_Output]:
+            nonlocal done
+            made = await loop.run_in_executor(
+                self._post_threads,
+                partial(self._finish_output, task.id, plan, cancel, len(steps), position, step),
+                ahead[position],
+            )
+            done += 1
+            if done < len(steps):
+                progress(start + (99 - start) * done // len(steps))
+            return made
+
+        async with self._post_slots:
+            try:
+                # every output ends before the slot is given back, even when one fails
+                return await asyncio.gather(
+                    *(run(position, step) for position, step in enumerate(steps)),
+                    return_exceptions=True,
+                )
+            except asyncio.CancelledError:
+                for reserved in ahead:  # outputs whose thread never ran them
+                    _discard(reserved)
+                raise
+
+    def _post_alone(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: Task,
+        plan: OutputPlan,
+        cancel: threading.Event,
+        turn: _DeviceTurn,
+        made: object,
+    ) -> None:
+        """On the engine's thread, the moment its pictures exist: a task alone in the worker
+        (nothing claimed ahead of it, nothing in post-processing) with one output has it
+        post-processed right here, as the engine alone would, the device given up first. A
+        post-processing thread that has slept wakes late and runs slowly for a while, and
+        the hop there goes through the loop (~0.5 ms a task, bench/peer_bench.py). With a
+        backlog a task is claimed ahead and this does nothing: the outputs go to the
+        post-processing threads and the engine's thread to the next generation."""
+        if not isinstance(made, Pictures) or len(made.outputs) != 1:
+            return
+        if self._post or len(self._running) != 1:  # read off the loop: a hint, safe either way
+            return
+        pictures_at = time.monotonic()
+        try:
+            loop.call_soon_threadsafe(self._device_done, task.id, turn)
+        except RuntimeError:
+            return  # the loop closed: nobody waits for the task
+        reserved = self._reserve(task.id, 0, plan)
+        part: list[_Output] | BaseException
+        try:
+            part = self._finish_output(task.id, plan, cancel, 1, 0, made.outputs[0], reserved)
+        except Exception as exc:
+            part = exc
+        self._posted[task.id] = _Posted(pictures_at, [part])
+
+    def _device_done(self, task_id: str, turn: _DeviceTurn) -> None:
+        turn.end()
+        self._pictures_made(task_id)
+
+    def _pictures_made(self, task_id: str) -> None:
+        """On the loop: ``task_id``'s pictures exist; the claim loop may start the next
+        generation now."""
+        self._post.add(task_id)
+        self._routes.release(task_id)
+        self.wakeup.kick()
+
+    def _reserve(self, task_id: str, position: int, plan: OutputPlan) -> Reserved | None:
+        return self.storage.reserve_here(_result_key(task_id, position, extension_of(plan.format)))
+
+    def _finish_output(
+        self,
+        task_id: str,
+        plan: OutputPlan,
+        cancel: threading.Event,
+        count: int,
+        position: int,
+        step: FinishFn,
+        reserved: Reserved | None,
+    ) -> list[_Output]:
+        """Output ``position`` of ``count``, on the calling thread: resized, encoded and
+        (where storage is a local write) stored, in the file ``reserved`` for it."""
+        try:
+            if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
+                raise errors.EngineFailure("canceled")
+            artifacts = list(step(self._encoding))
+            if count > 1 and len(artifacts) > 1:
+                # its artifacts' places in the results are not known here: stored later
+                return [_Output(artifact, None) for artifact in artifacts]
+            return [
+                self._store_here(
+                    task_id,
+                    position if count > 1 else index,
+                    artifact,
+                    plan,
+                    reserved if index == 0 else None,
+                )
+                for index, artifact in enumerate(artifacts)
+            ]
+        finally:
+            _discard(reserved)  # unless stored: failed, canceled, or not taken
 
     def _store_here(
         self,
@@ -750,17 +828,22 @@ class Worker:
         *args: Any,
         task_id: str | None = None,
         begun: Callable[[], None] | None = None,
+        then: Callable[[R], None] | None = None,
     ) -> R:
         """Run ``fn`` on an engine thread; once that thread runs it, the loop is told (the
-        claim loop's wait for ``task_id``, then ``begun``: the store writes that wait for it)."""
+        claim loop's wait for ``task_id``, then ``begun``: the store writes that wait for it).
+        ``then``: called on that thread with what ``fn`` returned, before it is returned."""
         loop = asyncio.get_running_loop()
-        if task_id is None and begun is None:
+        if task_id is None and begun is None and then is None:
             return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
 
         def run() -> R:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
                 loop.call_soon_threadsafe(self._engine_began, task_id or "", begun)
-            return fn(*args)
+            made = fn(*args)
+            if then is not None:
+                then(made)
+            return made
 
         return await loop.run_in_executor(self._engine_threads, run)
 
@@ -878,6 +961,15 @@ class Worker:
         for key in keys:
             with contextlib.suppress(Exception):
                 await self.storage.delete(key)
+
+
+class _Posted(NamedTuple):
+    """A task's outputs post-processed on its engine's thread (``Worker._post_alone``)."""
+
+    #: when its pictures existed (``time.monotonic``): its generation's end
+    pictures_at: float
+    #: as ``Worker._postprocess_here`` gives them: each output's, or what it raised
+    parts: list[list[_Output] | BaseException]
 
 
 class _Output(NamedTuple):

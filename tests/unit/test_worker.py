@@ -502,21 +502,24 @@ def _nice() -> int:
 
 
 class NiceProbeEngine(FailingEngine):
-    """Records the CPU nice value of the thread it runs on and of the thread its output is
-    post-processed on, then succeeds."""
+    """Records the CPU nice value (and name) of the thread it runs on and of the thread its
+    output is post-processed on, then succeeds. ``hold``: its first run waits for it."""
 
     name = "nice-probe"
 
-    def __init__(self) -> None:
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.hold = hold
         self.seen: list[int] = []
-        self.post: list[int] = []
+        self.post: list[tuple[int, str]] = []
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
         self.seen.append(_nice())
+        if self.hold is not None and len(self.seen) == 1:
+            assert self.hold.wait(10)
         return Pictures([partial(self._output, job)])
 
     def _output(self, job: EngineJob, encoding: Any) -> list[Artifact]:
-        self.post.append(_nice())
+        self.post.append((_nice(), threading.current_thread().name))
         image = Image.new("RGB", (job.plan.width, job.plan.height))
         return [encode(image, job.plan.format, encoding=encoding)]
 
@@ -526,13 +529,32 @@ async def test_engines_run_at_the_configured_lower_cpu_priority(
     tmp_path: Path, increment: int
 ) -> None:
     """Engines at ``engine_nice`` below the process; post-processing lower still, so that the
-    thread feeding the device gets the CPU first."""
+    thread feeding the device gets the CPU first. A task alone in the worker is
+    post-processed on its engine's thread, as the engine alone would do it."""
+    base = _nice()
     engine = NiceProbeEngine()
     store, _clock, make = await _setup(tmp_path, engine, engine_nice=increment)
     task_id = await _task(store, image_size="square")
     await make().run(burst=True)
     task = await store.get_task(task_id)
     assert task is not None and task.state is TaskState.SUCCESS
-    base = _nice()
     assert engine.seen == [min(19, base + increment)]
-    assert engine.post == [min(19, base + increment + POSTPROCESS_NICE)]
+    ((nice, thread),) = engine.post
+    assert nice == min(19, base + increment) and thread.startswith("seedbed-engine")
+
+    # a task with another claimed ahead of it: post-processing threads, niced lower
+    engine = NiceProbeEngine(hold=threading.Event())
+    store, _clock, make = await _setup(tmp_path, engine, engine_nice=increment, concurrency=1)
+    first, second = await _task(store, image_size="square"), await _task(store)
+    running = asyncio.create_task(make().run(burst=True))
+    while (record := await store.get_task(second)) and record.state is not TaskState.GENERATING:
+        await asyncio.sleep(0.01)  # claimed ahead, waiting for the device
+    assert engine.hold is not None
+    engine.hold.set()
+    await asyncio.wait_for(running, 20)
+    for task_id in (first, second):
+        task = await store.get_task(task_id)
+        assert task is not None and task.state is TaskState.SUCCESS
+    nice, thread = engine.post[0]
+    assert nice == min(19, base + increment + POSTPROCESS_NICE)
+    assert thread.startswith("seedbed-post")

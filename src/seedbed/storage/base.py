@@ -31,8 +31,8 @@ class Storage(Protocol):
         I/O (S3): ``put`` it instead. Raises as ``put`` does."""
 
     def reserve_here(self, key: str) -> Reserved | None:
-        """Begin ``put_here`` of the unique ``key`` before its data exists (called on the
-        loop; it does not block): where storing is a local write, the file is made and its
+        """Begin ``put_here`` of the unique ``key`` before its data exists (on any thread;
+        it does not block): where storing is a local write, the file is made and its
         name synced in the background, beside the encode that makes its data, so that
         ``Reserved.put`` has only the data to write and sync. None where storing is network
         I/O (S3). A reservation ends with ``put`` or ``discard``."""
