@@ -11,11 +11,12 @@ in two modes, alternating, in one process, on the same store (SQLite, WAL) and l
   one per core) with the fast PNG writer (ISA-L).
 
 Printed per scenario and mode: the device's rate as a fraction of 1/M (from the first to the
-last moment the device finished a task: (n-1)·M over that span), the end-to-end rate (n·M over
-the wall time from the first claim to the last finish, which includes the last task's
-post-processing tail), and the server's CPU seconds per image outside the model
-(``time.process_time`` of the process, every thread, over the batch: the stand-in's hold costs
-none). The machine may be shared: compare modes within one run, and repeat (``--rounds``).
+last moment the device finished a task and gave its slot up: (n-1)·M over that span), the
+end-to-end rate (n·M over the wall time from the first claim to the last finish, which
+includes the last task's post-processing tail), and the server's CPU seconds per image
+outside the model (``time.process_time`` of the process, every thread, over the batch: the
+stand-in's hold costs none). The machine may be shared: compare modes within one run, and
+repeat (``--rounds``).
 
 Usage: ``python bench/pipeline_bench.py [--rounds 2] [--only 512,4k-png]``.
 """
@@ -64,16 +65,21 @@ SCENARIOS = [
 
 
 class TimedStandin(StandinEngine):
-    """The stand-in, recording when each hold began and ended."""
+    """The stand-in, recording when each hold began and ended, and when each run gave the
+    device slot up (the worker may post-process a task alone on the engine's thread after
+    that: the moment the run returns, or the worker's observer is told, is later)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.holds: list[tuple[float, float]] = []
+        self.freed: list[float] = []
 
     def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
         start = time.perf_counter()
         pictures = super().run(job, progress, cancel)
-        self.holds.append((start, time.perf_counter()))
+        end = time.perf_counter()
+        self.holds.append((start, end))
+        self.freed.append(end)
         return pictures
 
 
@@ -85,14 +91,15 @@ class SerialStandin(TimedStandin):
         self, job: EngineJob, progress: ProgressFn, cancel: threading.Event
     ) -> list[Artifact]:
         pictures = super().run(job, progress, cancel)
-        return [a for step in pictures.outputs for a in step(images.Encoding())]
+        made = [a for step in pictures.outputs for a in step(images.Encoding())]
+        self.freed[-1] = time.perf_counter()  # the slot was held until the files existed
+        return made
 
 
 class Timeline:
-    """When the device finished each task, and when each task ended."""
+    """When each task ended."""
 
     def __init__(self) -> None:
-        self.generated: list[float] = []
         self.finished: list[float] = []
 
 
@@ -106,7 +113,7 @@ class Observer:
         pass
 
     def generated(self, task: Task, seconds: float) -> None:
-        self.t.generated.append(time.perf_counter())
+        pass
 
     def finished(self, task: Task) -> None:
         self.t.finished.append(time.perf_counter())
@@ -163,9 +170,9 @@ async def _run(root: Path, scenario: Scenario, mode: str) -> dict[str, float]:
             first = worker()
             await first.run(burst=True)
             first.close()
-            timeline.generated.clear()
             timeline.finished.clear()
             engine.holds.clear()
+            engine.freed.clear()
             await _backlog(store, scenario, scenario.tasks)
             measured = worker()
             cpu, wall = time.process_time(), time.perf_counter()
@@ -175,7 +182,7 @@ async def _run(root: Path, scenario: Scenario, mode: str) -> dict[str, float]:
         finally:
             images._isal = saved
         n, hold = scenario.tasks, scenario.hold
-        span = timeline.generated[-1] - timeline.generated[0]
+        span = engine.freed[-1] - engine.freed[0]
         busy = sum(end - start for start, end in engine.holds)
         return {
             "device": (n - 1) * hold / span,
