@@ -130,7 +130,8 @@ class WorkerObserver(Protocol):
         is told to ``finished`` instead)."""
 
     def generated(self, task: Task, seconds: float) -> None:
-        """The engine produced the task's images in ``seconds``."""
+        """The engine produced the task's images in ``seconds`` (told once the engine's run
+        is back on the loop: for a task post-processed on its engine's thread, after that)."""
 
     def finished(self, task: Task) -> None:
         """The worker ended the task (the store's final record of it, to publish as it is)."""
