@@ -660,7 +660,7 @@ class Worker:
         (in parallel, kept in order). ``posted``: what the engine's thread did already."""
         if posted is None:
             self._pictures_made(task.id)
-            posted = await self._postprocess_here(task, pictures, plan, progress, cancel)
+            posted = await self._on_post_threads(task, pictures, plan, progress, cancel)
         made = [output for part in posted if isinstance(part, list) for output in part]
         failed = [part for part in posted if isinstance(part, BaseException)]
         if cancel.is_set() or failed:
@@ -676,7 +676,7 @@ class Worker:
         # transaction; a write of its own would be one more on every task's path.
         return made
 
-    async def _postprocess_here(
+    async def _on_post_threads(
         self,
         task: Task,
         pictures: Pictures,
@@ -969,7 +969,7 @@ class _Posted(NamedTuple):
 
     #: when its pictures existed (``time.monotonic``): its generation's end
     pictures_at: float
-    #: as ``Worker._postprocess_here`` gives them: each output's, or what it raised
+    #: as ``Worker._on_post_threads`` gives them: each output's, or what it raised
     parts: list[list[_Output] | BaseException]
 
 

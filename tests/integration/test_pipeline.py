@@ -65,9 +65,10 @@ class GatedEngine:
         self.fail_output = fail_output
         #: task ids whose generation ended, in order
         self.generated: list[str] = []
-        #: outputs whose post-processing started / ended
+        #: outputs whose post-processing started / ended, and the threads they ran on
         self.started = 0
         self.finished = 0
+        self.threads: list[str] = []
         self._lock = threading.Lock()
 
     def serves(self, model: str) -> bool:
@@ -87,6 +88,7 @@ class GatedEngine:
     def _output(self, job: EngineJob, index: int, count: int, encoding: Encoding) -> list[Artifact]:
         with self._lock:
             self.started += 1
+            self.threads.append(threading.current_thread().name)
         self.gate.wait(30)
         time.sleep((count - index) * self.delay)
         if index == self.fail_output:
@@ -245,6 +247,32 @@ def test_cancel_during_post_processing_stores_nothing_and_releases_credits(
         gated.started = 0
         assert live.wait(key, live.create(key, T2I)["data"]["taskId"])["state"] == "success"
         assert len(_result_files(live)) == 1
+
+
+def test_a_task_alone_is_post_processed_on_its_engines_thread_and_can_be_canceled_there(
+    tmp_path: Path, gated: GatedEngine
+) -> None:
+    """Nothing claimed ahead, nothing in post-processing: the one output is resized, encoded
+    and stored on the engine's thread, the device given up first (a second task generates
+    meanwhile); a cancel there stores nothing, not even the file begun for the result."""
+    with serve(tmp_path, gated) as live:
+        key, _ = live.add_key(credits=100)
+        task_id = live.create(key, T2I)["data"]["taskId"]
+        wait_for(lambda: gated.started == 1)
+        assert gated.threads[0].startswith("seedbed-engine")
+        other = live.create(key, T2I)["data"]["taskId"]  # the device is free
+        wait_for(lambda: gated.generated == [task_id, other] and gated.started == 2)
+        assert gated.threads[1].startswith("seedbed-post")  # not alone: the first is in post
+        assert live.cancel(key, task_id)["code"] == 200
+        gated.gate.set()
+        data = live.wait(key, task_id)
+        assert (data["state"], data["failMsg"]) == ("fail", "canceled")
+        assert live.wait(key, other)["state"] == "success"
+        time.sleep(0.3)  # let the worker end the canceled task's part
+        # the other task's result alone: the canceled one's file, begun ahead, was removed
+        [stored] = _result_files(live)
+        assert stored.name.startswith(other) and stored.stat().st_size > 0
+        assert live.balance(key) == 100 - live.wait(key, other)["creditsConsumed"]
 
 
 def test_a_failed_output_fails_the_task_and_stores_none(tmp_path: Path) -> None:
