@@ -137,23 +137,27 @@ class LocalStorage:
             yield batch
 
     def _walk(self, folder: Path, starting: str) -> Iterator[tuple[str, float]]:
+        # Streamed (a results folder may hold millions of names): a task's retry looks for
+        # its few files by name; only the names that match are checked further.
+        root = f"{self.root}{os.sep}"
         pending = [folder]
         while pending:
             try:
-                entries = list(os.scandir(pending.pop()))
+                listing = os.scandir(pending.pop())
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                    continue
-                key = Path(entry.path).relative_to(self.root).as_posix()
-                if not key.startswith(starting) or not entry.is_file(follow_symlinks=False):
-                    continue
-                if not is_valid_key(key):
-                    continue
-                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                    yield key, entry.stat(follow_symlinks=False).st_mtime
+            with listing:
+                for entry in listing:
+                    key = entry.path[len(root) :].replace(os.sep, "/")
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                        continue
+                    if not key.startswith(starting) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    if not is_valid_key(key):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        yield key, entry.stat(follow_symlinks=False).st_mtime
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
