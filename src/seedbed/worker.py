@@ -334,6 +334,13 @@ class Worker:
                 claimed = True
                 begun: list[asyncio.Future[None]] = []
                 for task in tasks:
+                    if task.id in self._running:
+                        # Claimed again by this worker: its lease lapsed while it ran here
+                        # (the process stopped, the store out of reach). The attempt under
+                        # way goes on, leased again; a second one here would delete its
+                        # files as an earlier attempt's.
+                        log.info("task claimed again while it runs here", extra=task_extra(task))
+                        continue
                     self._running[task.id] = threading.Event()
                     self._routes.take(task.id, task.model)
                     log.info("task claimed (attempt %d)", task.attempts, extra=task_extra(task))

@@ -411,6 +411,47 @@ async def test_a_task_run_again_deletes_the_files_an_earlier_attempt_left(
     assert left == sorted([other.name, Path(task.result_keys[0]).name])
 
 
+class BlockingEngine(FixtureEngine):
+    """Counts its runs; each waits for ``release`` before its picture."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, job: EngineJob, progress: ProgressFn, cancel: threading.Event) -> Pictures:
+        self.runs += 1
+        self.started.set()
+        assert self.release.wait(10)
+        image = Image.new("RGB", (job.plan.width, job.plan.height), (10, 120, 200))
+        return Pictures([lambda encoding: [encode(image, job.plan.format, encoding=encoding)]])
+
+
+async def test_a_task_claimed_again_while_it_runs_here_runs_once(tmp_path: Path) -> None:
+    """The lease of a task this worker runs lapses (the process was stopped, the store out of
+    reach) and the same worker claims it again: the attempt under way goes on alone. A second
+    one would delete the first one's files as an earlier attempt's, and the first, finishing
+    under the same worker id, would name a file that is gone."""
+    engine = BlockingEngine()
+    store, clock, make = await _setup(tmp_path, engine, lease_seconds=30, concurrency=2)
+    task_id = await _task(store)
+    running = asyncio.create_task(make().run(burst=True))
+    while not engine.started.is_set():
+        await asyncio.sleep(0.01)
+    clock.now += 31  # the lease lapses before a heartbeat (every 10 s) renews it
+    while (task := await store.get_task(task_id)) is not None and task.attempts < 2:
+        await asyncio.sleep(0.01)  # claimed again (the worker polls every 0.05 s)
+    engine.release.set()
+    await asyncio.wait_for(running, 20)
+    task = await store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCESS
+    assert engine.runs == 1
+    assert all((tmp_path / key).is_file() for key in task.result_keys)
+    assert sorted((tmp_path / "results").iterdir()) == [tmp_path / task.result_keys[0]]
+
+
 async def test_dead_process_on_this_host_is_released_at_start(tmp_path: Path) -> None:
     store, _clock, make = await _setup(tmp_path, lease_seconds=600)
     task_id = await _task(store)
