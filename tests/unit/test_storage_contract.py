@@ -250,6 +250,13 @@ async def test_prefixes_keep_deployments_apart(seaweedfs_server: services.Seawee
     # each lists its own keys, without the prefix
     assert set(await _listed(one, "results")) == {k}
     assert await _listed(two, "results") == {}
+    # and one task's results by name, past the prefix
+    task = k.split("/")[1]
+    mine = f"results/{task}_0_r.png"
+    await one.put(mine, b"mine", "image/png")
+    await two.put(mine, b"two's", "image/png")
+    found = [n async for batch in one.list_files("results", starting=f"{task}_") for n, _ in batch]
+    assert found == [mine]
 
 
 async def test_store_errors_are_connection_errors_without_the_key(
