@@ -43,6 +43,8 @@ STEPS = [
     ("seedbed.catalogue", "validate_input", "validate"),
     ("seedbed.store.sql", "SqlStore.create_task", "create"),
     ("seedbed.store.sql", "SqlStore.claim", "claim"),
+    ("seedbed.worker", "Worker._attempt", "attempt"),
+    ("seedbed.worker", "Worker._in_engine_thread", "to_engine"),
     ("seedbed.engines.standin", "StandinEngine.run", "engine"),
     ("seedbed.store.sql", "SqlStore.set_task_engine", "set_engine"),
     ("seedbed.storage.local", "_Reserved.put", "put_reserved"),
