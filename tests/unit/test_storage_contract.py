@@ -118,6 +118,21 @@ async def test_list_files_starting_lists_one_tasks_results(storage: Storage) -> 
     assert sum(len(batch) for batch in none) == 0
 
 
+async def test_local_files_under_a_relative_root_list_their_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for root in (Path("."), Path("files")):
+        storage = LocalStorage(root)
+        await storage.put("results/t1_0_r.png", b"x", "image/png")
+        await storage.put("uploads/k/a.png", b"x", "image/png")
+        assert set(await _listed(storage, "uploads")) == {"uploads/k/a.png"}
+        found = [
+            n async for batch in storage.list_files("results", starting="t1_") for n, _ in batch
+        ]
+        assert found == ["results/t1_0_r.png"]
+
+
 async def test_list_files_comes_in_batches(storage: Storage) -> None:
     space = "batch" + "".join(random.choices(string.ascii_lowercase, k=8))
     names = {f"{space}/f{i:04d}.png" for i in range(LIST_BATCH + 3)}

@@ -132,14 +132,15 @@ class LocalStorage:
         self, folder: str, *, starting: str = ""
     ) -> AsyncIterator[list[tuple[str, float]]]:
         # the folder is walked on a thread, a batch at a time: results hold every task's files
-        walk = self._walk(self.root / space_folder(folder), f"{folder}/{starting}")
+        walk = self._walk(os.path.join(self.root, space_folder(folder)), f"{folder}/{starting}")
         while batch := await asyncio.to_thread(lambda: list(itertools.islice(walk, LIST_BATCH))):
             yield batch
 
-    def _walk(self, folder: Path, starting: str) -> Iterator[tuple[str, float]]:
+    def _walk(self, folder: str, starting: str) -> Iterator[tuple[str, float]]:
         # Streamed (a results folder may hold millions of names): a task's retry looks for
-        # its few files by name; only the names that match are checked further.
-        root = f"{self.root}{os.sep}"
+        # its few files by name; only the names that match are checked further. Paths stay
+        # strings joined to the root as given, so that a key is the path past the root.
+        root = os.path.join(self.root, "")
         pending = [folder]
         while pending:
             try:
@@ -150,7 +151,7 @@ class LocalStorage:
                 for entry in listing:
                     key = entry.path[len(root) :].replace(os.sep, "/")
                     if entry.is_dir(follow_symlinks=False):
-                        pending.append(Path(entry.path))
+                        pending.append(entry.path)
                         continue
                     if not key.startswith(starting) or not entry.is_file(follow_symlinks=False):
                         continue
