@@ -111,8 +111,8 @@ class LocalStorage:
 
     def reserve_here(self, key: str) -> _Reserved:
         # A new name costs a journal commit of its own: made ahead, while the picture is
-        # encoded, the sync after the data has only the data left (this disk, 60 KB: the
-        # new file's write and syncs 2.6 ms, the reserved file's 1.1; bench/peer_bench.py).
+        # encoded, the sync after the data has only the data left (ext4 here, 60 KB: a new
+        # file's write and syncs 2.6 ms, a reserved file's 1.1; docs/benchmarks.md, issue 18).
         path = self.path(key)
         return _Reserved(key, path, self._makers.submit(_make_named, path))
 
