@@ -50,6 +50,7 @@ STEPS = [
     ("seedbed.storage.local", "_Reserved.put", "put_reserved"),
     ("seedbed.storage.local", "LocalStorage.put_here", "put_here"),
     ("seedbed.worker", "Worker._postprocess", "postprocess"),
+    ("seedbed.worker", "Worker._settled", "settled"),
     ("seedbed.store.sql", "SqlStore.finish", "finish"),
     ("seedbed.feed", "Subscription.offer", "event"),
     ("seedbed.callbacks", "Dispatcher._claim_some", "cb_claim"),
@@ -58,7 +59,7 @@ STEPS = [
     ("httpcore._backends.anyio", "AnyIOStream.write", "cb_socket_write"),
 ]
 #: marks timed from the engine's pictures (the rest from the client's createTask)
-AFTER_ENGINE = ("put", "postprocess", "finish", "event", "cb_")
+AFTER_ENGINE = ("put", "postprocess", "settled", "finish", "event", "cb_")
 
 _marks: list[tuple[str, float]] = []
 

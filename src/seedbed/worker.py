@@ -643,9 +643,11 @@ class Worker:
             ended = posted.pictures_at if posted is not None else time.monotonic()
             self._observer.generated(task, ended - started)
         if isinstance(made, Pictures):
-            outputs = await self._postprocess(
-                task, made, plan, progress, cancel, posted.parts if posted is not None else None
-            )
+            if posted is not None:  # done on the engine's thread already
+                parts = posted.parts
+            else:
+                parts = await self._postprocess(task, made, plan, progress, cancel)
+            outputs = await self._settled(task, parts, cancel)
         else:
             outputs = [_Output(artifact, None) for artifact in made]
         keys = await self._store_results(task, outputs, plan)
@@ -660,38 +662,11 @@ class Worker:
         plan: OutputPlan,
         progress: _Progress,
         cancel: threading.Event,
-        posted: list[list[_Output] | BaseException] | None = None,
-    ) -> list[_Output]:
+    ) -> list[list[_Output] | BaseException]:
         """The device is done: free its slot for the next task, then resize, encode and
         (where storage is a local write) store the outputs on the post-processing threads
-        (in parallel, kept in order). ``posted``: what the engine's thread did already."""
-        if posted is None:
-            self._pictures_made(task.id)
-            posted = await self._on_post_threads(task, pictures, plan, progress, cancel)
-        made = [output for part in posted if isinstance(part, list) for output in part]
-        failed = [part for part in posted if isinstance(part, BaseException)]
-        if cancel.is_set() or failed:
-            await self._delete_files([output.key for output in made if output.key is not None])
-        if cancel.is_set():
-            raise errors.EngineFailure("canceled")
-        for part in failed:
-            if isinstance(part, errors.TaskFailure):
-                raise part
-            log.warning("post-processing failed: %r", part, extra=task_extra(task))
-            raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
-        # No progress(100) here: the finish writes 100 with the success, in its own
-        # transaction; a write of its own would be one more on every task's path.
-        return made
-
-    async def _on_post_threads(
-        self,
-        task: Task,
-        pictures: Pictures,
-        plan: OutputPlan,
-        progress: _Progress,
-        cancel: threading.Event,
-    ) -> list[list[_Output] | BaseException]:
-        """Each output on a post-processing thread: its outputs, or what it raised."""
+        (in parallel, kept in order): each output's, or what it raised."""
+        self._pictures_made(task.id)
         steps = list(pictures.outputs)
         if not steps:
             return []
@@ -724,6 +699,26 @@ class Worker:
                 for reserved in ahead:  # outputs whose thread never ran them
                     _discard(reserved)
                 raise
+
+    async def _settled(
+        self, task: Task, parts: list[list[_Output] | BaseException], cancel: threading.Event
+    ) -> list[_Output]:
+        """The outputs post-processing made, once it ended: nothing is kept (and the task
+        fails) when it was canceled meanwhile or an output failed."""
+        made = [output for part in parts if isinstance(part, list) for output in part]
+        failed = [part for part in parts if isinstance(part, BaseException)]
+        if cancel.is_set() or failed:
+            await self._delete_files([output.key for output in made if output.key is not None])
+        if cancel.is_set():
+            raise errors.EngineFailure("canceled")
+        for part in failed:
+            if isinstance(part, errors.TaskFailure):
+                raise part
+            log.warning("post-processing failed: %r", part, extra=task_extra(task))
+            raise errors.EngineFailure(f"generation failed: {_short(part)}") from part
+        # No progress(100) here: the finish writes 100 with the success, in its own
+        # transaction; a write of its own would be one more on every task's path.
+        return made
 
     def _post_alone(
         self,
@@ -976,7 +971,7 @@ class _Posted(NamedTuple):
 
     #: when its pictures existed (``time.monotonic``): its generation's end
     pictures_at: float
-    #: as ``Worker._on_post_threads`` gives them: each output's, or what it raised
+    #: as ``Worker._postprocess`` gives them: each output's, or what it raised
     parts: list[list[_Output] | BaseException]
 
 
