@@ -11,8 +11,8 @@ begins, in ms after the client sent createTask; after it, in ms after the engine
 existed (``engine<``). ``END`` is when the client had the success (the event read, the
 callback received). The wrappers cost a few microseconds each; compare marks, not totals.
 
-The marks name internals (``SqlStore.claim``, ``Worker._postprocess``, httpcore's socket
-writes...): a mark whose function is renamed is left out with a note. Only 127.0.0.1 is
+The marks name internals (``SqlStore.claim``, ``Worker._postprocess``, the callback's
+socket write...): a mark whose function is renamed is left out with a note. Only 127.0.0.1 is
 contacted. Usage: ``python bench/trace_one_task.py [--samples 30] [--gap 0.4]``; figures in
 docs/benchmarks.md (issue 18, "Where the rest goes").
 """
@@ -55,8 +55,8 @@ STEPS = [
     ("seedbed.feed", "Subscription.offer", "event"),
     ("seedbed.callbacks", "Dispatcher._claim_some", "cb_claim"),
     ("seedbed.callbacks", "Dispatcher._send", "cb_send"),
-    ("seedbed.netguard", "_send", "cb_netguard"),
-    ("httpcore._backends.anyio", "AnyIOStream.write", "cb_socket_write"),
+    ("seedbed.callback_http", "CallbackPoster.post", "cb_post"),
+    ("asyncio.streams", "StreamWriter.write", "cb_socket_write"),
 ]
 #: marks timed from the engine's pictures (the rest from the client's createTask)
 AFTER_ENGINE = ("put", "postprocess", "settled", "finish", "event", "cb_")

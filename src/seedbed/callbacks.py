@@ -26,15 +26,15 @@ import hashlib
 import hmac
 import logging
 import random
+import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import httpx
 
 from seedbed import __version__, netguard
 from seedbed.api.views import callback_body
+from seedbed.callback_http import CallbackPoster
 from seedbed.outbox import Delivery
 from seedbed.store.base import Store
 from seedbed.tasks import Task
@@ -104,9 +104,6 @@ class DispatcherConfig:
         return len(self.retry_delays) + 1
 
 
-Poster = Callable[..., Awaitable[int]]
-
-
 class Dispatcher:
     """Delivers due callbacks until ``stop()``; one per server process (more are safe)."""
 
@@ -116,28 +113,24 @@ class Dispatcher:
         store: Store,
         config: DispatcherConfig,
         wakeup: Wakeup | None = None,
-        post: Poster = netguard.post_json,
         resolver: netguard.Resolver | None = None,
-        client: httpx.AsyncClient | None = None,
+        tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         on_outcome: Callable[[str], None] = lambda _outcome: None,
     ) -> None:
-        """``client``: one HTTP client for every delivery (tests pass a mock transport);
-        by default each receiver origin gets its own pooled client. ``on_outcome`` hears each
-        attempt's outcome: "delivered", "retry" or "dead" (the server's metrics)."""
+        """``tls``: the context that verifies HTTPS receivers (netguard's by default).
+        ``on_outcome`` hears each attempt's outcome: "delivered", "retry" or "dead" (the
+        server's metrics)."""
         self.store = store
         self.config = config
         self.wakeup = wakeup or Wakeup()
-        self._post = post
-        self._resolver = resolver
+        self._poster = CallbackPoster(policy=config.net_policy, resolver=resolver, tls=tls)
         self._clock = clock
         self._rng = rng
         self._on_outcome = on_outcome
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
-        self._clients = _Clients()
-        self._client = client
         self._stopping = asyncio.Event()
         #: final records of tasks with a callback that this process just ended, by id: their
         #: first delivery builds its body from them instead of reading the task back
@@ -230,7 +223,7 @@ class Dispatcher:
             # not attempted (or cut off): due again at once, for whoever runs next
             with contextlib.suppress(Exception):
                 await self.store.release_callbacks(list(running))
-        await self._clients.close()
+        await self._poster.close()
         self.wakeup.close()
 
     # -- one attempt ---------------------------------------------------------------------------
@@ -297,16 +290,9 @@ class Dispatcher:
         if delivery.hmac_key:
             headers.update(signature_headers(delivery.hmac_key, task.id, self._clock()))
         try:
-            with self._clients.use(delivery.url) as pooled:
-                status = await self._post(
-                    delivery.url,
-                    body,
-                    policy=self.config.net_policy,
-                    timeout=self.config.timeout,
-                    headers=headers,
-                    resolver=self._resolver,
-                    client=self._client or pooled,
-                )
+            status = await self._poster.post(
+                delivery.url, body, headers=headers, timeout=self.config.timeout
+            )
         except netguard.NetguardError as exc:
             return None, exc.reason
         return status, None if 200 <= status < 300 else f"HTTP {status}"
@@ -324,67 +310,3 @@ class Dispatcher:
 
         handles.append(loop.call_later(seconds, fire))
         self._timers.update(handles)
-
-
-class _Clients:
-    """One pooled HTTP client per receiver origin (scheme, host, port), about the last 256 used.
-
-    Keep-alive makes a receiver's next callback cheap; one pool per origin (not one for all)
-    because netguard pins connections by IP address, and a shared pool could carry one
-    host's callback over a TLS connection verified for another name at the same address.
-    Only idle clients are closed to keep the number down: a client is never closed under a
-    delivery that is still using it.
-    """
-
-    MAX = 256
-
-    def __init__(self) -> None:
-        self._clients: OrderedDict[tuple[str, str, int | None], httpx.AsyncClient] = OrderedDict()
-        #: deliveries using each client now, by origin
-        self._busy: dict[tuple[str, str, int | None], int] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    @contextlib.contextmanager
-    def use(self, url: str) -> Iterator[httpx.AsyncClient | None]:
-        """The client for ``url``'s origin, held open while the block runs (None for a URL
-        httpx cannot parse: netguard refuses it with a proper reason)."""
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError):
-            yield None
-            return
-        origin = (parsed.scheme, parsed.host, parsed.port)
-        client = self._clients.get(origin)
-        if client is None:
-            client = self._clients[origin] = httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
-            )
-        self._clients.move_to_end(origin)
-        self._busy[origin] = self._busy.get(origin, 0) + 1
-        try:
-            yield client
-        finally:
-            if self._busy[origin] == 1:
-                del self._busy[origin]
-            else:
-                self._busy[origin] -= 1
-            self._trim()
-
-    def _trim(self) -> None:
-        """Close the least recently used idle clients while there are more than ``MAX``."""
-        excess = len(self._clients) - self.MAX
-        if excess <= 0:
-            return
-        for origin in [o for o in self._clients if o not in self._busy][:excess]:
-            closing = asyncio.create_task(self._clients.pop(origin).aclose())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-
-    async def close(self) -> None:
-        clients = list(self._clients.values())
-        self._clients.clear()
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()

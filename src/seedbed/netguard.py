@@ -6,7 +6,8 @@ off loopback, private networks and cloud metadata endpoints:
 
 * :func:`check_url` is the cheap create-time check (scheme, host, credentials, port, IP
   literals in any spelling, ``localhost``); names are only judged once resolved.
-* :func:`fetch` and :func:`post_json` resolve the name, refuse it if *any* address is refused,
+* :func:`fetch` and the callback poster (``callback_http``, through :func:`parse_target` and
+  :func:`pinned_address`) resolve the name, refuse it if *any* address is refused,
   then connect to the checked address itself (the URL's host is rewritten to the IP, the
   ``Host`` header and TLS SNI keep the real name), so a second DNS answer cannot swap in a
   private address (DNS rebinding). Redirects are followed by hand and every hop is re-checked.
@@ -45,9 +46,12 @@ __all__ = [
     "UrlRefused",
     "check_resolved",
     "check_url",
+    "connect_failure",
     "default_resolver",
     "fetch",
-    "post_json",
+    "parse_target",
+    "pinned_address",
+    "tls_context",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -58,7 +62,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _REDIRECTS = {301, 302, 303, 307, 308}
-_POST_READ_LIMIT = 64 * 1024  # bytes of a callback answer read before hanging up
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 
@@ -166,7 +169,9 @@ class NetPolicy:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """A user URL that passed the checks that need no DNS answer."""
+
     url: httpx.URL
     host: str  # ASCII (IDNA) host without brackets, as given
     port: int
@@ -175,6 +180,12 @@ class _Target:
     @property
     def origin(self) -> tuple[str, str, int]:
         return (self.url.scheme, self.host, self.port)
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` header naming the real host (the connection goes to an address)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.url.port is None else f"{host}:{self.url.port}"
 
 
 def _ip_literal(host: str) -> IPAddress | None:
@@ -197,7 +208,7 @@ def _ip_literal(host: str) -> IPAddress | None:
         raise UrlRefused(f"malformed IPv4 address {host!r}") from None
 
 
-def _target(url: str | httpx.URL, policy: NetPolicy) -> _Target:
+def parse_target(url: str | httpx.URL, policy: NetPolicy) -> Target:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
@@ -223,7 +234,7 @@ def _target(url: str | httpx.URL, policy: NetPolicy) -> _Target:
         "127.0.0.1"
     ):
         raise UrlRefused(f"host {host!r} is not allowed")
-    return _Target(parsed, host, port, literal)
+    return Target(parsed, host, port, literal)
 
 
 def check_url(url: str, policy: NetPolicy) -> None:
@@ -231,7 +242,7 @@ def check_url(url: str, policy: NetPolicy) -> None:
 
     Host names are not resolved here (DNS answers change); :func:`fetch` checks them.
     """
-    _target(url, policy)
+    parse_target(url, policy)
 
 
 async def check_resolved(url: str, policy: NetPolicy, *, resolver: Resolver | None = None) -> None:
@@ -239,13 +250,13 @@ async def check_resolved(url: str, policy: NetPolicy, *, resolver: Resolver | No
 
     For URLs kept to be called later (``callBackUrl``): a name that points at a refused
     network is refused now. A name that does not resolve passes (it may resolve by the time
-    it is called); :func:`post_json` checks it again then.
+    it is called); the callback poster checks it again then.
     """
-    target = _target(url, policy)
+    target = parse_target(url, policy)
     if target.literal is not None:
         return
     try:
-        await _pinned(target, policy, resolver or default_resolver)
+        await pinned_address(target, policy, resolver or default_resolver)
     except FetchError:
         return
 
@@ -256,7 +267,7 @@ async def default_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def _pinned(target: _Target, policy: NetPolicy, resolver: Resolver) -> IPAddress:
+async def pinned_address(target: Target, policy: NetPolicy, resolver: Resolver) -> IPAddress:
     """The address to connect to, after checking every address the host resolves to."""
     if target.literal is not None:
         return target.literal
@@ -276,7 +287,7 @@ async def _pinned(target: _Target, policy: NetPolicy, resolver: Resolver) -> IPA
 
 async def _send(
     client: httpx.AsyncClient,
-    target: _Target,
+    target: Target,
     ip: IPAddress,
     method: str,
     headers: httpx.Headers,
@@ -284,11 +295,8 @@ async def _send(
     timeout: float,
 ) -> httpx.Response:
     """Send to the pinned ``ip`` while naming the real host in ``Host`` and SNI."""
-    host_header = f"[{target.host}]" if ":" in target.host else target.host
-    if target.url.port is not None:
-        host_header += f":{target.url.port}"
     headers = httpx.Headers(headers)
-    headers["Host"] = host_header
+    headers["Host"] = target.host_header
     extensions: dict[str, Any] = {}
     if target.url.scheme == "https" and target.literal is None:
         # httpcore passes this as ssl server_hostname, so the certificate is checked
@@ -369,11 +377,7 @@ def _http_error(exc: httpx.HTTPError, timeout: float) -> FetchError:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
     text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
     if isinstance(exc, httpx.ConnectError):
-        if "certificate" in text:
-            return FetchError("TLS certificate verification failed")
-        if "ssl" in text:
-            return FetchError("TLS handshake failed")
-        return FetchError("connection refused" if "refused" in text else "could not connect")
+        return FetchError(connect_failure(text))
     if isinstance(exc, httpx.RemoteProtocolError):
         return FetchError("invalid HTTP response from the server")
     if isinstance(exc, httpx.NetworkError):
@@ -381,8 +385,17 @@ def _http_error(exc: httpx.HTTPError, timeout: float) -> FetchError:
     return FetchError("request failed")
 
 
+def connect_failure(text: str) -> str:
+    """Why a connection could not be made, from its error's text (type names included)."""
+    if "certificate" in text:
+        return "TLS certificate verification failed"
+    if "ssl" in text:
+        return "TLS handshake failed"
+    return "connection refused" if "refused" in text else "could not connect"
+
+
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """The verifying TLS context of every private client, built once.
 
     A new ``httpx.AsyncClient`` otherwise builds its own, loading the CA bundle: about 40 ms
@@ -404,7 +417,7 @@ async def _guarded(
                 yield client
             else:
                 async with httpx.AsyncClient(
-                    trust_env=False, follow_redirects=False, verify=_tls_context()
+                    trust_env=False, follow_redirects=False, verify=tls_context()
                 ) as own:
                     yield own
     except TimeoutError:
@@ -432,11 +445,11 @@ async def fetch(
     resolve = resolver or default_resolver
     send_headers = httpx.Headers({"Accept-Encoding": "identity"})
     send_headers.update(headers or {})
-    target = _target(url, policy)
+    target = parse_target(url, policy)
     async with _guarded(client, timeout) as http:
         for hop in range(policy.max_redirects + 1):
             try:
-                ip = await _pinned(target, policy, resolve)
+                ip = await pinned_address(target, policy, resolve)
             except UrlRefused as exc:
                 if hop:
                     raise UrlRefused(f"redirect refused: {exc.reason}") from None
@@ -456,7 +469,7 @@ async def fetch(
                 break
             try:
                 next_url = target.url.join(location)
-                nxt = _target(next_url, policy)
+                nxt = parse_target(next_url, policy)
             except httpx.InvalidURL:
                 raise UrlRefused("redirect refused: malformed Location") from None
             except UrlRefused as exc:
@@ -466,38 +479,3 @@ async def fetch(
                     send_headers.pop(name, None)
             target = nxt
     raise FetchError(f"too many redirects (more than {policy.max_redirects})")
-
-
-async def post_json(
-    url: str,
-    body: bytes,
-    *,
-    policy: NetPolicy,
-    timeout: float,
-    headers: Mapping[str, str],
-    resolver: Resolver | None = None,
-    client: httpx.AsyncClient | None = None,
-) -> int:
-    """POST ``body`` as JSON (webhook callbacks) and return the status; redirects not followed.
-
-    The same address checks and pinning as :func:`fetch`; at most 64 KB of the answer is read
-    and thrown away, so a chatty receiver cannot hold the worker.
-    """
-    send_headers = httpx.Headers({"Content-Type": "application/json"})
-    send_headers.update(headers)
-    target = _target(url, policy)
-    async with _guarded(client, timeout) as http:
-        ip = await _pinned(target, policy, resolver or default_resolver)
-        response = await _send(http, target, ip, "POST", send_headers, body, timeout)
-        try:
-            read = 0
-            if response.is_stream_consumed:
-                return response.status_code
-            async with _raw_chunks(response) as chunks:
-                async for chunk in chunks:
-                    read += len(chunk)
-                    if read >= _POST_READ_LIMIT:
-                        break
-        finally:
-            await response.aclose()
-        return response.status_code

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from seedbed.netguard import FetchError, NetPolicy, UrlRefused, fetch, post_json
+from seedbed.netguard import FetchError, NetPolicy, UrlRefused, fetch
 
 LOOPBACK = NetPolicy.from_cidrs(["127.0.0.0/8"])
 MB = 1024 * 1024
@@ -120,13 +120,6 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self._reply(302, Location=query["to"][0])
             else:
                 self._reply(500)
-
-        def do_POST(self) -> None:
-            path, _ = self._record()
-            if path == "/hook":
-                self._reply(202, b"thanks" * 50_000)  # more than post_json will read
-            else:
-                self._reply(302, Location="/ok")
 
     return Handler
 
@@ -330,8 +323,6 @@ async def test_default_policy_refuses_loopback_without_connecting(
             await fetch(url, policy=NetPolicy(), max_bytes=MB, timeout=2, client=client)
     with pytest.raises(UrlRefused, match=r"loopback address 127\.0\.0\.1"):
         await fetch(f"{server.base}/ok", policy=NetPolicy(), max_bytes=MB, timeout=2)
-    with pytest.raises(UrlRefused, match=r"loopback address 127\.0\.0\.1"):
-        await post_json(f"{server.base}/hook", b"{}", policy=NetPolicy(), timeout=2, headers={})
     assert transport.hosts == []
     assert len(server.seen) == before
 
@@ -343,33 +334,6 @@ async def test_connection_refused() -> None:
     with pytest.raises(FetchError) as info:
         await fetch(f"http://127.0.0.1:{port}/", policy=LOOPBACK, max_bytes=MB, timeout=2)
     assert info.value.reason == "connection refused"
-
-
-async def test_post_json_delivers_exact_body_and_headers(server: Server) -> None:
-    body = b'{"code": 200, "data": {"taskId": "t-1", "state": "success"}}'
-    status = await post_json(
-        f"{server.base}/hook",
-        body,
-        policy=LOOPBACK,
-        timeout=2,
-        headers={"X-Seedbed-Signature": "sha256=abc", "User-Agent": "seedbed/0.1"},
-    )
-    assert status == 202
-    seen = next(s for s in reversed(server.seen) if s.path == "/hook")
-    assert seen.method == "POST"
-    assert seen.body == body
-    assert seen.headers["Content-Type"] == "application/json"
-    assert seen.headers["Content-Length"] == str(len(body))
-    assert seen.headers["X-Seedbed-Signature"] == "sha256=abc"
-    assert seen.headers["User-Agent"] == "seedbed/0.1"
-    assert seen.headers["Host"] == f"127.0.0.1:{server.port}"
-
-
-async def test_post_json_returns_redirect_status(server: Server) -> None:
-    before = len(server.seen)
-    status = await post_json(f"{server.base}/moved", b"{}", policy=LOOPBACK, timeout=2, headers={})
-    assert status == 302
-    assert [s.path for s in server.seen[before:]] == ["/moved"]
 
 
 # --- TLS: the pinned IP is dialled, yet the certificate is checked against the name -------

@@ -7,20 +7,19 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 
+from hook_receiver import Seen, serve_hooks
 from seedbed import netguard
 from seedbed.callbacks import (
     DEFAULT_RETRY_DELAYS,
     ENDED_KEPT,
+    USER_AGENT,
     Dispatcher,
     DispatcherConfig,
-    _Clients,
     signature,
 )
 from seedbed.outbox import CallbackState
@@ -89,29 +88,29 @@ async def _run_until(
         await runner
 
 
+async def _to_loopback(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]  # every receiver name is the loopback receiver, allowed below
+
+
+LOOPBACK = netguard.NetPolicy.from_cidrs(["127.0.0.0/8"])
+
+
 async def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery() -> None:
     """Accepted at create (it resolved publicly then), refused when called: no request is sent."""
     store = MemoryStore()
-    task_id = await _finished(store, "https://hooks.example/cb")
-    sent: list[httpx.Request] = []
 
     async def resolve(host: str, port: int) -> list[str]:
         return ["10.0.0.7"]
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(200)
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    dispatcher = Dispatcher(
-        store=store,
-        config=DispatcherConfig(retry_delays=(0.01,), poll_seconds=0.05),
-        resolver=resolve,
-        client=client,
-    )
-    await _run_until(dispatcher, store, task_id, CallbackState.DEAD)
-    await client.aclose()
-    assert sent == []
+    async with serve_hooks() as hooks:
+        task_id = await _finished(store, hooks.url("/cb", host="hooks.example"))
+        dispatcher = Dispatcher(
+            store=store,
+            config=DispatcherConfig(retry_delays=(0.01,), poll_seconds=0.05),
+            resolver=resolve,
+        )
+        await _run_until(dispatcher, store, task_id, CallbackState.DEAD)
+    assert hooks.connections == []
     attempts = await store.callback_attempts(task_id)
     assert [a.status for a in attempts] == [None, None]
     assert all("resolves to a refused address" in (a.error or "") for a in attempts)
@@ -119,93 +118,74 @@ async def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery()
 
 async def test_each_attempt_is_signed_and_links_use_the_tasks_origin() -> None:
     store = MemoryStore()
-    task_id = await _finished(store, "https://hooks.example/cb")
-    seen: list[httpx.Request] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(503 if len(seen) == 1 else 204)
+    async def answer(seen: Seen) -> int:
+        return 503 if len(hooks.seen) == 1 else 204
 
-    async def resolve(host: str, port: int) -> list[str]:
-        return ["127.0.0.1"]  # allowed below; the mock transport answers, nothing is sent
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    dispatcher = Dispatcher(
-        store=store,
-        config=DispatcherConfig(
-            retry_delays=(0.01, 0.01),
-            poll_seconds=0.05,
-            net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
-        ),
-        resolver=resolve,
-        client=client,
-        clock=lambda: 1_700_000_000.5,
-    )
-    await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
-    await client.aclose()
-    assert len(seen) == 2
-    for request in seen:
+    async with serve_hooks(answer) as hooks:
+        task_id = await _finished(store, hooks.url("/cb", host="hooks.example"))
+        dispatcher = Dispatcher(
+            store=store,
+            config=DispatcherConfig(
+                retry_delays=(0.01, 0.01), poll_seconds=0.05, net_policy=LOOPBACK
+            ),
+            resolver=_to_loopback,
+            clock=lambda: 1_700_000_000.5,
+        )
+        await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
+    assert len(hooks.seen) == 2
+    for request in hooks.seen:
+        assert request.path == "/cb"
         assert request.headers["x-webhook-timestamp"] == "1700000000"
         assert request.headers["x-webhook-signature"] == signature("s", task_id, "1700000000")
-        assert request.headers["host"] == "hooks.example"
+        assert request.headers["host"] == f"hooks.example:{hooks.port}"
+        assert request.headers["user-agent"] == USER_AGENT
         assert (
             b'"resultJson":"{\\"resultUrls\\":[\\"http://seedbed.test/files/results/a.png\\"]}"'
-            in request.content
+            in request.body
         )
-    assert seen[0].content == seen[1].content
+    assert hooks.seen[0].body == hooks.seen[1].body
 
 
-def _local_dispatcher(
-    store: MemoryStore, answer: Callable[[httpx.Request], Awaitable[httpx.Response]]
-) -> tuple[Dispatcher, httpx.AsyncClient, list[str]]:
-    """A dispatcher whose receiver is ``answer`` (mock transport) and whose outcomes are kept."""
-
-    async def resolve(host: str, port: int) -> list[str]:
-        return ["127.0.0.1"]  # allowed below; the mock transport answers, nothing is sent
-
+def _local_dispatcher(store: MemoryStore) -> tuple[Dispatcher, list[str]]:
+    """A dispatcher whose receivers are all on loopback, and whose outcomes are kept."""
     outcomes: list[str] = []
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     dispatcher = Dispatcher(
         store=store,
-        config=DispatcherConfig(
-            retry_delays=(3600.0,),
-            timeout=5.0,
-            net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
-        ),
-        resolver=resolve,
-        client=client,
+        config=DispatcherConfig(retry_delays=(3600.0,), timeout=5.0, net_policy=LOOPBACK),
+        resolver=_to_loopback,
         on_outcome=outcomes.append,
     )
-    return dispatcher, client, outcomes
+    return dispatcher, outcomes
 
 
 async def test_flush_delivers_what_is_due_and_leaves_later_retries() -> None:
     store = MemoryStore()
-    due = await _finished(store, "https://hooks.example/due")
-    later = await _finished(store, "https://hooks.example/later", new_key=False)
-    # ``later`` already failed once: its retry is an hour away
-    await store.claim_callbacks(limit=2, lease_seconds=60)
-    await store.release_callbacks([due])
-    await store.record_callback_attempt(
-        later,
-        attempt=1,
-        status=500,
-        error="HTTP 500",
-        duration_ms=1,
-        delivered=False,
-        retry_in=3600,
-    )
-    sent: list[str] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
+    async def answer(seen: Seen) -> int:
         await asyncio.sleep(0.05)  # still in flight when flush first looks
-        return httpx.Response(200)
+        return 200
 
-    dispatcher, client, outcomes = _local_dispatcher(store, answer)
-    await dispatcher.flush(5.0)  # no run(): flush claims on its own
-    await client.aclose()
-    assert sent == ["/due"] and outcomes == ["delivered"]
+    async with serve_hooks(answer) as hooks:
+        due = await _finished(store, hooks.url("/due", host="hooks.example"))
+        later = await _finished(store, hooks.url("/later", host="hooks.example"), new_key=False)
+        # ``later`` already failed once: its retry is an hour away
+        await store.claim_callbacks(limit=2, lease_seconds=60)
+        await store.release_callbacks([due])
+        await store.record_callback_attempt(
+            later,
+            attempt=1,
+            status=500,
+            error="HTTP 500",
+            duration_ms=1,
+            delivered=False,
+            retry_in=3600,
+        )
+        dispatcher, outcomes = _local_dispatcher(store)
+        await dispatcher.flush(5.0)  # no run(): flush claims on its own
+        dispatcher.stop()
+        await dispatcher.run()  # already stopping: closes the kept connection
+    assert [s.path for s in hooks.seen] == ["/due"] and outcomes == ["delivered"]
     delivered = await store.get_callback(due)
     assert delivered is not None and delivered.state is CallbackState.DELIVERED
     pending = await store.get_callback(later)
@@ -215,50 +195,26 @@ async def test_flush_delivers_what_is_due_and_leaves_later_retries() -> None:
 
 async def test_flush_gives_up_at_its_timeout_and_stop_makes_the_callback_due_again() -> None:
     store = MemoryStore()
-    task_id = await _finished(store, "https://hooks.example/slow")
     never = asyncio.Event()
 
-    async def hang(request: httpx.Request) -> httpx.Response:
+    async def hang(seen: Seen) -> int:
         await never.wait()
-        return httpx.Response(200)
+        return 200
 
-    dispatcher, client, outcomes = _local_dispatcher(store, hang)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await dispatcher.flush(0.2)
-    assert 0.2 <= loop.time() - started < 2
-    dispatcher.stop()
-    await dispatcher.run()  # already stopping: only cuts off the attempt in flight
-    await client.aclose()
+    async with serve_hooks(hang) as hooks:
+        task_id = await _finished(store, hooks.url("/slow", host="hooks.example"))
+        dispatcher, outcomes = _local_dispatcher(store)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await dispatcher.flush(0.2)
+        assert 0.2 <= loop.time() - started < 2
+        dispatcher.stop()
+        await dispatcher.run()  # already stopping: only cuts off the attempt in flight
+        never.set()
     assert outcomes == []
     record = await store.get_callback(task_id)
     assert record is not None and record.state is CallbackState.PENDING and record.attempts == 0
     assert [d.task_id for d in await store.claim_callbacks(limit=5, lease_seconds=60)] == [task_id]
-
-
-async def test_receiver_clients_in_use_are_never_closed_to_make_room(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_Clients, "MAX", 2)
-    clients = _Clients()
-    with clients.use("http://a.example/cb") as a:
-        with clients.use("http://b.example/cb") as b:
-            pass
-        with clients.use("http://c.example/cb") as c:
-            pass
-        await asyncio.sleep(0)
-        # Three origins for a MAX of 2: the least recently used *idle* one goes (b), never a,
-        # the oldest, which a delivery is still using.
-        assert a is not None and b is not None and c is not None
-        assert b.is_closed and not c.is_closed and not a.is_closed
-        with clients.use("http://a.example/other") as again:
-            assert again is a  # one client per origin
-    await asyncio.sleep(0)
-    assert not a.is_closed and not c.is_closed
-    with clients.use("not a url at all \x00") as none:
-        assert none is None
-    await clients.close()
-    assert a.is_closed and c.is_closed
 
 
 class ClaimCountingStore(MemoryStore):
@@ -276,31 +232,31 @@ async def test_a_delivery_that_ends_makes_no_claim_until_new_work_is_signalled()
     """Once a claim found fewer due than it asked for, a slot that frees up makes no claim
     (it would find nothing); a finish signalled to the dispatcher does."""
     store = ClaimCountingStore()
-    first = await _finished(store, "http://127.0.0.1:9/hook")
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(204)
+    async def answer(seen: Seen) -> int:
+        return 204
 
-    dispatcher, client, outcomes = _local_dispatcher(store, answer)
-    runner = asyncio.create_task(dispatcher.run())
-    try:
-        async with asyncio.timeout(10):
-            while outcomes != ["delivered"]:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)
-            assert store.claims == [1]  # not one more when the delivery ended
-            second = await _finished(store, "http://127.0.0.1:9/hook", new_key=False)
-            dispatcher.wakeup.notify()  # as the server's finish listener does
-            while outcomes != ["delivered", "delivered"]:
-                await asyncio.sleep(0.01)
-        assert store.claims == [1, 1]
-        for task_id in (first, second):
-            record = await store.get_callback(task_id)
-            assert record is not None and record.state is CallbackState.DELIVERED
-    finally:
-        dispatcher.stop()
-        await runner
-        await client.aclose()
+    async with serve_hooks(answer) as hooks:
+        first = await _finished(store, hooks.url())
+        dispatcher, outcomes = _local_dispatcher(store)
+        runner = asyncio.create_task(dispatcher.run())
+        try:
+            async with asyncio.timeout(10):
+                while outcomes != ["delivered"]:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                assert store.claims == [1]  # not one more when the delivery ended
+                second = await _finished(store, hooks.url(), new_key=False)
+                dispatcher.wakeup.notify()  # as the server's finish listener does
+                while outcomes != ["delivered", "delivered"]:
+                    await asyncio.sleep(0.01)
+            assert store.claims == [1, 1]
+            for task_id in (first, second):
+                record = await store.get_callback(task_id)
+                assert record is not None and record.state is CallbackState.DELIVERED
+        finally:
+            dispatcher.stop()
+            await runner
 
 
 class _CountingStore(MemoryStore):
@@ -320,28 +276,24 @@ async def test_a_task_this_process_ended_is_delivered_without_reading_it_back() 
     from it, with no read of the task; a retry reads it from the store, and both bodies are
     the same."""
     store = _CountingStore()
-    task_id = await _finished(store, "https://hooks.example/cb")
-    seen: list[bytes] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request.content)
-        return httpx.Response(503 if len(seen) == 1 else 204)
+    async def answer(seen: Seen) -> int:
+        return 503 if len(hooks.seen) == 1 else 204
 
-    dispatcher, client, outcomes = _local_dispatcher(store, answer)
-    dispatcher.config = DispatcherConfig(
-        retry_delays=(0.01,),
-        poll_seconds=0.05,
-        net_policy=netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]),
-    )
-    final = await store.get_task(task_id)
-    assert final is not None
-    store.reads = 0
-    dispatcher.ended(final)
-    await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
-    await client.aclose()
+    async with serve_hooks(answer) as hooks:
+        task_id = await _finished(store, hooks.url("/cb", host="hooks.example"))
+        dispatcher, outcomes = _local_dispatcher(store)
+        dispatcher.config = DispatcherConfig(
+            retry_delays=(0.01,), poll_seconds=0.05, net_policy=LOOPBACK
+        )
+        final = await store.get_task(task_id)
+        assert final is not None
+        store.reads = 0
+        dispatcher.ended(final)
+        await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
     assert outcomes == ["retry", "delivered"]
     assert store.reads == 1  # the retry's only
-    assert len(seen) == 2 and seen[0] == seen[1]
+    assert len(hooks.seen) == 2 and hooks.seen[0].body == hooks.seen[1].body
 
 
 async def test_ended_keeps_only_tasks_with_a_callback_and_a_bounded_number() -> None:

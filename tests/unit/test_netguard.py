@@ -23,7 +23,6 @@ from seedbed.netguard import (
     check_url,
     default_resolver,
     fetch,
-    post_json,
 )
 
 DEFAULT = NetPolicy()
@@ -288,69 +287,6 @@ async def test_fetch_refuses_before_connecting(
     assert seen == []
 
 
-async def test_post_json_refuses_before_connecting() -> None:
-    client, seen = forbidden_client()
-    resolver = stub_resolver({"hook.example": ["10.1.2.3"]})
-    async with client:
-        with pytest.raises(UrlRefused, match=r"private address 10\.1\.2\.3"):
-            await post_json(
-                "https://hook.example/cb",
-                b"{}",
-                policy=DEFAULT,
-                timeout=2,
-                headers={},
-                resolver=resolver,  # type: ignore[arg-type]
-                client=client,
-            )
-    assert seen == []
-
-
-@pytest.mark.parametrize("table", [{}, {"gone.example": []}, {"gone.example": ["not-an-ip"]}])
-async def test_unresolvable_host(table: dict[str, list[str]]) -> None:
-    client, seen = forbidden_client()
-    async with client:
-        with pytest.raises(FetchError, match=r"could not resolve host gone\.example"):
-            await fetch(
-                "http://gone.example/a.png",
-                policy=DEFAULT,
-                max_bytes=MB,
-                timeout=2,
-                resolver=stub_resolver(table),  # type: ignore[arg-type]
-                client=client,
-            )
-    assert seen == []
-
-
-# --- fetch: pinning, redirects, body limits (MockTransport, no sockets) --------------------
-
-
-@pytest.mark.parametrize("scheme", ["http", "https"])
-async def test_fetch_pins_the_checked_address(scheme: str) -> None:
-    client, seen = mock_client(
-        lambda r: httpx.Response(200, content=b"png!", headers={"Content-Type": "image/png"})
-    )
-    resolver = stub_resolver({"img.example": [PUBLIC_IP, "2606:4700::1"]})
-    async with client:
-        got = await fetch(
-            f"{scheme}://img.example:8443/a.png?x=1",
-            policy=DEFAULT,
-            max_bytes=MB,
-            timeout=2,
-            resolver=resolver,  # type: ignore[arg-type]
-            client=client,
-            headers={"User-Agent": "seedbed-test", "Host": "ignored.example"},
-        )
-    assert (got.content, got.content_type, got.status) == (b"png!", "image/png", 200)
-    assert got.url == f"{scheme}://img.example:8443/a.png?x=1"
-    [request] = seen
-    assert request.url == f"{scheme}://{PUBLIC_IP}:8443/a.png?x=1"
-    assert request.headers["Host"] == "img.example:8443"
-    assert request.headers["User-Agent"] == "seedbed-test"
-    assert request.headers["Accept-Encoding"] == "identity"
-    assert request.extensions.get("sni_hostname") == ("img.example" if scheme == "https" else None)
-    assert resolver.calls == [("img.example", 8443)]  # type: ignore[attr-defined]
-
-
 async def test_fetch_follows_and_rechecks_redirects() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         host, path = request.headers["Host"], request.url.path
@@ -543,24 +479,6 @@ async def test_non_2xx_and_redirect_without_location() -> None:
                     timeout=2,
                     client=client,
                 )
-
-
-async def test_post_json_does_not_follow_redirects() -> None:
-    client, seen = mock_client(lambda r: httpx.Response(302, headers={"Location": "/elsewhere"}))
-    async with client:
-        status = await post_json(
-            f"https://{PUBLIC_IP}/hook",
-            b'{"a":1}',
-            policy=DEFAULT,
-            timeout=2,
-            headers={"X-Sig": "abc"},
-            client=client,
-        )
-    assert status == 302
-    [request] = seen
-    assert (request.method, request.content) == ("POST", b'{"a":1}')
-    assert request.headers["Content-Type"] == "application/json"
-    assert request.headers["X-Sig"] == "abc"
 
 
 async def test_default_resolver_numeric_host() -> None:
