@@ -38,6 +38,7 @@ from seedbed.images import Encoding
 from seedbed.links import Links, load_or_create_secret, parse_secret
 from seedbed.metrics import HttpMetrics, Metrics
 from seedbed.monitor import HealthMonitor
+from seedbed.outbox import Delivery
 from seedbed.pgnotify import CALLBACKS, TASK_CHANGED, TASK_CREATED, PgNotifier, listen_dsn
 from seedbed.private import private_dir
 from seedbed.ratelimit import SharedRateLimiter
@@ -95,7 +96,9 @@ def create_app(
         dispatcher: Dispatcher | None = None
         if settings.callbacks:
             dispatcher = build_dispatcher(ctx)
-            ctx.ended_hooks.append(dispatcher.ended)
+            # a finish here claims its callback for this dispatcher, which sends it at once
+            ctx.store.lease_callbacks(dispatcher.lease_seconds)
+            ctx.store.on_finish(dispatcher.finished)
             supervisor.start("callbacks", dispatcher.run)
             background.append(("callbacks", dispatcher))
         sweeper = build_sweeper(ctx)
@@ -180,9 +183,9 @@ def build_context(
     task_changes = Wakeup(None if shared else settings.run_dir / "events")
     wakeup = Wakeup(None if shared else settings.run_dir)
 
-    def on_finish(task: Task) -> None:
-        if task.callback_url:
-            callback_wakeup.notify()
+    def on_finish(task: Task, delivery: Delivery | None) -> None:
+        if task.callback_url and delivery is None:
+            callback_wakeup.notify()  # left due: the dispatchers here (this one too) claim it
 
     store.on_finish(on_finish)
     metrics = Metrics()

@@ -136,13 +136,29 @@ class Dispatcher:
         #: first delivery builds its body from them instead of reading the task back
         self._ended: OrderedDict[str, Task] = OrderedDict()
 
-    def ended(self, task: Task) -> None:
-        """A task this process has just ended, as the store recorded it (a terminal record
-        does not change, so its callback's body can be made from it)."""
-        if task.callback_url and task.state.is_terminal:
-            self._ended[task.id] = task
-            if len(self._ended) > ENDED_KEPT:  # delivered by another process: not popped
-                self._ended.popitem(last=False)
+    def lease_seconds(self) -> float | None:
+        """How long a finish in this process claims its task's callback for this dispatcher
+        (``Store.lease_callbacks``); None when no slot is free or it is stopping: the
+        callback is then left due, for whichever dispatcher claims it first."""
+        if self._stopping.is_set() or len(self._inflight) >= self.config.concurrency:
+            return None
+        return self.config.timeout + LEASE_MARGIN
+
+    def finished(self, task: Task, delivery: Delivery | None) -> None:
+        """A finish of this process's store committed (``Store.on_finish``): a callback that
+        it claimed for this dispatcher is delivered at once, with no claim of its own. The
+        final record (a terminal record does not change) makes the body of the callback's
+        first attempt, with no read of the task, whoever claims it later."""
+        if not task.callback_url or not task.state.is_terminal:
+            return
+        if delivery is not None and not self._stopping.is_set():
+            self._start(delivery, task)
+            return
+        # Not claimed here (no free slot) or stopping: any dispatcher's claim takes it; one
+        # stopping leaves its claim to run out (it comes due again then).
+        self._ended[task.id] = task
+        if len(self._ended) > ENDED_KEPT:  # delivered by another process: not popped
+            self._ended.popitem(last=False)
 
     def stop(self) -> None:
         """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
@@ -206,9 +222,16 @@ class Dispatcher:
             await asyncio.sleep(STORE_RETRY)
             return False
         for delivery in due:
-            task = asyncio.create_task(self._deliver(delivery), name=f"callback-{delivery.task_id}")
-            self._inflight[delivery.task_id] = task
+            self._start(delivery, self._ended.pop(delivery.task_id, None))
         return len(due) == free
+
+    def _start(self, delivery: Delivery, task: Task | None) -> None:
+        """Deliver ``delivery`` (claimed for this dispatcher) now; ``task``: its final record,
+        when this process has it."""
+        name = f"callback-{delivery.task_id}"
+        self._inflight[delivery.task_id] = asyncio.create_task(
+            self._deliver(delivery, task), name=name
+        )
 
     async def _shutdown(self) -> None:
         for timer in self._timers:
@@ -227,9 +250,9 @@ class Dispatcher:
         self.wakeup.close()
 
     # -- one attempt ---------------------------------------------------------------------------
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery, task: Task | None) -> None:
         try:
-            await self._attempt(delivery)
+            await self._attempt(delivery, task)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -239,11 +262,10 @@ class Dispatcher:
             self._inflight.pop(delivery.task_id, None)
             self.wakeup.kick()
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _attempt(self, delivery: Delivery, task: Task | None) -> None:
         attempt = delivery.attempts + 1
-        task = self._ended.pop(delivery.task_id, None) or await self.store.get_task(
-            delivery.task_id
-        )
+        if task is None:
+            task = await self.store.get_task(delivery.task_id)
         status: int | None = None
         error: str | None = None
         started = time.monotonic()

@@ -17,6 +17,7 @@ from seedbed import netguard
 from seedbed.callbacks import (
     DEFAULT_RETRY_DELAYS,
     ENDED_KEPT,
+    LEASE_MARGIN,
     USER_AGENT,
     Dispatcher,
     DispatcherConfig,
@@ -272,9 +273,9 @@ class _CountingStore(MemoryStore):
 
 
 async def test_a_task_this_process_ended_is_delivered_without_reading_it_back() -> None:
-    """The worker hands its final record over (``ended``): the first attempt's body is made
-    from it, with no read of the task; a retry reads it from the store, and both bodies are
-    the same."""
+    """The store hands its final record over (``finished``, its callback left for a claim):
+    the first attempt's body is made from it, with no read of the task; a retry reads it from
+    the store, and both bodies are the same."""
     store = _CountingStore()
 
     async def answer(seen: Seen) -> int:
@@ -289,22 +290,81 @@ async def test_a_task_this_process_ended_is_delivered_without_reading_it_back() 
         final = await store.get_task(task_id)
         assert final is not None
         store.reads = 0
-        dispatcher.ended(final)
+        dispatcher.finished(final, None)
         await _run_until(dispatcher, store, task_id, CallbackState.DELIVERED)
     assert outcomes == ["retry", "delivered"]
     assert store.reads == 1  # the retry's only
     assert len(hooks.seen) == 2 and hooks.seen[0].body == hooks.seen[1].body
 
 
-async def test_ended_keeps_only_tasks_with_a_callback_and_a_bounded_number() -> None:
+async def test_final_records_kept_are_of_tasks_with_a_callback_and_bounded() -> None:
     store = MemoryStore()
     dispatcher = Dispatcher(store=store, config=DispatcherConfig())
     with_url = await store.get_task(await _finished(store, "https://hooks.example/cb"))
     without = await store.get_task(await _finished(store, "", new_key=False))
     assert with_url is not None and without is not None
-    dispatcher.ended(without)
+    dispatcher.finished(without, None)
     assert dispatcher._ended == {}
     for index in range(ENDED_KEPT + 5):
-        dispatcher.ended(dataclasses.replace(with_url, id=f"{index:032d}"))
+        dispatcher.finished(dataclasses.replace(with_url, id=f"{index:032d}"), None)
     assert len(dispatcher._ended) == ENDED_KEPT
     assert f"{ENDED_KEPT + 4:032d}" in dispatcher._ended and f"{0:032d}" not in dispatcher._ended
+
+
+class _ClaimsAndReads(ClaimCountingStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_task(self, task_id: str) -> Any:
+        self.reads += 1
+        return await super().get_task(task_id)
+
+
+async def test_a_callback_its_finish_claimed_is_sent_at_once_with_no_claim_or_read() -> None:
+    """Wired as the server wires it: a finish claims its callback for this dispatcher
+    (``lease_seconds``), which sends it from the final record it is handed, with no claim
+    and no read of the task. A finish while no slot is free leaves its callback due, and
+    the dispatcher's claim takes it when the slot frees."""
+    store = _ClaimsAndReads()
+    release = asyncio.Event()
+
+    async def answer(seen: Seen) -> int:
+        if len(hooks.seen) == 1:
+            await release.wait()  # the first holds the only slot
+        return 204
+
+    async with serve_hooks(answer) as hooks:
+        dispatcher, outcomes = _local_dispatcher(store)
+        dispatcher.config = DispatcherConfig(concurrency=1, net_policy=LOOPBACK)
+        store.lease_callbacks(dispatcher.lease_seconds)
+        store.on_finish(dispatcher.finished)
+        first = await _finished(store, hooks.url("/first"))
+        assert dispatcher.lease_seconds() is None  # its one slot is taken
+        second = await _finished(store, hooks.url("/second"), new_key=False)
+        record = await store.get_callback(second)
+        assert record is not None and record.next_attempt_at is not None
+        assert store.claims == [] and store.reads == 0
+        async with asyncio.timeout(10):
+            while not hooks.seen:
+                await asyncio.sleep(0.01)
+            assert [s.path for s in hooks.seen] == ["/first"]  # sent with no claim
+            runner = asyncio.create_task(dispatcher.run())
+            release.set()
+            while outcomes != ["delivered", "delivered"]:
+                await asyncio.sleep(0.01)
+        dispatcher.stop()
+        await runner
+    assert [s.path for s in hooks.seen] == ["/first", "/second"]
+    assert sum(store.claims) == 1  # the second's: the first was never claimed but by its finish
+    assert store.reads == 0  # both bodies from the final records handed over
+    for task_id in (first, second):
+        done = await store.get_callback(task_id)
+        assert done is not None and done.state is CallbackState.DELIVERED
+
+
+async def test_no_callback_is_claimed_for_a_stopping_dispatcher() -> None:
+    dispatcher = Dispatcher(store=MemoryStore(), config=DispatcherConfig())
+    assert dispatcher.lease_seconds() == DispatcherConfig().timeout + LEASE_MARGIN
+    dispatcher.stop()
+    assert dispatcher.lease_seconds() is None

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from seedbed.outbox import CallbackState, FileKind, StoredFile
+from seedbed.outbox import CallbackState, Delivery, FileKind, StoredFile
 from seedbed.store import CreateRefused, Store, open_store
 from seedbed.store.base import (
     IDEMPOTENCY_SECONDS,
@@ -969,11 +969,53 @@ async def test_finish_writes_the_callback_to_the_outbox(store: Store, clock: Clo
 async def test_finish_listeners_see_every_committed_finish(store: Store) -> None:
     await add_key(store, "10")
     seen: list[str] = []
-    store.on_finish(lambda task: seen.append(f"{task.id}:{task.state.value}"))
+    store.on_finish(lambda task, delivery: seen.append(f"{task.id}:{task.state.value}:{delivery}"))
     task = await create(store, reserve="1")
     await store.finish(task.id, Outcome.failure("500", "x"), worker_id=None)
     await store.finish(task.id, Outcome.failure("500", "x"), worker_id=None)  # not committed
-    assert seen == [f"{task.id}:fail"]
+    assert seen == [f"{task.id}:fail:None"]
+
+
+async def test_a_finish_can_claim_its_callback_for_this_process(store: Store, clock: Clock) -> None:
+    """``lease_callbacks``: the finish writes the outbox row claimed for this process's
+    dispatcher, whose listener gets the delivery; nobody else's claim takes it until that
+    claim runs out. With no slot free (None), the row is left due, as without a lease."""
+    await add_key(store, "10")
+    await store.set_hmac_key("k1", "secret-1")
+    leases: list[float | None] = [30.0, None]
+    store.lease_callbacks(lambda: leases.pop(0))
+    seen: list[tuple[str, Delivery | None]] = []
+    store.on_finish(lambda task, delivery: seen.append((task.id, delivery)))
+    plain = await create(store, reserve="1")
+    await store.finish(plain.id, Outcome.failure("500", "x"), worker_id=None)
+    assert leases == [30.0, None]  # no callback: nothing to claim, the lease is not asked
+    claimed = await _finished_with_callback(store)
+    left = await _finished_with_callback(store, result_key="results/b.png")
+    expected = Delivery(
+        task_id=claimed.id, url="https://example.com/hook", attempts=0, hmac_key="secret-1"
+    )
+    assert seen == [(plain.id, None), (claimed.id, expected), (left.id, None)]
+    record = await store.get_callback(claimed.id)
+    assert record is not None and record.state is CallbackState.PENDING
+    assert record.next_attempt_at == ms(T0) + 30_000 and record.attempts == 0
+    # another dispatcher's claim finds only the one left due
+    assert [d.task_id for d in await store.claim_callbacks(limit=10, lease_seconds=30)] == [left.id]
+    await store.record_callback_attempt(
+        claimed.id, attempt=1, status=200, error=None, duration_ms=1, delivered=True, retry_in=None
+    )
+    delivered = await store.get_callback(claimed.id)
+    assert delivered is not None and delivered.state is CallbackState.DELIVERED
+
+
+async def test_a_callback_claimed_by_its_finish_is_due_again_when_the_claim_runs_out(
+    store: Store, clock: Clock
+) -> None:
+    await add_key(store, "10")
+    store.lease_callbacks(lambda: 30.0)
+    done = await _finished_with_callback(store)
+    assert await store.claim_callbacks(limit=10, lease_seconds=30) == []
+    clock.advance(31)  # the process died before its dispatcher could send it
+    assert [d.task_id for d in await store.claim_callbacks(limit=10, lease_seconds=30)] == [done.id]
 
 
 async def test_claiming_callbacks_leases_them(store: Store, clock: Clock) -> None:

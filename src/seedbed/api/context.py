@@ -167,8 +167,6 @@ class Context:
     supervisor: Supervisor = field(default_factory=Supervisor)
     #: called once when the process is told to stop (SIGTERM), before connections drain
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
-    #: called with each task this process ends, as recorded (the callback dispatcher's)
-    ended_hooks: list[Callable[[Task], None]] = field(default_factory=list)
 
     def begin_shutdown(self) -> None:
         """Stop taking work: no new claims, live-event streams end (so connections close)."""
@@ -182,8 +180,6 @@ class Context:
         self.metrics.finished(task)
         self.feed.publish(task)
         self.task_changes.notify(task.id.encode())
-        for hook in self.ended_hooks:
-            hook(task)
 
     def task_changed(self, task_id: str) -> None:
         """This process just wrote a change to a task (state, progress): tell the live-event

@@ -37,6 +37,7 @@ from seedbed.tasks import (
 __all__ = [
     "IDEMPOTENCY_SECONDS",
     "CreateRefused",
+    "FinishListener",
     "IdempotencyConflict",
     "QueueStat",
     "QueueSummary",
@@ -48,6 +49,10 @@ __all__ = [
 
 #: how long an ``Idempotency-Key`` answers with the task it first created (CONTRACT §3)
 IDEMPOTENCY_SECONDS = 24 * 3600
+
+#: told of each committed finish: the task as ended, and its callback if claimed for this
+#: process (``Store.on_finish``)
+FinishListener = Callable[[Task, Delivery | None], None]
 
 
 class CreateRefused(Exception):
@@ -246,9 +251,17 @@ class Store(Protocol):
         its callback and its files' retention. Listeners (``on_finish``) run after the commit.
         """
 
-    def on_finish(self, listener: Callable[[Task], None]) -> None:
-        """Call ``listener(task)`` (on the event loop, must not block) after every committed
-        ``finish`` of this store object; the callback dispatcher wakes on it."""
+    def on_finish(self, listener: FinishListener) -> None:
+        """Call ``listener(task, delivery)`` (on the event loop, must not block) after every
+        committed ``finish`` of this store object. ``delivery`` is the task's callback when
+        that finish claimed it for this process (``lease_callbacks``), to be delivered now;
+        otherwise None, and a callback waits in the outbox for any dispatcher's claim."""
+
+    def lease_callbacks(self, lease: Callable[[], float | None]) -> None:
+        """Have this store object's finishes claim each finished task's callback for the
+        dispatcher of this process (as ``claim_callbacks`` would, one claim less on a
+        callback's path): ``lease()``, asked in the finish's transaction, gives the seconds
+        to claim it for, or None (no free slot: it is left due for any dispatcher)."""
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         """Expire the leases of workers known to be dead, so their tasks are claimable now."""

@@ -33,6 +33,7 @@ from seedbed.ratelimit import RateLimiter
 from seedbed.store.base import (
     IDEMPOTENCY_SECONDS,
     CreateRefused,
+    FinishListener,
     IdempotencyConflict,
     QueueStat,
     QueueSummary,
@@ -115,7 +116,8 @@ class MemoryStore:
         self._maintenance = False
         self._disabled: set[str] = set()
         self._admin_token_hash: str | None = None
-        self._finish_listeners: list[Callable[[Task], None]] = []
+        self._finish_listeners: list[FinishListener] = []
+        self._callback_lease: Callable[[], float | None] = lambda: None
         self._callbacks: dict[str, CallbackRecord] = {}
         self._attempts: list[CallbackAttempt] = []
         self._files: dict[str, StoredFile] = {}
@@ -463,19 +465,24 @@ class MemoryStore:
                 self._record(key.id, task_id, "charge", charge, "")
             if reserved - charge > 0:
                 self._record(key.id, task_id, "release", reserved - charge, "")
+            delivery = None
             if done.callback_url:
+                lease = self._callback_lease()
                 self._callbacks[task_id] = CallbackRecord(
                     task_id=task_id,
                     key_id=key.id,
                     url=done.callback_url,
                     state=CallbackState.PENDING,
                     attempts=0,
-                    next_attempt_at=now,
+                    next_attempt_at=now if lease is None else now + round(lease * 1000),
                     last_status=None,
                     last_error=None,
                     created_at=now,
                     updated_at=now,
                 )
+                if lease is not None:
+                    url, hmac_key = done.callback_url, key.hmac_key
+                    delivery = Delivery(task_id=task_id, url=url, attempts=0, hmac_key=hmac_key)
             for result_key in done.result_keys:
                 self._files[result_key] = StoredFile(
                     key=result_key,
@@ -485,11 +492,14 @@ class MemoryStore:
                     created_at=now,
                 )
         for listener in self._finish_listeners:
-            listener(self._out(done))
+            listener(self._out(done), delivery)
         return self._out(done)
 
-    def on_finish(self, listener: Callable[[Task], None]) -> None:
+    def on_finish(self, listener: FinishListener) -> None:
         self._finish_listeners.append(listener)
+
+    def lease_callbacks(self, lease: Callable[[], float | None]) -> None:
+        self._callback_lease = lease
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         owners = set(worker_ids)

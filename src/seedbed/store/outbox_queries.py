@@ -170,15 +170,16 @@ MARK_FILES_DELETED = (
 )
 
 
-def callback_row(task_id: str, key_id: str, url: str, now: int) -> dict[str, Any]:
-    """The outbox row ``finish`` writes: pending, due at once."""
+def callback_row(task_id: str, key_id: str, url: str, now: int, due: int) -> dict[str, Any]:
+    """The outbox row ``finish`` writes: pending, due at ``due`` (now, or when the claim that
+    the finish made for its own process runs out)."""
     return {
         "task_id": task_id,
         "key_id": key_id,
         "url": url,
         "state": _PENDING,
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": due,
         "last_status": None,
         "last_error": None,
         "created_at": now,

@@ -494,6 +494,7 @@ SETTLE = (
         balance_milli=_K.balance_milli + _p("reserved") - _p("charge"),
         open_tasks=_K.open_tasks - 1,
     )
+    .returning(_K.hmac_key)  # a callback the finish claims is signed with it
 )
 RELEASE_LEASES = (
     update(tasks)

@@ -63,6 +63,7 @@ from seedbed.store import queries as q
 from seedbed.store.base import (
     IDEMPOTENCY_SECONDS,
     CreateRefused,
+    FinishListener,
     IdempotencyConflict,
     QueueStat,
     QueueSummary,
@@ -297,7 +298,9 @@ class SqlStore:
         #: (device, inode) of the SQLite file when opened: a removed file is noticed
         self._file_id: tuple[int, int] | None = None
         self._polls = _PollCache()
-        self._finish_listeners: list[Callable[[Task], None]] = []
+        self._finish_listeners: list[FinishListener] = []
+        #: the callback lease of this process's dispatcher (``lease_callbacks``)
+        self._callback_lease: Callable[[], float | None] = lambda: None
 
     @property
     def group_commit(self) -> bool:
@@ -686,16 +689,23 @@ class SqlStore:
         }
         if worker_id is not None:
             params["p_worker"] = worker_id
-        done = await self._db.write(self._finish, params, success)
-        if done is not None:
-            for listener in self._finish_listeners:
-                listener(done)
+        finished = await self._db.write(self._finish, params, success)
+        if finished is None:
+            return None
+        done, delivery = finished
+        for listener in self._finish_listeners:
+            listener(done, delivery)
         return done
 
-    def on_finish(self, listener: Callable[[Task], None]) -> None:
+    def on_finish(self, listener: FinishListener) -> None:
         self._finish_listeners.append(listener)
 
-    def _finish(self, conn: Connection, params: dict[str, Any], success: bool) -> Task | None:
+    def lease_callbacks(self, lease: Callable[[], float | None]) -> None:
+        self._callback_lease = lease
+
+    def _finish(
+        self, conn: Connection, params: dict[str, Any], success: bool
+    ) -> tuple[Task, Delivery | None] | None:
         now = params["p_now"] = self._now()
         stmt = q.FINISH_OWNED if "p_worker" in params else q.FINISH_ANY
         row = execute(conn, stmt, params).first()
@@ -705,7 +715,7 @@ class SqlStore:
         key_id, task_id = row.key_id, row.id
         reserved, charge = row.reserved_milli, row.consumed_milli
         settle = {"p_key_id": key_id, "p_reserved": reserved, "p_charge": charge}
-        execute(conn, q.SETTLE, settle)
+        hmac_key = execute(conn, q.SETTLE, settle).scalar_one()
         entries = []
         if success:
             entries.append(q.ledger_row(key_id, task_id, "charge", charge, "", now))
@@ -714,10 +724,16 @@ class SqlStore:
         if entries:
             execute_many(conn, q.INSERT_LEDGER, entries)
         task = q.task_from_row(row)
+        delivery = None
         if task.callback_url:
             # the outbox row commits with the terminal state: no finished task loses its callback
-            outbox = oq.callback_row(task_id, key_id, task.callback_url, now)
+            lease = self._callback_lease()
+            due = now if lease is None else now + round(lease * 1000)
+            outbox = oq.callback_row(task_id, key_id, task.callback_url, now, due)
             execute(conn, oq.INSERT_CALLBACK, outbox)
+            if lease is not None:
+                url = task.callback_url
+                delivery = Delivery(task_id=task_id, url=url, attempts=0, hmac_key=hmac_key)
         if success and task.result_keys:
             # an upsert: a record must never be the reason a task cannot be settled
             execute_many(
@@ -725,7 +741,7 @@ class SqlStore:
                 self._upsert_file,
                 [oq.file_row(_result_file(task, key), now) for key in task.result_keys],
             )
-        return task
+        return task, delivery
 
     async def release_leases(self, worker_ids: Collection[str]) -> int:
         if not worker_ids:
