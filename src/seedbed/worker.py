@@ -192,9 +192,6 @@ class Worker:
         self._post: set[str] = set()
         #: outputs post-processed on their engine's thread, by task id (``_post_alone``)
         self._posted: dict[str, _Posted] = {}
-        #: what those threads still do after handing the outputs over (their data's sync), by
-        #: task id: awaited before the task's finish (``_synced``)
-        self._tails: dict[str, asyncio.Future[Any]] = {}
         self._post_slots = asyncio.Semaphore(config.postprocess_slots)
         #: engines whose load failed, by id, with the message their tasks fail with
         self._load_errors: dict[int, str] = {}
@@ -471,9 +468,6 @@ class Worker:
             self._running.pop(task.id, None)
             self._post.discard(task.id)
             self._posted.pop(task.id, None)
-            tail = self._tails.pop(task.id, None)
-            if tail is not None:  # the attempt ended before it waited for it (canceled, failed)
-                tail.add_done_callback(_consume)
             self._routes.release(task.id)
             self.wakeup.kick()
 
@@ -653,7 +647,7 @@ class Worker:
                 parts = posted.parts
             else:
                 parts = await self._postprocess(task, made, plan, progress, cancel)
-            outputs = await self._synced(task.id, await self._settled(task, parts, cancel))
+            outputs = await self._settled(task, parts, cancel)
         else:
             outputs = [_Output(artifact, None) for artifact in made]
         keys = await self._store_results(task, outputs, plan)
@@ -726,21 +720,6 @@ class Worker:
         # transaction; a write of its own would be one more on every task's path.
         return made
 
-    async def _synced(self, task_id: str, outputs: list[_Output]) -> list[_Output]:
-        """``outputs`` once their data is durable: an engine's thread that post-processed
-        them (``_post_alone``) hands them over as soon as they are written and syncs them
-        while the loop gets here. If that sync failed (its file is then removed), they are
-        stored again by ``_store_results``, through faults, as any output not yet stored."""
-        tail = self._tails.pop(task_id, None)
-        if tail is None:
-            return outputs
-        try:
-            await tail
-        except Exception as exc:
-            log.warning("syncing a result failed (%r); storing it again", exc)
-            return [_Output(output.artifact, None) for output in outputs]
-        return outputs
-
     def _post_alone(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -749,18 +728,14 @@ class Worker:
         cancel: threading.Event,
         turn: _DeviceTurn,
         made: object,
-        tell: Callable[[], None],
     ) -> None:
         """On the engine's thread, the moment its pictures exist: a task alone in the worker
         (nothing claimed ahead of it, nothing in post-processing) with one output has it
         post-processed right here, as the engine alone would, the device given up first. A
         post-processing thread that has slept wakes late and runs slowly for a while, and
-        the hop there goes through the loop (~0.5 ms a task, bench/peer_bench.py). The
-        output is handed to the loop (``tell``) once its data is written, and synced here
-        while the loop wakes and settles the task, which waits for the sync before its
-        finish (``_synced``). With a backlog a task is claimed ahead and this does nothing:
-        the outputs go to the post-processing threads and the engine's thread to the next
-        generation."""
+        the hop there goes through the loop (~0.5 ms a task, bench/peer_bench.py). With a
+        backlog a task is claimed ahead and this does nothing: the outputs go to the
+        post-processing threads and the engine's thread to the next generation."""
         if not isinstance(made, Pictures) or len(made.outputs) != 1:
             return
         if self._post or len(self._running) != 1:  # read off the loop: a hint, safe either way
@@ -771,18 +746,12 @@ class Worker:
         except RuntimeError:
             return  # the loop closed: nobody waits for the task
         reserved = self._reserve(task.id, 0, plan)
-        written: list[Reserved] = []
         part: list[_Output] | BaseException
         try:
-            part = self._finish_output(
-                task.id, plan, cancel, 1, 0, made.outputs[0], reserved, written=written
-            )
+            part = self._finish_output(task.id, plan, cancel, 1, 0, made.outputs[0], reserved)
         except Exception as exc:
             part = exc
         self._posted[task.id] = _Posted(pictures_at, [part])
-        tell()
-        for output in written:
-            output.sync()  # raised: the loop stores the output again (``_synced``)
 
     def _device_done(self, task_id: str, turn: _DeviceTurn) -> None:
         turn.end()
@@ -807,13 +776,9 @@ class Worker:
         position: int,
         step: FinishFn,
         reserved: Reserved | None,
-        *,
-        written: list[Reserved] | None = None,
     ) -> list[_Output]:
         """Output ``position`` of ``count``, on the calling thread: resized, encoded and
-        (where storage is a local write) stored, in the file ``reserved`` for it. Given
-        ``written``, that file's data is only written, and the file added there to be
-        synced by the caller."""
+        (where storage is a local write) stored, in the file ``reserved`` for it."""
         try:
             if cancel.is_set():  # canceled while waiting for a thread: no work for nobody
                 raise errors.EngineFailure("canceled")
@@ -828,7 +793,6 @@ class Worker:
                     artifact,
                     plan,
                     reserved if index == 0 else None,
-                    written,
                 )
                 for index, artifact in enumerate(artifacts)
             ]
@@ -842,7 +806,6 @@ class Worker:
         artifact: Artifact,
         plan: OutputPlan,
         reserved: Reserved | None,
-        written: list[Reserved] | None,
     ) -> _Output:
         """On a post-processing thread: store the file it has just encoded, where storage is a
         local write (no hop to another thread and back: ~0.5 ms a task, bench/peer_bench.py),
@@ -853,11 +816,7 @@ class Worker:
             return _Output(artifact, None)
         try:
             if reserved is not None and reserved.key.endswith(f".{artifact.extension}"):
-                if written is None:
-                    reserved.put(artifact.data)
-                else:
-                    reserved.write(artifact.data)
-                    written.append(reserved)
+                reserved.put(artifact.data)
                 return _Output(artifact, reserved.key)
             key = _result_key(task_id, index, artifact.extension)
             if self.storage.put_here(key, artifact.data, artifact.content_type):
@@ -872,43 +831,24 @@ class Worker:
         *args: Any,
         task_id: str | None = None,
         begun: Callable[[], None] | None = None,
-        then: Callable[[R, Callable[[], None]], None] | None = None,
+        then: Callable[[R], None] | None = None,
     ) -> R:
         """Run ``fn`` on an engine thread; once that thread runs it, the loop is told (the
         claim loop's wait for ``task_id``, then ``begun``: the store writes that wait for it).
-        ``then``: called on that thread with what ``fn`` returned and ``tell``, which returns
-        it at once; what ``then`` does after ``tell`` goes on beside the loop, as the task's
-        tail (``_tails``, awaited by ``_synced``)."""
+        ``then``: called on that thread with what ``fn`` returned, before it is returned."""
         loop = asyncio.get_running_loop()
         if task_id is None and begun is None and then is None:
             return await loop.run_in_executor(self._engine_threads, partial(fn, *args))
-        told: asyncio.Future[R] = loop.create_future()
 
         def run() -> R:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
                 loop.call_soon_threadsafe(self._engine_began, task_id or "", begun)
             made = fn(*args)
             if then is not None:
-
-                def tell() -> None:
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(_resolve, told, made)
-
-                then(made, tell)
+                then(made)
             return made
 
-        running = loop.run_in_executor(self._engine_threads, run)
-        if then is None:
-            return await running
-        try:
-            await asyncio.wait((running, told), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            running.cancel()
-            raise
-        if running.done() or task_id is None:
-            return running.result()
-        self._tails[task_id] = running
-        return told.result()
+        return await loop.run_in_executor(self._engine_threads, run)
 
     async def _ensure_loaded(self, engine: Engine, *, raising: bool = True) -> None:
         """Load ``engine`` once; a load that failed fails its tasks (501) rather than the worker."""
@@ -1045,17 +985,6 @@ class _Output(NamedTuple):
 def _result_key(task_id: str, index: int, extension: str) -> str:
     """``results/<taskId>_<i>_<random>.<ext>``: unguessable, never written twice."""
     return f"results/{task_id}_{index}_{secrets.token_hex(16)}.{extension}"
-
-
-def _resolve(future: asyncio.Future[R], value: R) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve what a tail left nobody waits for raised (asyncio would log it as lost)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _discard(reserved: Reserved | None) -> None:

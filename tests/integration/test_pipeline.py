@@ -8,7 +8,6 @@ results, nothing stored half or twice, and no more claimed than post-processing 
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import threading
@@ -36,8 +35,6 @@ from seedbed.engines.base import (
 from seedbed.engines.standin import StandinEngine, _picture, native_size
 from seedbed.errors import EngineFailure
 from seedbed.images import Encoding, finish
-from seedbed.storage.local import _Reserved
-from seedbed.worker import Worker
 
 T2I = {"model": "bytedance/seedream", "input": {"prompt": "a fox", "image_size": "square"}}
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
@@ -276,69 +273,6 @@ def test_a_task_alone_is_post_processed_on_its_engines_thread_and_can_be_cancele
         [stored] = _result_files(live)
         assert stored.name.startswith(other) and stored.stat().st_size > 0
         assert live.balance(key) == 100 - live.wait(key, other)["creditsConsumed"]
-
-
-def test_a_task_alone_is_handed_over_before_its_sync_and_finished_after_it(
-    tmp_path: Path, gated: GatedEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On the engine's thread, the output's data is written and handed to the loop, then
-    synced there while the loop settles the task: the task ends only once the sync did."""
-    holding, release = threading.Event(), threading.Event()
-    real_sync = _Reserved.sync
-
-    def held_sync(self: _Reserved) -> None:
-        holding.set()
-        release.wait(30)
-        real_sync(self)
-
-    settling: list[str] = []
-    real_synced = Worker._synced
-
-    async def synced(self: Worker, task_id: str, outputs: Any) -> Any:
-        settling.append(task_id)
-        return await real_synced(self, task_id, outputs)
-
-    monkeypatch.setattr(_Reserved, "sync", held_sync)
-    monkeypatch.setattr(Worker, "_synced", synced)
-    gated.gate.set()
-    with serve(tmp_path, gated) as live:
-        key, _ = live.add_key(credits=100)
-        task_id = live.create(key, T2I)["data"]["taskId"]
-        try:
-            assert holding.wait(15)
-            wait_for(lambda: settling == [task_id])  # handed over, its sync still running
-            time.sleep(0.2)
-            assert _data(live, key, task_id)["state"] == "generating"
-        finally:
-            release.set()
-        assert live.wait(key, task_id)["state"] == "success"
-        [stored] = _result_files(live)
-        assert stored.name.startswith(task_id) and stored.stat().st_size > 0
-
-
-def test_a_result_whose_sync_failed_is_stored_again(
-    tmp_path: Path, gated: GatedEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    failed: list[str] = []
-    real_sync = _Reserved.sync
-
-    def failing_sync(self: _Reserved) -> None:
-        real_sync(self)
-        self._path.unlink()  # as a failed sync leaves it: removed
-        failed.append(self.key)
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(_Reserved, "sync", failing_sync)
-    gated.gate.set()
-    with serve(tmp_path, gated) as live:
-        key, _ = live.add_key(credits=100)
-        task_id = live.create(key, T2I)["data"]["taskId"]
-        data = live.wait(key, task_id)
-        assert data["state"] == "success"
-        [image] = _results(live, data)
-        assert image.size == (_plan(T2I).width, _plan(T2I).height)
-        [stored] = _result_files(live)
-        assert failed and f"results/{stored.name}" not in failed  # stored again, anew
 
 
 def test_a_failed_output_fails_the_task_and_stores_none(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 from pathlib import Path
 
 import pytest
@@ -142,44 +141,6 @@ def test_a_reserved_key_has_its_name_synced_ahead_and_its_data_at_put(
     with pytest.raises(RuntimeError, match="already ended"):
         reserved.put(b"again")  # a reservation stores once
     assert sorted(p.name for p in (root / "results").iterdir()) == ["t1_0_abc.jpg"]
-
-
-def test_a_reservation_written_then_synced_on_another_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``put`` in its two halves: the data is readable once written and synced by ``sync``
-    (on any thread); a discard between them keeps the file, the sync's to make."""
-    calls = _record_syncs(monkeypatch)
-    root = tmp_path / "files"
-    storage = LocalStorage(root)
-    reserved = storage.reserve_here("results/t1_0_abc.jpg")
-    path = root / "results/t1_0_abc.jpg"
-    reserved.write(b"picture")
-    assert path.read_bytes() == b"picture"
-    assert ("fdatasync", str(path)) not in calls
-    reserved.discard()
-    with pytest.raises(RuntimeError, match="already ended"):
-        reserved.write(b"again")
-    syncing = threading.Thread(target=reserved.sync)
-    syncing.start()
-    syncing.join(10)
-    assert calls[-1] == ("fdatasync", str(path)) and path.read_bytes() == b"picture"
-    with pytest.raises(RuntimeError, match="nothing written"):
-        reserved.sync()  # once
-
-
-def test_a_failed_sync_removes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = LocalStorage(tmp_path)
-    reserved = storage.reserve_here("results/t1_0_abc.jpg")
-    reserved.write(b"picture")
-
-    def fdatasync(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    with pytest.raises(OSError, match="I/O error"):
-        reserved.sync()
-    assert list((tmp_path / "results").iterdir()) == []
 
 
 def test_a_discarded_reservation_leaves_nothing(tmp_path: Path) -> None:

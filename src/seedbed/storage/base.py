@@ -60,18 +60,9 @@ class Reserved(Protocol):
         """Write ``data`` and make it durable, on the calling thread (``put_here``'s promise).
         Raises as ``put`` does; the file is then removed (the key is not used again)."""
 
-    def write(self, data: bytes) -> None:
-        """``put`` in two halves, the first: write ``data`` (readable now, not yet durable).
-        Raises as ``put`` does, the file then removed; or ends with ``sync``."""
-
-    def sync(self) -> None:
-        """``put``'s second half, on any thread: make the data written durable. Raises as
-        ``put`` does; the file is then removed."""
-
     def discard(self) -> None:
-        """Remove the file unless ``put`` or ``write`` took it (an output that failed, was
-        canceled or took another key). Where the file is still being made, waits for that
-        (one sync)."""
+        """Remove the file unless ``put`` stored it (an output that failed, was canceled or
+        took another key). Where the file is still being made, waits for that (one sync)."""
 
 
 class StorageConflict(Exception):

@@ -226,14 +226,8 @@ class _Reserved:
         self._made = made
         self._lock = threading.Lock()
         self._ended = False
-        #: the descriptor of the data written and not yet synced (``write``)
-        self._written: int | None = None
 
     def put(self, data: bytes) -> None:
-        self.write(data)
-        self.sync()
-
-    def write(self, data: bytes) -> None:
         with self._lock:
             if self._ended:
                 raise RuntimeError(f"{self.key}: reservation already ended")
@@ -241,20 +235,7 @@ class _Reserved:
         with _translated(self.key, len(data)):
             fd = self._made.result()  # raises what making it met: the file is not there
             try:
-                _write_all(fd, data)
-            except BaseException:
-                os.close(fd)
-                self._path.unlink(missing_ok=True)
-                raise
-        self._written = fd
-
-    def sync(self) -> None:
-        fd, self._written = self._written, None
-        if fd is None:
-            raise RuntimeError(f"{self.key}: nothing written to sync")
-        with _translated(self.key, 0):
-            try:
-                _sync_data(fd)
+                _write_synced(fd, data)
             except BaseException:
                 self._path.unlink(missing_ok=True)
                 raise
@@ -300,19 +281,11 @@ def _create_new(path: Path) -> tuple[int, list[Path]]:
 
 
 def _write_synced(fd: int, data: bytes) -> None:
-    """Write all of ``data`` at ``fd`` and sync it."""
-    _write_all(fd, data)
-    _sync_data(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd`` and sync it: the file's data and size, not its times
+    (fsync where the platform has no fdatasync)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _sync_data(fd: int) -> None:
-    """Sync the file's data and size, not its times (fsync where there is no fdatasync)."""
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
