@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from hook_receiver import Raw, Seen, serve_hooks
 from seedbed import callback_http
 from seedbed.callback_http import CallbackPoster
 from seedbed.netguard import FetchError, NetPolicy, UrlRefused
+from tls_util import self_signed
 
 LOOPBACK = NetPolicy.from_cidrs(["127.0.0.0/8"])
 
@@ -245,24 +245,11 @@ async def test_origins_in_use_are_never_forgotten_to_make_room(
 # --- TLS: the pinned address is dialled, yet the certificate is checked against the name ------
 
 
-def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.parametrize(("cert_name", "ok"), [("hooks.test", True), ("other.test", False)])
 async def test_https_checks_the_certificate_against_the_real_name(
     tmp_path: Path, cert_name: str, ok: bool
 ) -> None:
-    cert, key = _self_signed(tmp_path, cert_name)
+    cert, key = self_signed(tmp_path, cert_name)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     names_seen: list[str | None] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from seedbed.netguard import FetchError, NetPolicy, UrlRefused, fetch
+from tls_util import self_signed
 
 LOOPBACK = NetPolicy.from_cidrs(["127.0.0.0/8"])
 MB = 1024 * 1024
@@ -339,25 +339,11 @@ async def test_connection_refused() -> None:
 # --- TLS: the pinned IP is dialled, yet the certificate is checked against the name -------
 
 
-def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )  # fmt: skip
-    return cert, key
-
-
-# The openssl command is part of the machine's base image (Debian's openssl package).
 @pytest.mark.parametrize(("cert_name", "ok"), [("images.test", True), ("other.test", False)])
 async def test_https_checks_certificate_against_real_name(
     tmp_path: Path, cert_name: str, ok: bool
 ) -> None:
-    cert, key = _self_signed(tmp_path, cert_name)
+    cert, key = self_signed(tmp_path, cert_name)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))

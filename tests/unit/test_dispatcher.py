@@ -311,14 +311,8 @@ async def test_final_records_kept_are_of_tasks_with_a_callback_and_bounded() -> 
     assert f"{ENDED_KEPT + 4:032d}" in dispatcher._ended and f"{0:032d}" not in dispatcher._ended
 
 
-class _ClaimsAndReads(ClaimCountingStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    async def get_task(self, task_id: str) -> Any:
-        self.reads += 1
-        return await super().get_task(task_id)
+class _ClaimsAndReads(ClaimCountingStore, _CountingStore):
+    """Counts both claims and reads of tasks."""
 
 
 async def test_a_callback_its_finish_claimed_is_sent_at_once_with_no_claim_or_read() -> None:
