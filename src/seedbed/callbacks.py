@@ -139,7 +139,10 @@ class Dispatcher:
     def lease_seconds(self) -> float | None:
         """How long a finish in this process claims its task's callback for this dispatcher
         (``Store.lease_callbacks``); None when no slot is free or it is stopping: the
-        callback is then left due, for whichever dispatcher claims it first."""
+        callback is then left due, for whichever dispatcher claims it first. Asked inside
+        the finish's transaction, before its delivery starts: the finishes of one SQLite
+        group commit may each get a claim for the last free slot, so ``concurrency`` can be
+        passed by the size of one commit."""
         if self._stopping.is_set() or len(self._inflight) >= self.config.concurrency:
             return None
         return self.config.timeout + LEASE_MARGIN
