@@ -121,8 +121,10 @@ class CallbackPoster:
                     self._trim()
         except TimeoutError:
             raise netguard.FetchError(f"timed out after {timeout:g} s") from None
-        except h11.ProtocolError:
+        except h11.RemoteProtocolError:
             raise netguard.FetchError("invalid HTTP response from the server") from None
+        except h11.LocalProtocolError:  # a header that HTTP cannot carry: nothing was sent
+            raise netguard.FetchError("request failed: invalid request header") from None
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -163,6 +163,15 @@ async def test_broken_answers_have_short_reasons(reply: Raw, reason: str) -> Non
     assert len(hooks.seen) == 1  # a new connection is not tried again
 
 
+async def test_a_header_http_cannot_carry_is_refused_before_sending() -> None:
+    poster = CallbackPoster(policy=LOOPBACK)
+    async with serve_hooks() as hooks:
+        with pytest.raises(FetchError, match="invalid request header"):
+            await poster.post(hooks.url(), b"{}", headers={"X-Bad": "a\r\nb"}, timeout=2)
+        await poster.close()
+    assert hooks.seen == []
+
+
 async def test_a_receiver_that_never_answers_times_out() -> None:
     never = asyncio.Event()
 
