@@ -271,6 +271,10 @@ class Worker:
         self._stopping.set()
         self.wakeup.kick()
 
+    def runs(self, task_id: str) -> bool:
+        """Whether this worker has claimed the task and not finished it."""
+        return task_id in self._running
+
     def cancel(self, task_id: str) -> bool:
         """Interrupt a task this worker runs (its engine stops at its next step)."""
         event = self._running.get(task_id)

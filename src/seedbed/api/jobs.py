@@ -116,13 +116,16 @@ async def create_task(request: Request) -> Response:
             "Idempotency-Key: already used with a different request body in the last 24 hours"
         ) from exc
     if task.id == task_id:  # not a repeat answered with an earlier task
-        ctx.wakeup.notify()
-        ctx.metrics.created(spec.id)
         if claim_along:
             # The claim's caller was woken first (write_first), and has just scheduled the
             # task's run: let that run hand the job to the device before this answer is
             # written (~0.5 ms of the loop), as the device's time is what the client waits on.
             await asyncio.sleep(0)
+        if not (claim_along and ctx.worker is not None and ctx.worker.runs(task.id)):
+            # Wake the workers (other processes' too) unless this one took the task along:
+            # woken for nothing, each would make an empty claim, a write on the database.
+            ctx.wakeup.notify()
+        ctx.metrics.created(spec.id)
     return envelope.ok({"taskId": task.id, "recordId": task.id})
 
 
