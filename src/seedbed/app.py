@@ -29,7 +29,7 @@ from seedbed.api import (
     openapi,
     uploads,
 )
-from seedbed.api.context import Context, FlagsCache, KeyCache, refresh_keys
+from seedbed.api.context import Context, FlagsCache, KeyCache, refresh_caches
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, build_engines
@@ -93,7 +93,7 @@ def create_app(
         supervisor.start("health", monitor.run)
         if settings.admin_refresh_seconds > 0:
             period = settings.admin_refresh_seconds / 2
-            supervisor.start("keys", partial(refresh_keys, ctx.keys, period))
+            supervisor.start("caches", partial(refresh_caches, ctx.keys, ctx.flags, period))
         app.state.console.start(supervisor)  # the admin page's queue samples
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
         background: list[tuple[str, Dispatcher | Sweeper | HealthMonitor]] = [("health", monitor)]

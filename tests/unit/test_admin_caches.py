@@ -1,5 +1,4 @@
-"""The key cache (``api.context``) and its refresh ahead of expiry, on real stores; the flags
-cache, read when asked for."""
+"""The key and flag caches (``api.context``) and their refresh ahead of expiry, on real stores."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from seedbed.api import context
-from seedbed.api.context import FlagsCache, KeyCache, refresh_keys
+from seedbed.api.context import FlagsCache, KeyCache, refresh_caches
 from seedbed.store import Store, open_store
 from seedbed.store.memory import MemoryStore
 from seedbed.tasks import Flags, NewKey
@@ -95,31 +94,49 @@ async def test_a_refresh_keeps_a_newer_read(store: Store) -> None:
     assert kept is not None and kept.revoked
 
 
-async def test_flags_are_read_when_asked_for_once_expired(store: Store) -> None:
-    """Not refreshed ahead: a switch flipped while nobody asked is seen by the next request
-    once the cached value is older than ``ttl`` (``maintenance off``, then a createTask)."""
-    flags = FlagsCache(store, 0.2)
+async def test_flags_in_use_are_refreshed_and_an_invalidation_wins(store: Store) -> None:
+    flags = FlagsCache(store, LONG)
     assert (await flags.get()) == Flags()
     await store.set_maintenance(True)
     assert not (await flags.get()).maintenance  # young: not read again
-    await asyncio.sleep(0.25)
+    await flags.refresh()
     assert (await flags.get()).maintenance
+    # an invalidation (this process changed them) during a refresh: the refresh's value,
+    # read before the change, is not kept over the read the invalidation asks for
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    read = store.flags
+
+    async def slow_flags() -> Flags:
+        value = await read()
+        entered.set()
+        await go_on.wait()
+        return value
+
+    store.flags = slow_flags  # type: ignore[method-assign]
+    refreshing = asyncio.create_task(flags.refresh())
+    await entered.wait()
     await store.set_maintenance(False)
-    flags.invalidate()  # this process flipped it (the console): seen at once
+    flags.invalidate()
+    go_on.set()
+    await refreshing
+    store.flags = read  # type: ignore[method-assign]
     assert not (await flags.get()).maintenance
 
 
-async def test_the_refresh_loop_keeps_keys_in_use_current(store: Store) -> None:
-    keys = KeyCache(store, LONG)
+async def test_the_refresh_loop_keeps_caches_in_use_current(store: Store) -> None:
+    keys, flags = KeyCache(store, LONG), FlagsCache(store, LONG)
     assert await keys.get("h2") is not None
-    loop = asyncio.create_task(refresh_keys(keys, 0.01))
+    await flags.get()
+    loop = asyncio.create_task(refresh_caches(keys, flags, 0.01))
     try:
         await store.revoke_key("k2")
+        await store.set_model_enabled("bytedance/seedream", False)
         async with asyncio.timeout(5):
             while True:
                 key = await keys.get("h2")
                 assert key is not None
-                if key.revoked:
+                switched = (await flags.get()).disabled_models
+                if key.revoked and "bytedance/seedream" in switched:
                     break
                 await asyncio.sleep(0.01)
     finally:

@@ -29,13 +29,13 @@ from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
 
-__all__ = ["Context", "FlagsCache", "KeyCache", "Records", "context", "refresh_keys"]
+__all__ = ["Context", "FlagsCache", "KeyCache", "Records", "context", "refresh_caches"]
 
 log = logging.getLogger(__name__)
 
 
-#: a cached key asked for within this many seconds is re-read ahead of its expiry
-#: (``refresh_keys``); one not asked for since then ages out and is read when next asked for
+#: a cached key, or the flags, asked for within this many seconds is re-read ahead of its expiry
+#: (``refresh_caches``); one not asked for since then ages out and is read when next asked for
 REFRESH_WHILE_USED_S = 60.0
 
 
@@ -43,10 +43,8 @@ class FlagsCache:
     """Maintenance and model switches, re-read from the store at most every ``ttl`` seconds.
 
     Operators flip them with the CLI on the database; a running server sees the change within
-    ``ttl`` without a restart, and requests do not pay a query each. They are read when asked
-    for, not refreshed ahead like the keys: an operator's switch is then usually seen at the
-    next request (the README's walk-through creates a task right after ``maintenance off``),
-    and the read is one a second at most.
+    ``ttl`` without a restart, and requests do not pay a query each: while they use the flags,
+    ``refresh_caches`` re-reads them before they expire.
     """
 
     def __init__(self, store: Store, ttl: float) -> None:
@@ -54,10 +52,14 @@ class FlagsCache:
         self._ttl = ttl
         self._value = Flags()
         self._read_at = -float("inf")
+        self._used_at = -float("inf")
+        #: bumped by ``invalidate``: a refresh that read before it does not keep its value
+        self._generation = 0
         self._lock = asyncio.Lock()
 
     async def get(self) -> Flags:
-        if time.monotonic() - self._read_at < self._ttl:
+        now = self._used_at = time.monotonic()
+        if now - self._read_at < self._ttl:
             return self._value
         async with self._lock:
             if time.monotonic() - self._read_at >= self._ttl:
@@ -65,8 +67,18 @@ class FlagsCache:
                 self._read_at = time.monotonic()
         return self._value
 
+    async def refresh(self) -> None:
+        """Re-read the flags if a request asked for them lately."""
+        started, generation = time.monotonic(), self._generation
+        if started - self._used_at >= REFRESH_WHILE_USED_S:
+            return
+        value = await self._store.flags()
+        if generation == self._generation and started > self._read_at:
+            self._value, self._read_at = value, started
+
     def invalidate(self) -> None:
         self._read_at = -float("inf")
+        self._generation += 1
 
 
 @dataclass(slots=True)
@@ -85,7 +97,7 @@ class KeyCache:
     that *shows* the balance reads the key with ``fresh=True``: a hold taken or a charge made a
     moment ago, by this process or another, must show at once.
 
-    While a key is in use, ``refresh_keys`` re-reads it before it expires, in one read for
+    While a key is in use, ``refresh_caches`` re-reads it before it expires, in one read for
     all of them: a request then finds it young. The read it spares a request is the first of
     its turn after the database changed, 0.6 ms on an idle server (bench/trace_one_task.py),
     paid every ``ttl`` by a client that calls less often than that.
@@ -132,16 +144,17 @@ class KeyCache:
                 entry.read_at, entry.key = started, found.get(key_hash)
 
 
-async def refresh_keys(keys: KeyCache, period: float) -> None:
-    """Every ``period`` seconds (half of ``admin_refresh_seconds``), re-read the keys in use,
-    so that requests find them young and do not wait for the store. A failed read is left to
-    the requests, which read (and answer the store's fault) on their own."""
+async def refresh_caches(keys: KeyCache, flags: FlagsCache, period: float) -> None:
+    """Every ``period`` seconds (half of ``admin_refresh_seconds``), re-read the keys and flags
+    in use, so that requests find them young and do not wait for the store. A failed read is
+    left to the requests, which read (and answer the store's fault) on their own."""
     while True:
         await asyncio.sleep(period)
-        try:
-            await keys.refresh()
-        except Exception as exc:
-            log.debug("refreshing the key cache failed: %r", exc)
+        for cache in (keys, flags):
+            try:
+                await cache.refresh()
+            except Exception as exc:
+                log.debug("refreshing the %s cache failed: %r", type(cache).__name__, exc)
 
 
 class Records:
