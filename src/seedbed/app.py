@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +28,7 @@ from seedbed.api import (
     openapi,
     uploads,
 )
-from seedbed.api.context import Context, FlagsCache, KeyCache, refresh_caches
+from seedbed.api.context import Context, FlagsCache, KeyCache
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, build_engines
@@ -91,9 +90,6 @@ def create_app(
             supervisor.start("worker", worker.run, on_crash=worker.hand_back)
         monitor = build_monitor(ctx)
         supervisor.start("health", monitor.run)
-        if settings.admin_refresh_seconds > 0:
-            period = settings.admin_refresh_seconds / 2
-            supervisor.start("caches", partial(refresh_caches, ctx.keys, ctx.flags, period))
         app.state.console.start(supervisor)  # the admin page's queue samples
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
         background: list[tuple[str, Dispatcher | Sweeper | HealthMonitor]] = [("health", monitor)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,22 +28,14 @@ from seedbed.tasks import ApiKey, Flags, Task, TaskState, TaskView
 from seedbed.wakeup import Wakeup
 from seedbed.worker import Worker
 
-__all__ = ["Context", "FlagsCache", "KeyCache", "Records", "context", "refresh_caches"]
-
-log = logging.getLogger(__name__)
-
-
-#: a cached key, or the flags, asked for within this many seconds is re-read ahead of its expiry
-#: (``refresh_caches``); one not asked for since then ages out and is read when next asked for
-REFRESH_WHILE_USED_S = 60.0
+__all__ = ["Context", "FlagsCache", "KeyCache", "Records", "context"]
 
 
 class FlagsCache:
     """Maintenance and model switches, re-read from the store at most every ``ttl`` seconds.
 
     Operators flip them with the CLI on the database; a running server sees the change within
-    ``ttl`` without a restart, and requests do not pay a query each: while they use the flags,
-    ``refresh_caches`` re-reads them before they expire.
+    ``ttl`` without a restart, and requests do not pay a query each.
     """
 
     def __init__(self, store: Store, ttl: float) -> None:
@@ -52,14 +43,10 @@ class FlagsCache:
         self._ttl = ttl
         self._value = Flags()
         self._read_at = -float("inf")
-        self._used_at = -float("inf")
-        #: bumped by ``invalidate``: a refresh that read before it does not keep its value
-        self._generation = 0
         self._lock = asyncio.Lock()
 
     async def get(self) -> Flags:
-        now = self._used_at = time.monotonic()
-        if now - self._read_at < self._ttl:
+        if time.monotonic() - self._read_at < self._ttl:
             return self._value
         async with self._lock:
             if time.monotonic() - self._read_at >= self._ttl:
@@ -67,25 +54,8 @@ class FlagsCache:
                 self._read_at = time.monotonic()
         return self._value
 
-    async def refresh(self) -> None:
-        """Re-read the flags if a request asked for them lately."""
-        started, generation = time.monotonic(), self._generation
-        if started - self._used_at >= REFRESH_WHILE_USED_S:
-            return
-        value = await self._store.flags()
-        if generation == self._generation and started > self._read_at:
-            self._value, self._read_at = value, started
-
     def invalidate(self) -> None:
         self._read_at = -float("inf")
-        self._generation += 1
-
-
-@dataclass(slots=True)
-class _KeyEntry:
-    read_at: float
-    key: ApiKey | None
-    used_at: float
 
 
 class KeyCache:
@@ -96,11 +66,6 @@ class KeyCache:
     own conditional update is what enforces credits and the open-task cap, exactly. An answer
     that *shows* the balance reads the key with ``fresh=True``: a hold taken or a charge made a
     moment ago, by this process or another, must show at once.
-
-    While a key is in use, ``refresh_caches`` re-reads it before it expires, in one read for
-    all of them: a request then finds it young. The read it spares a request is the first of
-    its turn after the database changed, 0.6 ms on an idle server (bench/trace_one_task.py),
-    paid every ``ttl`` by a client that calls less often than that.
     """
 
     MAX_ENTRIES = 10_000
@@ -108,53 +73,22 @@ class KeyCache:
     def __init__(self, store: Store, ttl: float) -> None:
         self._store = store
         self._ttl = ttl
-        self._entries: dict[str, _KeyEntry] = {}
+        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
 
     async def get(self, key_hash: str, *, fresh: bool = False) -> ApiKey | None:
         """The key with this hash (``None``: no such key); ``fresh`` reads the store even
         when a cached record is young, and keeps what it read."""
         now = time.monotonic()
-        entry = self._entries.get(key_hash)
-        if entry is not None:
-            entry.used_at = now
-            if not fresh and now - entry.read_at < self._ttl:
-                return entry.key
+        if not fresh:
+            hit = self._entries.get(key_hash)
+            if hit is not None and now - hit[0] < self._ttl:
+                return hit[1]
         key = await self._store.key_by_hash(key_hash)
         if self._ttl > 0:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[key_hash] = _KeyEntry(now, key, now)
+            self._entries[key_hash] = (now, key)
         return key
-
-    async def refresh(self) -> None:
-        """Re-read the keys asked for lately (never the hashes of no key: a stranger's
-        guesses are not re-read), in one read; entries read since it began are kept."""
-        started = time.monotonic()
-        live = [
-            key_hash
-            for key_hash, entry in self._entries.items()
-            if entry.key is not None and started - entry.used_at < REFRESH_WHILE_USED_S
-        ]
-        if not live:
-            return
-        found = await self._store.keys_by_hash(live)
-        for key_hash in live:
-            entry = self._entries.get(key_hash)
-            if entry is not None and entry.read_at < started:
-                entry.read_at, entry.key = started, found.get(key_hash)
-
-
-async def refresh_caches(keys: KeyCache, flags: FlagsCache, period: float) -> None:
-    """Every ``period`` seconds (half of ``admin_refresh_seconds``), re-read the keys and flags
-    in use, so that requests find them young and do not wait for the store. A failed read is
-    left to the requests, which read (and answer the store's fault) on their own."""
-    while True:
-        await asyncio.sleep(period)
-        for cache in (keys, flags):
-            try:
-                await cache.refresh()
-            except Exception as exc:
-                log.debug("refreshing the %s cache failed: %r", type(cache).__name__, exc)
 
 
 class Records:

@@ -143,9 +143,6 @@ class Store(Protocol):
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
 
-    async def keys_by_hash(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
-        """The keys with these hashes, by hash (a hash with no key is left out): one read."""
-
     async def get_key(self, key_id: str) -> ApiKey | None: ...
 
     async def list_keys(self) -> list[ApiKey]: ...

@@ -55,7 +55,6 @@ __all__ = [
     "INSERT_LEDGER",
     "INSERT_TASK",
     "INSERT_TASK_ENGINE",
-    "KEYS_BY_HASH",
     "KEY_BY_HASH",
     "KEY_BY_ID",
     "KEY_STATE",
@@ -137,7 +136,6 @@ def dumps(value: object) -> str:
 
 # -- statements, compiled once per dialect and cached by SQLAlchemy ---------------------------
 KEY_BY_HASH = select(api_keys).where(_K.key_hash == _p("key_hash"))
-KEYS_BY_HASH = select(api_keys).where(_K.key_hash.in_(bindparam("p_key_hashes", expanding=True)))
 KEY_BY_ID = select(api_keys).where(_K.id == _p("key_id"))
 LIST_KEYS = select(api_keys).order_by(_K.created_at, _K.id)
 INSERT_KEY = insert(api_keys)
