@@ -9,7 +9,9 @@ finds it), alternately followed through its events stream and through a callback
 in this process, and prints, per path, the median of each mark: before the engine's thread
 begins, in ms after the client sent createTask; after it, in ms after the engine's pictures
 existed (``engine<``). ``END`` is when the client had the success (the event read, the
-callback received). The wrappers cost a few microseconds each; compare marks, not totals.
+callback received). The wrappers cost a few microseconds each; compare marks, not totals. A
+mark that only some tasks pass (``keyread``: the cached key had expired) is the median of
+those that passed it.
 
 The marks name internals (``SqlStore.claim``, ``Worker._postprocess``, the callback's
 socket write...): a mark whose function is renamed is left out with a note. Only 127.0.0.1 is
@@ -40,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 STEPS = [
     ("seedbed.httpguard", "GuardedHttpToolsProtocol.data_received", "recv"),
     ("seedbed.api.auth", "authenticate", "auth"),
+    ("seedbed.store.sql", "SqlStore.key_by_hash", "keyread"),
+    ("seedbed.store.sql", "SqlStore.flags", "flagsread"),
     ("seedbed.catalogue", "validate_input", "validate"),
     ("seedbed.store.sql", "SqlStore.create_task", "create"),
     ("seedbed.store.sql", "SqlStore.claim", "claim"),
@@ -52,14 +56,18 @@ STEPS = [
     ("seedbed.worker", "Worker._postprocess", "postprocess"),
     ("seedbed.worker", "Worker._settled", "settled"),
     ("seedbed.store.sql", "SqlStore.finish", "finish"),
+    ("seedbed.store.sqlite", "SqliteRunner._run_batch", "fin_batch"),
+    ("seedbed.store.sql", "SqlStore._finish", "fin_sql"),
     ("seedbed.feed", "Subscription.offer", "event"),
+    ("seedbed.api.events", "_event", "sse_event"),
+    ("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle.send", "sse_send"),
     ("seedbed.callbacks", "Dispatcher._claim_some", "cb_claim"),
     ("seedbed.callbacks", "Dispatcher._send", "cb_send"),
     ("seedbed.callback_http", "CallbackPoster.post", "cb_post"),
     ("asyncio.streams", "StreamWriter.write", "cb_socket_write"),
 ]
 #: marks timed from the engine's pictures (the rest from the client's createTask)
-AFTER_ENGINE = ("put", "postprocess", "settled", "finish", "event", "cb_")
+AFTER_ENGINE = ("put", "postprocess", "settled", "finish", "fin_", "event", "sse_", "cb_")
 
 _marks: list[tuple[str, float]] = []
 
