@@ -356,6 +356,28 @@ def test_admin_api_wants_the_token_and_limits_wrong_guesses(live: LiveServer) ->
     live.app.state.console.guard._failures.clear()  # the other tests use the same address
 
 
+def test_a_key_changed_in_the_console_is_seen_by_its_next_request(tmp_path: Path) -> None:
+    """This process's key cache forgets a key the console revoked or limited: with a cache
+    kept for a minute, the next request is refused or limited all the same."""
+    settings = make_settings(tmp_path, admin_token=ADMIN_TOKEN, admin_refresh_seconds=60.0)
+    with serve_in_thread(settings) as server:
+        key, key_id = add_key(server, 5)
+        other, _ = add_key(server, 5)
+        headers = {"Authorization": f"Bearer {key}"}
+        params = {"taskId": "0" * 32}
+
+        def record_code() -> int:
+            answer = server.client.get("/api/v1/jobs/recordInfo", params=params, headers=headers)
+            return int(answer.json()["code"])
+
+        assert record_code() != 401  # the key is read, and cached
+        admin_call(server, "PUT", f"/api/v1/admin/keys/{key_id}/limits", {"recordPerSecond": 1})
+        assert {record_code(), record_code()} >= {429}  # the new limit, at once
+        admin_call(server, "POST", f"/api/v1/admin/keys/{key_id}/revoke")
+        assert record_code() == 401
+        assert server.record(other, "0" * 32)["code"] != 401  # only that key was forgotten
+
+
 def test_pages_carry_strict_security_headers_and_versioned_assets(live: LiveServer) -> None:
     page = live.client.get("/gallery")
     assert page.status_code == 200 and "set-cookie" not in page.headers

@@ -90,6 +90,14 @@ class KeyCache:
             self._entries[key_hash] = (now, key)
         return key
 
+    def forget(self, key_id: str) -> None:
+        """Drop the key's cached record (this process changed it): it is read at its next use."""
+        self._entries = {
+            key_hash: entry
+            for key_hash, entry in self._entries.items()
+            if entry[1] is None or entry[1].id != key_id
+        }
+
 
 class Records:
     """recordInfo's reads and answers, kept while they hold.

@@ -319,6 +319,7 @@ async def revoke_key(request: Request) -> Response:
     key_id = request.path_params["keyId"]
     if not await ctx.store.revoke_key(key_id):
         raise errors.ValidationFailed(f"no key {key_id}")
+    ctx.keys.forget(key_id)  # this process refuses it at once; others within admin_refresh_seconds
     return envelope.ok({"id": key_id, "revoked": True})
 
 
@@ -365,6 +366,7 @@ async def set_limits(request: Request) -> Response:
     limits = _limits(await _json(request))
     if not await ctx.store.set_key_limits(key_id, limits):
         raise errors.ValidationFailed(f"no key {key_id}")
+    ctx.keys.forget(key_id)
     return envelope.ok({"id": key_id, "limits": limits.as_dict()})
 
 
