@@ -11,7 +11,8 @@ begins, in ms after the client sent createTask; after it, in ms after the engine
 existed (``engine<``). ``END`` is when the client had the success (the event read, the
 callback received). The wrappers cost a few microseconds each; compare marks, not totals. A
 mark that only some tasks pass (``keyread``: the cached key had expired) is the median of
-those that passed it.
+those that passed it. ``fin_batch`` is the first write batch after the pictures: the
+finish's, unless another write (a callback's record) came first.
 
 The marks name internals (``SqlStore.claim``, ``Worker._postprocess``, the callback's
 socket write...): a mark whose function is renamed is left out with a note. Only 127.0.0.1 is
