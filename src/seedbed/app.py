@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from seedbed import __version__, console, errors, faults, netguard, startup
+from seedbed import __version__, admin_changes, console, errors, faults, netguard, startup
 from seedbed import store as store_module
 from seedbed.api import (
     account,
@@ -28,7 +29,7 @@ from seedbed.api import (
     openapi,
     uploads,
 )
-from seedbed.api.context import Context, FlagsCache, KeyCache
+from seedbed.api.context import Context, FlagsCache, KeyCache, refresh_caches
 from seedbed.callbacks import Dispatcher, DispatcherConfig
 from seedbed.config import Settings
 from seedbed.engines import Engines, build_engines
@@ -39,7 +40,14 @@ from seedbed.links import Links, load_or_create_secret, parse_secret
 from seedbed.metrics import HttpMetrics, Metrics
 from seedbed.monitor import HealthMonitor
 from seedbed.outbox import Delivery
-from seedbed.pgnotify import CALLBACKS, TASK_CHANGED, TASK_CREATED, PgNotifier, listen_dsn
+from seedbed.pgnotify import (
+    ADMIN_CHANGED,
+    CALLBACKS,
+    TASK_CHANGED,
+    TASK_CREATED,
+    PgNotifier,
+    listen_dsn,
+)
 from seedbed.private import private_dir
 from seedbed.ratelimit import SharedRateLimiter
 from seedbed.retention import Sweeper
@@ -83,6 +91,8 @@ def create_app(
         ctx.shutdown_hooks.append(ctx.feed.close)
         # changes made by worker processes here (SQLite): read at once, not at the next poll
         ctx.task_changes.listen(on_message=lambda task_id: ctx.feed.poke(task_id.decode()))
+        # keys and switches changed by an admin command here (SQLite): dropped at once
+        ctx.admin_channel.listen(on_message=ctx.admin_changed_elsewhere)
         worker: Worker | None = None
         if settings.worker:
             worker = ctx.worker = build_worker(ctx)
@@ -90,6 +100,9 @@ def create_app(
             supervisor.start("worker", worker.run, on_crash=worker.hand_back)
         monitor = build_monitor(ctx)
         supervisor.start("health", monitor.run)
+        if settings.admin_refresh_seconds > 0:
+            period = settings.admin_refresh_seconds / 2
+            supervisor.start("caches", partial(refresh_caches, ctx.keys, ctx.flags, period))
         app.state.console.start(supervisor)  # the admin page's queue samples
         # Beside the worker, never in its way: callbacks and retention run as their own tasks.
         background: list[tuple[str, Dispatcher | Sweeper | HealthMonitor]] = [("health", monitor)]
@@ -128,6 +141,7 @@ def create_app(
             ctx.wakeup.close()
             ctx.callback_wakeup.close()
             ctx.task_changes.close()
+            ctx.admin_channel.close()
             await ctx.store.close()
 
     app = FastAPI(
@@ -182,6 +196,8 @@ def build_context(
     # PostgreSQL's NOTIFY tells every host (TASK_CHANGED below); on SQLite, datagrams here
     task_changes = Wakeup(None if shared else settings.run_dir / "events")
     wakeup = Wakeup(None if shared else settings.run_dir)
+    flags = FlagsCache(store, settings.admin_refresh_seconds)
+    keys = KeyCache(store, settings.admin_refresh_seconds)
 
     def on_finish(task: Task, delivery: Delivery | None) -> None:
         if task.callback_url and delivery is None:
@@ -197,6 +213,9 @@ def build_context(
         notifier.subscribe(TASK_CREATED, lambda _: wakeup.work(), on_reconnect=True)
         notifier.subscribe(CALLBACKS, lambda _: callback_wakeup.work(), on_reconnect=True)
         notifier.subscribe(TASK_CHANGED, feed.poke)
+        notifier.subscribe(
+            ADMIN_CHANGED, partial(admin_changes.apply, keys=keys, flags=flags), on_reconnect=True
+        )
     if settings.server_secret:
         links = Links(parse_secret(settings.server_secret))
     elif shared:
@@ -218,8 +237,9 @@ def build_context(
         engines=engines if engines is not None else build_engines(settings),
         wakeup=wakeup,
         net_policy=netguard.NetPolicy.from_cidrs(settings.allow_network),
-        flags=FlagsCache(store, settings.admin_refresh_seconds),
-        keys=KeyCache(store, settings.admin_refresh_seconds),
+        flags=flags,
+        keys=keys,
+        admin_channel=admin_changes.sender(settings),
         links=links,
         callback_wakeup=callback_wakeup,
         task_changes=task_changes,

@@ -1,8 +1,9 @@
 """The ``seedbed`` command: the server, a worker, and admin commands on the data directory.
 
 Admin commands work on the database directly (not over HTTP), so they work whether or not a
-server is running; a running server picks up maintenance and model switches within
-``admin_refresh_seconds``. They never create a database: only ``serve`` and ``init`` do, so an
+server is running; a change to a key or a switch is then announced to the running servers,
+which see it from their next request (``admin_changes``; one that misses the message within
+``admin_refresh_seconds``). They never create a database: only ``serve`` and ``init`` do, so an
 admin command run from the wrong folder says so instead of minting a key the server never sees.
 Exit codes are in ``seedbed.exit_codes`` (docs/cli.md).
 """
@@ -158,12 +159,16 @@ def _missing_database(settings: Settings) -> str | None:
     )
 
 
-def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(store)`` on the existing database; a missing one is refused (exit 2)."""
+def _with_store(
+    settings: Settings, action: Callable[[Any], Awaitable[T]], *, announce: str | None = None
+) -> T:
+    """Run ``action(store)`` on the existing database; a missing one is refused (exit 2).
+    ``announce``: the change it made, told to the running servers (``admin_changes``)."""
     import asyncio
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from seedbed import admin_changes
     from seedbed.store import open_store
 
     missing = _missing_database(settings)
@@ -174,7 +179,12 @@ def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
         store = open_store(settings.database)
         await store.open()
         try:
-            return await action(store)
+            done = await action(store)
+            if announce is not None:
+                servers = admin_changes.sender(settings)
+                await admin_changes.announce(store, servers, announce)
+                servers.close()
+            return done
         finally:
             await store.close()
 
@@ -575,8 +585,13 @@ def keys_revoke(
     config: ConfigFile = None,
 ) -> None:
     """Revoke a key: it is refused (401) from the next request on."""
+    from seedbed import admin_changes
+
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
-    if not _with_store(settings, lambda store: store.revoke_key(key_id)):
+    revoked = _with_store(
+        settings, lambda store: store.revoke_key(key_id), announce=admin_changes.key_changed(key_id)
+    )
+    if not revoked:
         _fail(f"no key {key_id}", REFUSED)
     err.print(f"Revoked {key_id}.")
 
@@ -593,6 +608,8 @@ def credits_add(
     config: ConfigFile = None,
 ) -> None:
     """Add credits to a key's balance."""
+    from seedbed import admin_changes
+
     value = _decimal(amount, "AMOUNT")
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
 
@@ -605,7 +622,7 @@ def credits_add(
             _fail(str(exc), REFUSED)
         return balance
 
-    balance = _with_store(settings, add)
+    balance = _with_store(settings, add, announce=admin_changes.key_changed(key_id))
     print(balance)
 
 
@@ -618,19 +635,27 @@ def maintenance(
     config: ConfigFile = None,
 ) -> None:
     """Turn maintenance mode on (createTask answers 455) or off."""
+    from seedbed import admin_changes
+
     if state not in ("on", "off"):
         _fail("say 'on' or 'off'", USAGE)
     settings = _settings(data_dir=data_dir, database_url=database_url, config=config)
-    _with_store(settings, lambda store: store.set_maintenance(state == "on"))
+    _with_store(
+        settings, lambda store: store.set_maintenance(state == "on"), announce=admin_changes.FLAGS
+    )
     err.print(f"Maintenance {state}.")
 
 
 def _switch_model(model: str, enabled: bool, settings: Settings) -> None:
-    from seedbed import catalogue
+    from seedbed import admin_changes, catalogue
 
     if model not in catalogue.CATALOGUE:
         _fail(f"unknown model {model!r}; see `seedbed models list`", USAGE)
-    _with_store(settings, lambda store: store.set_model_enabled(model, enabled))
+    _with_store(
+        settings,
+        lambda store: store.set_model_enabled(model, enabled),
+        announce=admin_changes.FLAGS,
+    )
     err.print(f"{model} {'enabled' if enabled else 'disabled'}.")
 
 

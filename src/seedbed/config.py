@@ -347,7 +347,10 @@ class Settings(BaseSettings):
     record_rate_limit: int = Field(10, description="recordInfo calls per second per key")
     open_task_cap: int = Field(100, description="open (unfinished) tasks per key")
     admin_refresh_seconds: float = Field(
-        1.0, description="how often a running server re-reads maintenance and model switches"
+        1.0,
+        description="how often a running server re-reads maintenance, model switches and the "
+        "keys in use; admin changes are also announced to it at once, so this bounds only a "
+        "change whose message was lost",
     )
     admin_token: str | None = Field(
         None,

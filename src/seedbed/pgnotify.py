@@ -7,7 +7,9 @@ tells them: a trigger on ``tasks`` (migration 0006) sends ``NOTIFY`` at the comm
 * ``seedbed_task_created`` — a task was created: idle workers claim at once;
 * ``seedbed_task_changed`` (payload: the task id) — its state or progress moved: live-event
   streams following it read it at once instead of at their next poll;
-* ``seedbed_callbacks`` — a task with a callBackUrl ended: dispatchers claim it.
+* ``seedbed_callbacks`` — a task with a callBackUrl ended: dispatchers claim it;
+* ``seedbed_admin_changed`` (payload: what changed, ``seedbed.admin_changes``) — sent by an
+  admin command, not a trigger: servers drop the key or the switches they hold.
 
 ``PgNotifier`` holds one connection per process for ``LISTEN`` (asyncpg's ``add_listener``
 on a dedicated connection, never a pooled one) and calls the subscribed callbacks on the event
@@ -28,13 +30,21 @@ from typing import Any
 
 from sqlalchemy import make_url
 
-__all__ = ["CALLBACKS", "TASK_CHANGED", "TASK_CREATED", "PgNotifier", "listen_dsn"]
+__all__ = [
+    "ADMIN_CHANGED",
+    "CALLBACKS",
+    "TASK_CHANGED",
+    "TASK_CREATED",
+    "PgNotifier",
+    "listen_dsn",
+]
 
 log = logging.getLogger(__name__)
 
 TASK_CREATED = "seedbed_task_created"
 TASK_CHANGED = "seedbed_task_changed"
 CALLBACKS = "seedbed_callbacks"
+ADMIN_CHANGED = "seedbed_admin_changed"
 
 #: seconds between reconnection attempts: doubled per failure up to the maximum
 FIRST_RETRY = 0.2

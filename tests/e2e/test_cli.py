@@ -47,14 +47,16 @@ def test_keys_json_credits_revoke_and_switches(tmp_path: Path) -> None:
     assert disabled == ["seedream/4.5-edit"]
 
 
-def test_admin_switches_reach_a_running_server(tmp_path: Path) -> None:
+def test_admin_changes_reach_a_running_server_at_once(tmp_path: Path) -> None:
+    """The CLI announces each change to the server (a datagram on this host): its cache of
+    keys and switches, kept here for an hour, is dropped before the next request."""
     port = free_port()
     key = create_key(tmp_path, credits=100)
     headers = {"Authorization": f"Bearer {key['key']}"}
     body = {"model": "seedream/4.5-text-to-image", "input": {"prompt": "x"}}
     url = f"http://127.0.0.1:{port}"
     with (
-        server(tmp_path, port, admin_refresh_seconds=0.2),
+        server(tmp_path, port, admin_refresh_seconds=3600),
         httpx.Client(base_url=url, trust_env=False) as client,
     ):
 
@@ -63,22 +65,20 @@ def test_admin_switches_reach_a_running_server(tmp_path: Path) -> None:
                 client.post("/api/v1/jobs/createTask", json=body, headers=headers).json()["code"]
             )
 
-        def eventually(expected: int) -> None:
-            deadline = time.monotonic() + 5
-            while code() != expected:
-                assert time.monotonic() < deadline, f"never got {expected}"
-                time.sleep(0.1)
+        def cli(*args: str) -> None:
+            done = run_cli(args, tmp_path)
+            assert done.returncode == 0, done.stderr
 
         assert code() == 200
-        run_cli(["maintenance", "on"], tmp_path)
-        eventually(455)
-        run_cli(["maintenance", "off"], tmp_path)
-        eventually(200)
-        run_cli(["models", "disable", "seedream/4.5-text-to-image"], tmp_path)
-        eventually(505)
-        run_cli(["models", "enable", "seedream/4.5-text-to-image"], tmp_path)
-        eventually(200)
-        run_cli(["keys", "revoke", key["id"]], tmp_path)
+        cli("maintenance", "on")
+        assert code() == 455
+        cli("maintenance", "off")
+        assert code() == 200
+        cli("models", "disable", "seedream/4.5-text-to-image")
+        assert code() == 505
+        cli("models", "enable", "seedream/4.5-text-to-image")
+        assert code() == 200
+        cli("keys", "revoke", key["id"])
         assert code() == 401
 
 

@@ -245,3 +245,40 @@ def test_one_retention_sweeper_at_a_time_across_replicas(
 
     skipped, swept = asyncio.run(scenario())
     assert (skipped, swept) == (0, 1)
+
+
+def test_an_admin_change_reaches_every_replica_at_once(
+    tmp_path: Path, shared: dict[str, Any]
+) -> None:
+    """Each replica keeps keys and switches for an hour here: only the change's announcement
+    (PostgreSQL's NOTIFY) can bring it to them, whether the console of one replica or the CLI
+    made it."""
+    from typer.testing import CliRunner
+
+    from seedbed.cli import app
+
+    token = "sba-replicas-admin"
+    lasting = {**shared, "admin_refresh_seconds": 3600.0, "admin_token": token}
+    cli = ["--database-url", shared["database_url"], "--data-dir", str(tmp_path / "cli")]
+
+    def until(done: Any) -> None:
+        deadline = time.monotonic() + 5
+        while not done():
+            assert time.monotonic() < deadline, "the change never reached the replica"
+            time.sleep(0.02)
+
+    with replicas(tmp_path, lasting, {"worker": False}, {"worker": False}) as (one, two):
+        key, key_id = one.add_key(credits=1000)
+        assert one.create(key, BODY)["code"] == two.create(key, BODY)["code"] == 200
+        answer = one.client.put(
+            "/api/v1/admin/maintenance",
+            json={"on": True},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert answer.json()["code"] == 200
+        assert one.create(key, BODY)["code"] == 455  # the console's own replica: at once
+        until(lambda: two.create(key, BODY)["code"] == 455)
+        assert CliRunner().invoke(app, ["maintenance", "off", *cli]).exit_code == 0
+        until(lambda: one.create(key, BODY)["code"] == two.create(key, BODY)["code"] == 200)
+        assert CliRunner().invoke(app, ["keys", "revoke", key_id, *cli]).exit_code == 0
+        until(lambda: one.record(key, "0" * 32)["code"] == two.record(key, "0" * 32)["code"] == 401)

@@ -156,6 +156,20 @@ async def test_create_and_look_up_keys(store: Store, clock: Clock) -> None:
     assert [k.id for k in await store.list_keys()] == ["k1", "k0"]
 
 
+async def test_keys_by_hash_reads_many_at_once(store: Store) -> None:
+    for index in range(3):
+        await store.create_key(NewKey(id=f"k{index}", name="n", key_hash=f"h{index}"))
+    assert await store.revoke_key("k2") is True
+    found = await store.keys_by_hash(["h2", "nope", "h0", "h0"])
+    assert set(found) == {"h0", "h2"}  # a hash of no key is left out; repeats are one
+    assert found["h0"] == await store.key_by_hash("h0")
+    assert found["h2"].revoked
+    assert await store.keys_by_hash([]) == {}
+    # more hashes than one read takes (SqlStore reads them in chunks)
+    many = [f"x{index}" for index in range(1200)] + ["h1"]
+    assert list(await store.keys_by_hash(many)) == ["h1"]
+
+
 async def test_duplicate_or_negative_keys_are_rejected(store: Store) -> None:
     await add_key(store)
     with pytest.raises(ValueError):

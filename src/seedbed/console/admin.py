@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from seedbed import catalogue, errors, keys
+from seedbed import admin_changes, catalogue, errors, keys
 from seedbed.admin_views import callback_json, key_json
 from seedbed.api import envelope, openapi
 from seedbed.api.body import parse_json_object, read_body
@@ -319,7 +319,7 @@ async def revoke_key(request: Request) -> Response:
     key_id = request.path_params["keyId"]
     if not await ctx.store.revoke_key(key_id):
         raise errors.ValidationFailed(f"no key {key_id}")
-    ctx.keys.forget(key_id)  # this process refuses it at once; others within admin_refresh_seconds
+    await ctx.admin_changed(admin_changes.key_changed(key_id))  # refused from the next request
     return envelope.ok({"id": key_id, "revoked": True})
 
 
@@ -347,6 +347,7 @@ async def add_credits(request: Request) -> Response:
         raise errors.ValidationFailed(f"no key {key_id}") from exc
     except ValueError as exc:
         raise errors.ValidationFailed(str(exc)) from exc
+    await ctx.admin_changed(admin_changes.key_changed(key_id))  # its refusals show the balance
     return envelope.ok({"id": key_id, "balance": str(balance)})
 
 
@@ -366,7 +367,7 @@ async def set_limits(request: Request) -> Response:
     limits = _limits(await _json(request))
     if not await ctx.store.set_key_limits(key_id, limits):
         raise errors.ValidationFailed(f"no key {key_id}")
-    ctx.keys.forget(key_id)
+    await ctx.admin_changed(admin_changes.key_changed(key_id))
     return envelope.ok({"id": key_id, "limits": limits.as_dict()})
 
 
@@ -409,7 +410,7 @@ async def set_maintenance(request: Request) -> Response:
     if not isinstance(on, bool):
         raise errors.ValidationFailed("on must be true or false")
     await ctx.store.set_maintenance(on)
-    ctx.flags.invalidate()  # this process sees it at once; others within admin_refresh_seconds
+    await ctx.admin_changed(admin_changes.FLAGS)  # every server sees it from the next request
     return envelope.ok(await _switches(ctx))
 
 
@@ -433,7 +434,7 @@ async def set_model(request: Request) -> Response:
     if not isinstance(enabled, bool):
         raise errors.ValidationFailed("enabled must be true or false")
     await ctx.store.set_model_enabled(model, enabled)
-    ctx.flags.invalidate()
+    await ctx.admin_changed(admin_changes.FLAGS)
     return envelope.ok(await _switches(ctx))
 
 

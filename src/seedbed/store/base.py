@@ -143,6 +143,9 @@ class Store(Protocol):
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
 
+    async def keys_by_hash(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        """The keys with these hashes, by hash (a hash with no key is left out): one read."""
+
     async def get_key(self, key_id: str) -> ApiKey | None: ...
 
     async def list_keys(self) -> list[ApiKey]: ...
@@ -351,6 +354,11 @@ class Store(Protocol):
     async def set_maintenance(self, on: bool) -> None: ...
 
     async def set_model_enabled(self, model: str, enabled: bool) -> None: ...
+
+    async def announce_admin_change(self, change: str) -> None:
+        """Tell every server on this database that an admin changed a key or a switch
+        (``seedbed.admin_changes``): PostgreSQL's ``NOTIFY``; a store whose servers share a
+        host (SQLite) or a process (memory) does nothing, they are told otherwise."""
 
     async def admin_token_hash(self) -> str | None:
         """The hash of the console's admin token made by ``seedbed admin token``, if any."""

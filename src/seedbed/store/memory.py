@@ -202,6 +202,10 @@ class MemoryStore:
         key_id = self._by_hash.get(key_hash)
         return None if key_id is None else self._keys[key_id].public()
 
+    async def keys_by_hash(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        found = ((h, self._by_hash.get(h)) for h in key_hashes)
+        return {h: self._keys[key_id].public() for h, key_id in found if key_id is not None}
+
     async def get_key(self, key_id: str) -> ApiKey | None:
         key = self._keys.get(key_id)
         return None if key is None else key.public()
@@ -703,6 +707,9 @@ class MemoryStore:
     async def set_maintenance(self, on: bool) -> None:
         async with self._lock:
             self._maintenance = on
+
+    async def announce_admin_change(self, change: str) -> None:
+        return None  # one process: its caches are told directly
 
     async def set_model_enabled(self, model: str, enabled: bool) -> None:
         async with self._lock:

@@ -55,6 +55,7 @@ __all__ = [
     "INSERT_LEDGER",
     "INSERT_TASK",
     "INSERT_TASK_ENGINE",
+    "KEYS_BY_HASH",
     "KEY_BY_HASH",
     "KEY_BY_ID",
     "KEY_STATE",
@@ -62,6 +63,7 @@ __all__ = [
     "LEDGER",
     "LIST_KEYS",
     "MAINTENANCE",
+    "NOTIFY",
     "PG_SET_FLAG",
     "PING",
     "POLL_TASK",
@@ -136,6 +138,7 @@ def dumps(value: object) -> str:
 
 # -- statements, compiled once per dialect and cached by SQLAlchemy ---------------------------
 KEY_BY_HASH = select(api_keys).where(_K.key_hash == _p("key_hash"))
+KEYS_BY_HASH = select(api_keys).where(_K.key_hash.in_(bindparam("p_key_hashes", expanding=True)))
 KEY_BY_ID = select(api_keys).where(_K.id == _p("key_id"))
 LIST_KEYS = select(api_keys).order_by(_K.created_at, _K.id)
 INSERT_KEY = insert(api_keys)
@@ -520,6 +523,8 @@ PG_SET_FLAG = postgresql.insert(flags).on_conflict_do_update(
     index_elements=[_F.name], set_={"value": postgresql.insert(flags).excluded.value}
 )
 PING = select(literal(1))
+#: PostgreSQL only: a notification to the servers' LISTEN connections, sent at commit
+NOTIFY = select(func.pg_notify(_p("channel"), _p("payload")))
 
 
 # -- rows → domain values ------------------------------------------------------------------

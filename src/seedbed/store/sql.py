@@ -57,6 +57,7 @@ from seedbed.outbox import (
     StoredFile,
     after_attempt,
 )
+from seedbed.pgnotify import ADMIN_CHANGED
 from seedbed.private import private_file
 from seedbed.store import outbox_queries as oq
 from seedbed.store import queries as q
@@ -187,6 +188,8 @@ class _AsyncRunner:
 
 #: connections to PostgreSQL per process (the most the pool held before: 5 + 10 overflow)
 POOL_SIZE = 15
+#: key hashes per read in ``keys_by_hash``: well under every driver's limit on binds
+KEYS_PER_READ = 500
 
 
 def _drop_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -400,6 +403,15 @@ class SqlStore:
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         row = await self._db.read(_one, q.KEY_BY_HASH, {"p_key_hash": key_hash})
         return None if row is None else q.key_from_row(row)
+
+    async def keys_by_hash(self, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+        wanted = list(dict.fromkeys(key_hashes))
+        found: dict[str, ApiKey] = {}
+        for at in range(0, len(wanted), KEYS_PER_READ):
+            params = {"p_key_hashes": wanted[at : at + KEYS_PER_READ]}
+            for row in await self._db.read(_all, q.KEYS_BY_HASH, params):
+                found[row.key_hash] = q.key_from_row(row)
+        return found
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._db.read(_one, q.KEY_BY_ID, {"p_key_id": key_id})
@@ -957,6 +969,11 @@ class SqlStore:
 
     async def set_model_enabled(self, model: str, enabled: bool) -> None:
         await self._db.write(self._set_flag, q.DISABLED + model, None if enabled else "1")
+
+    async def announce_admin_change(self, change: str) -> None:
+        if self._dialect == "postgresql":  # on SQLite the servers share a host: datagrams
+            params = {"p_channel": ADMIN_CHANGED, "p_payload": change}
+            await self._db.write(_one, q.NOTIFY, params)
 
     async def admin_token_hash(self) -> str | None:
         row = await self._db.read(_one, q.FLAG, {"p_name": q.ADMIN_TOKEN})
