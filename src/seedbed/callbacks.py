@@ -135,6 +135,8 @@ class Dispatcher:
         #: final records of tasks with a callback that this process just ended, by id: their
         #: first delivery builds its body from them instead of reading the task back
         self._ended: OrderedDict[str, Task] = OrderedDict()
+        #: claims handed back as the dispatcher stops (kept referenced until done)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def lease_seconds(self) -> float | None:
         """How long a finish in this process claims its task's callback for this dispatcher
@@ -154,14 +156,30 @@ class Dispatcher:
         first attempt, with no read of the task, whoever claims it later."""
         if not task.callback_url or not task.state.is_terminal:
             return
-        if delivery is not None and not self._stopping.is_set():
-            self._start(delivery, task)
-            return
-        # Not claimed here (no free slot) or stopping: any dispatcher's claim takes it; one
-        # stopping leaves its claim to run out (it comes due again then).
+        if delivery is not None:
+            if not self._stopping.is_set():
+                self._start(delivery, task)
+                return
+            # Claimed for this dispatcher (its lease asked for) just before it began to stop:
+            # handed back, due at once for the next dispatcher, not after its lease runs out.
+            self._release_later(task.id)
+        # Not claimed here (no free slot) or stopping: any dispatcher's claim takes it.
         self._ended[task.id] = task
         if len(self._ended) > ENDED_KEPT:  # delivered by another process: not popped
             self._ended.popitem(last=False)
+
+    def _release_later(self, task_id: str) -> None:
+        async def release() -> None:
+            try:
+                await self.store.release_callbacks([task_id])
+            except Exception as exc:  # the store is gone: the lease runs out instead
+                log.warning(
+                    "callback for task %s left claimed until its lease ends (%r)", task_id, exc
+                )
+
+        releasing = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(releasing)
+        releasing.add_done_callback(self._releasing.discard)
 
     def stop(self) -> None:
         """Finish ``run()``: in-flight attempts are cut off and their rows made due again."""
@@ -249,6 +267,8 @@ class Dispatcher:
             # not attempted (or cut off): due again at once, for whoever runs next
             with contextlib.suppress(Exception):
                 await self.store.release_callbacks(list(running))
+        if self._releasing:  # before the store closes
+            await asyncio.wait(list(self._releasing), timeout=5)
         await self._poster.close()
         self.wakeup.close()
 

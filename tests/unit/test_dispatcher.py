@@ -362,3 +362,21 @@ async def test_no_callback_is_claimed_for_a_stopping_dispatcher() -> None:
     assert dispatcher.lease_seconds() == DispatcherConfig().timeout + LEASE_MARGIN
     dispatcher.stop()
     assert dispatcher.lease_seconds() is None
+
+
+async def test_a_callback_claimed_as_the_dispatcher_stops_is_handed_back_at_once() -> None:
+    """A finish asks for the lease before the dispatcher stops and commits after: the claim
+    it made is released, due at once for the next dispatcher, not after its lease."""
+    store = MemoryStore()
+    dispatcher = Dispatcher(store=store, config=DispatcherConfig())
+    store.lease_callbacks(lambda: 60.0)  # asked for before the stop below
+    store.on_finish(dispatcher.finished)
+    runner = asyncio.create_task(dispatcher.run())
+    await asyncio.sleep(0)
+    dispatcher.stop()
+    task_id = await _finished(store, "http://hooks.test/late")
+    await runner
+    async with asyncio.timeout(5):  # the lease is a minute
+        while not (due := await store.claim_callbacks(limit=5, lease_seconds=60)):
+            await asyncio.sleep(0.01)
+    assert [d.task_id for d in due] == [task_id]
