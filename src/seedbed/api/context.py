@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 
 #: a cached key, or the flags, asked for within this many seconds is re-read ahead of its expiry
-#: (``refresh_caches``); one not asked for since then ages out and is read when next asked for
-REFRESH_WHILE_USED_S = 60.0
+#: (``refresh_caches``); one not asked for since then ages out and is read when next asked for.
+#: A client calling at least this often never waits for its key; one calling less often pays
+#: one read per call, and the refresh reads a key at most 2 x this / admin_refresh_seconds
+#: times per use (batched with the other keys), not for as long as the server runs.
+REFRESH_WHILE_USED_S = 10.0
 
 
 class FlagsCache:
