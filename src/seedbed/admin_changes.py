@@ -49,8 +49,8 @@ def sender(settings: Settings) -> Wakeup:
 async def announce(store: Store, servers: Wakeup, change: str) -> None:
     """Tell the servers of this deployment; never fails the change itself, which is already
     committed: a server not told sees it within ``admin_refresh_seconds``."""
-    servers.notify(change.encode())
     try:
+        servers.notify(change.encode())
         await store.announce_admin_change(change)
     except Exception as exc:
         log.warning(
