@@ -15,6 +15,7 @@ __all__ = [
     "CREDITS_MAX",
     "LIMIT_MAX",
     "ApiKey",
+    "ClaimedBy",
     "Flags",
     "KeyLimits",
     "NewKey",
@@ -140,6 +141,15 @@ class NewTask:
     request_hash: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedBy:
+    """The worker that takes a task in its very create (``Store.create_task(claimed=...)``):
+    the task is stored generating, leased to it, on its first attempt, with no claim."""
+
+    worker_id: str
+    lease_seconds: float
+
+
 @dataclass(frozen=True, kw_only=True)
 class Task:
     id: str
@@ -203,6 +213,16 @@ class Task:
 
     def evolve(self, **changes: Any) -> Task:
         return dataclasses.replace(self, **changes)
+
+    def claimed(self, by: ClaimedBy, now: int) -> Task:
+        """This new task as a claim at ``now`` (Unix ms) would leave it, started at once."""
+        return self.evolve(
+            state=TaskState.GENERATING,
+            attempts=self.attempts + 1,
+            lease_owner=by.worker_id,
+            lease_expires=now + round(by.lease_seconds * 1000),
+            update_time=now,
+        )
 
 
 class TaskView(NamedTuple):

@@ -117,6 +117,11 @@ class Wakeup:
         """Forget past wake-ups; call before looking for work so none is missed."""
         self._event.clear()
 
+    @property
+    def waiting_ready(self) -> bool:
+        """A local ``wait(ready=True)`` is in progress: a worker with a free slot, idle."""
+        return self._ready > 0
+
     def kick(self) -> bool:
         """Wake the local waiter only (a slot freed up); True when one was waiting ready to
         take work (``wait(ready=True)``): it runs at the loop's next turn."""

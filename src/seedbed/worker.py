@@ -61,7 +61,7 @@ from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.storage.base import Reserved, Storage, StoredFileNotFound
 from seedbed.store.base import Store
-from seedbed.tasks import Outcome, Task, TaskState
+from seedbed.tasks import ClaimedBy, Outcome, Task, TaskState
 from seedbed.wakeup import Wakeup
 
 __all__ = ["Worker", "WorkerConfig", "WorkerObserver", "new_worker_id"]
@@ -204,6 +204,9 @@ class Worker:
         self._observer = observer
         #: tasks handed back to the queue at shutdown: never finished by this worker
         self._abandoned: set[str] = set()
+        #: the task group of ``run``'s claim loop, while it runs: tasks taken in their create
+        #: (``run_new``) run in it too
+        self._group: asyncio.TaskGroup | None = None
         self.health = health or faults.Health()
         #: slots per engine, and routes: relay engines run on the loop beside the threads
         # Each device slot has one task claimed ahead, waiting for the device: when the
@@ -240,9 +243,11 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 heartbeat = group.create_task(self._heartbeat_loop())
+                self._group = group
                 try:
                     await self._claim_loop(group, burst=burst)
                 finally:
+                    self._group = None
                     heartbeat.cancel()
         finally:
             # A hard stop: ask engines still running to stop early, without waiting for them
@@ -274,6 +279,49 @@ class Worker:
     def runs(self, task_id: str) -> bool:
         """Whether this worker has claimed the task and not finished it."""
         return task_id in self._running
+
+    # -- a task taken in its create ----------------------------------------------------------
+    def take_new(self, model: str) -> ClaimedBy | None:
+        """createTask asks before it stores a task of ``model``: would this worker start it on
+        its device at once? Only an idle worker, waiting for work with nothing running, whose
+        thread engine serves the model and starts it without fetching inputs, says yes. The
+        task is then created claimed by it (``Store.create_task(claimed=...)``) and started
+        with ``run_new``: nothing older can be waiting for it, or it would not be idle."""
+        if (
+            self._group is None
+            or self._stopping.is_set()
+            or self._running
+            or not self.wakeup.waiting_ready
+            or model not in _STARTS_AT_ONCE
+            or self._device.locked()
+            or not self._claimable([model])
+        ):
+            return None
+        engine = self.engines.for_model(model)
+        if engine is None or is_async(engine) or id(engine) not in self._loaded:
+            return None
+        return ClaimedBy(self.worker_id, self.config.lease_seconds)
+
+    def run_new(self, task: Task, created: asyncio.Future[Task]) -> None:
+        """Start ``task``, taken with ``take_new``, before its create commits: the device
+        runs while the create's transaction commits (SQLite's group commit runs it at the end
+        of this loop turn, after the engine has its job). ``task`` is the record the create
+        will store. Should the create fail (credits, the open-task cap, the database), the
+        attempt is canceled; its writes change nothing, each guarded by a lease that was never
+        stored, and its files are dropped with its refused finish."""
+        assert self._group is not None, "take_new said no worker loop runs"
+        self._running[task.id] = cancel = threading.Event()
+        self._routes.take(task.id, task.model)
+
+        def settled(create: asyncio.Future[Task]) -> None:
+            if create.cancelled() or create.exception() is not None:
+                cancel.set()
+            else:
+                self._changed(task.id)  # generating, as stored
+
+        created.add_done_callback(settled)
+        log.info("task taken at its create (attempt 1)", extra=task_extra(task))
+        self._group.create_task(self._process(task))
 
     def cancel(self, task_id: str) -> bool:
         """Interrupt a task this worker runs (its engine stops at its next step)."""

@@ -34,6 +34,7 @@ from seedbed.store.memory import MemoryStore
 from seedbed.store.sql import SqlStore
 from seedbed.tasks import (
     BALANCE_MAX,
+    ClaimedBy,
     Flags,
     KeyLimits,
     NewKey,
@@ -356,6 +357,29 @@ async def test_claim_and_start_in_one_round_trip(store: Store, clock: Clock) -> 
     moved = await store.claim(worker_id="w2", models=["b"], lease_seconds=30, start=("b",))
     assert moved is not None and moved.id == b.id
     assert moved.state is TaskState.GENERATING and moved.attempts == 2
+
+
+async def test_a_task_created_claimed_is_its_workers_at_once(store: Store, clock: Clock) -> None:
+    """``create_task(claimed=...)``: stored as that worker's claim would leave it (generating,
+    leased, first attempt), held by it as any claim is, and claimed by nobody else while the
+    lease holds; reclaimed as usual once it lapses. An engine record needs the task."""
+    await add_key(store)
+    new = new_task()
+    task = await store.create_task(
+        new, open_task_cap=10, claimed=ClaimedBy(worker_id="w", lease_seconds=30)
+    )
+    assert task.id == new.id and task.state is TaskState.GENERATING and task.attempts == 1
+    assert task.lease_owner == "w" and task.lease_expires == ms(T0 + 30)
+    assert await store.get_task(task.id) == task
+    assert await store.claim(worker_id="w2", models=None, lease_seconds=30) is None
+    assert await store.heartbeat([task.id], worker_id="w", lease_seconds=30) == {task.id}
+    assert await store.set_progress(task.id, 50, worker_id="w")
+    clock.advance(31)
+    again = await store.claim(worker_id="w2", models=None, lease_seconds=30)
+    assert again is not None and again.id == task.id and again.attempts == 2
+    assert await store.finish(task.id, Outcome.success(("x",), D(1)), worker_id="w2")
+    await store.set_task_engine("never-created", "sandbox")
+    assert await store.task_engine("never-created") is None
 
 
 async def test_claim_filters_by_model(store: Store) -> None:

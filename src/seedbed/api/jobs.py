@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,7 @@ from seedbed.catalogue.base import ModelSpec, field_value
 from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.store.base import CreateRefused, IdempotencyConflict
-from seedbed.tasks import NewTask, Outcome, Task, TaskView, new_task_id
+from seedbed.tasks import ClaimedBy, NewTask, Outcome, Task, TaskView, new_task_id
 
 __all__ = ["CANCELED_FAIL_CODE", "CANCELED_FAIL_MSG", "router"]
 
@@ -99,14 +100,30 @@ async def create_task(request: Request) -> Response:
         else hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
     cap = key.limits.open_task_cap or ctx.settings.open_task_cap
-    # An idle worker in this process (waiting, with a free slot) claims in this create's own
-    # transaction: woken before the create's write, its claim starts before that write
-    # commits and joins it, so the task is generating when its creation commits, one commit
-    # and ~2 ms sooner than a wake-up after it (bench/peer_bench.py). Should the claim miss
-    # the task, the wake-up below makes the worker look again. A busy worker is only woken.
-    claim_along = ctx.store.group_commit and ctx.wakeup.work()
+    # An idle worker in this process, whose device is free, takes the task in its create:
+    # the task is stored already its (generating, leased), and its engine starts before the
+    # create commits, the commit running beside the device (SQLite's group commit, at the end
+    # of this loop turn). Otherwise an idle worker (waiting, with a free slot) claims in this
+    # create's own transaction: woken before the create's write, its claim joins it, so the
+    # task is generating when its creation commits, one commit and ~2 ms sooner than a
+    # wake-up after it (bench/peer_bench.py). Should the claim miss the task, the wake-up
+    # below makes the worker look again. A busy worker is only woken.
+    # Only where the key's cached balance covers the hold: a key out of credits does not start
+    # (and at once cancel) a generation with each refused create.
+    worker = ctx.worker if ctx.store.group_commit and idempotency_key is None else None
+    covered = key.balance >= reserve
+    claimed = worker.take_new(spec.id) if worker is not None and covered else None
+    claim_along = claimed is None and ctx.store.group_commit and ctx.wakeup.work()
     try:
-        task = await ctx.store.create_task(new, open_task_cap=cap)
+        if claimed is None:
+            task = await ctx.store.create_task(new, open_task_cap=cap)
+        else:
+            assert worker is not None
+            creating = asyncio.ensure_future(
+                ctx.store.create_task(new, open_task_cap=cap, claimed=claimed)
+            )
+            worker.run_new(_as_created(new, claimed), creating)
+            task = await creating
     except CreateRefused as exc:
         if exc.reason == "open_tasks":  # the cap, reached by a create racing this one
             ctx.metrics.refused("open_tasks")
@@ -121,12 +138,21 @@ async def create_task(request: Request) -> Response:
             # task's run: let that run hand the job to the device before this answer is
             # written (~0.5 ms of the loop), as the device's time is what the client waits on.
             await asyncio.sleep(0)
-        if not (claim_along and ctx.worker is not None and ctx.worker.runs(task.id)):
+        if claimed is None and not (
+            claim_along and ctx.worker is not None and ctx.worker.runs(task.id)
+        ):
             # Wake the workers (other processes' too) unless this one took the task along:
             # woken for nothing, each would make an empty claim, a write on the database.
             ctx.wakeup.notify()
         ctx.metrics.created(spec.id)
     return envelope.ok({"taskId": task.id, "recordId": task.id})
+
+
+def _as_created(new: NewTask, claimed: ClaimedBy) -> Task:
+    """The record ``new`` will be once created claimed: what its worker starts from."""
+    now = int(time.time() * 1000)
+    task = Task.accepted(new, seq=0, now=now, input=new.input, reserved=new.reserve)
+    return task.claimed(claimed, now)
 
 
 def _idempotency_key(request: Request) -> str | None:

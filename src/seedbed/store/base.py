@@ -24,6 +24,7 @@ from seedbed.outbox import (
 from seedbed.tasks import (
     BALANCE_MAX,
     ApiKey,
+    ClaimedBy,
     Flags,
     KeyLimits,
     NewKey,
@@ -164,8 +165,14 @@ class Store(Protocol):
         """The key's credit movements, oldest first (kind, amount, task_id, note, time)."""
 
     # -- tasks: the API side ---------------------------------------------------------------
-    async def create_task(self, new: NewTask, *, open_task_cap: int) -> Task:
+    async def create_task(
+        self, new: NewTask, *, open_task_cap: int, claimed: ClaimedBy | None = None
+    ) -> Task:
         """Store a task and hold ``new.reserve`` credits from its key, in one transaction.
+
+        With ``claimed``, the task is stored as that worker's claim would leave it
+        (``Task.claimed``: generating, leased, first attempt); no other worker can claim it
+        while the lease holds. An idempotent repeat (below) is answered as ever, unclaimed.
 
         Raises ``CreateRefused("credits")`` if the balance cannot cover the hold and
         ``CreateRefused("open_tasks")`` if the key already has ``open_task_cap`` open tasks.

@@ -45,6 +45,7 @@ from seedbed.store.schema import from_milli, to_milli
 from seedbed.tasks import (
     BALANCE_MAX,
     ApiKey,
+    ClaimedBy,
     Flags,
     KeyLimits,
     NewKey,
@@ -250,7 +251,9 @@ class MemoryStore:
         ]
 
     # -- tasks: the API side -----------------------------------------------------------------
-    async def create_task(self, new: NewTask, *, open_task_cap: int) -> Task:
+    async def create_task(
+        self, new: NewTask, *, open_task_cap: int, claimed: ClaimedBy | None = None
+    ) -> Task:
         reserve = to_milli(new.reserve)
         if reserve < 0:
             raise ValueError("a task's reserve cannot be negative")
@@ -277,6 +280,8 @@ class MemoryStore:
             task = Task.accepted(
                 new, seq=self._seq, now=now, input=stored_input, reserved=from_milli(reserve)
             )
+            if claimed is not None:
+                task = task.claimed(claimed, now)
             self._tasks[task.id] = task
             if new.idempotency_key is not None:
                 self._idempotency[key.id, new.idempotency_key] = (task.id, new.request_hash)
@@ -534,7 +539,8 @@ class MemoryStore:
     async def set_task_engine(
         self, task_id: str, engine: str, upstream_task_id: str | None = None
     ) -> None:
-        self._engines[task_id] = (engine, upstream_task_id)
+        if task_id in self._tasks:  # else never created (the SQL stores' rule)
+            self._engines[task_id] = (engine, upstream_task_id)
 
     async def task_engine(self, task_id: str) -> tuple[str, str | None] | None:
         return self._engines.get(task_id)

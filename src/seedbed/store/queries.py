@@ -82,6 +82,7 @@ __all__ = [
     "START",
     "TASKS_FINISHED_SINCE",
     "TASKS_OPEN",
+    "TASK_EXISTS",
     "dumps",
     "key_from_row",
     "ledger_row",
@@ -167,6 +168,7 @@ SET_TASK_ENGINE = (
     .values(engine=_p("engine"), upstream_task_id=_p("upstream"), updated_at=_p("now"))
 )
 INSERT_TASK_ENGINE = insert(task_engines)
+TASK_EXISTS = select(literal(1)).where(_T.id == _p("task_id"))
 LEDGER = select(credit_ledger).where(_L.key_id == _p("key_id")).order_by(_L.id)
 
 #: the whole admission check in one conditional write: whoever commits first wins the credits

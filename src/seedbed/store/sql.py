@@ -78,6 +78,7 @@ from seedbed.store.sqlite import SqliteRunner, execute, execute_many
 from seedbed.tasks import (
     BALANCE_MAX,
     ApiKey,
+    ClaimedBy,
     Flags,
     KeyLimits,
     NewKey,
@@ -458,16 +459,20 @@ class SqlStore:
         ]
 
     # -- tasks: the API side -----------------------------------------------------------------
-    async def create_task(self, new: NewTask, *, open_task_cap: int) -> Task:
+    async def create_task(
+        self, new: NewTask, *, open_task_cap: int, claimed: ClaimedBy | None = None
+    ) -> Task:
         reserve = to_milli(new.reserve)
         if reserve < 0:
             raise ValueError("a task's reserve cannot be negative")
         input_json = q.dumps(dict(new.input))
         db = self._db
         try:
-            if isinstance(db, _AsyncRunner) and new.idempotency_key is None:
+            if isinstance(db, _AsyncRunner) and new.idempotency_key is None and claimed is None:
                 return await db.single(self._create_in_one, new, reserve, input_json, open_task_cap)
-            return await db.write(self._create_task, new, reserve, input_json, open_task_cap)
+            return await db.write(
+                self._create_task, new, reserve, input_json, open_task_cap, claimed
+            )
         except IntegrityError as exc:
             if new.idempotency_key is not None:
                 # A concurrent repeat committed first (PostgreSQL): answer with its task.
@@ -492,7 +497,13 @@ class SqlStore:
         return q.task_from_row(row)
 
     def _create_task(
-        self, conn: Connection, new: NewTask, reserve: int, input_json: str, cap: int
+        self,
+        conn: Connection,
+        new: NewTask,
+        reserve: int,
+        input_json: str,
+        cap: int,
+        claimed: ClaimedBy | None = None,
     ) -> Task:
         if new.idempotency_key is not None and (replay := self._replay(conn, new)) is not None:
             return replay
@@ -501,13 +512,22 @@ class SqlStore:
             raise CreateRefused(refused)
         now = self._now()
         values = {"key_id": new.key_id, **_new_task_values(new, reserve, input_json, now)}
+        task = Task.accepted(
+            new, seq=0, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
+        )
+        if claimed is not None:
+            task = task.claimed(claimed, now)
+            values.update(
+                state=task.state.value,
+                attempts=task.attempts,
+                lease_owner=task.lease_owner,
+                lease_expires=task.lease_expires,
+            )
         seq = execute(conn, q.INSERT_TASK, values).scalar_one()
         execute(
             conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now)
         )
-        return Task.accepted(
-            new, seq=seq, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
-        )
+        return task.evolve(seq=seq)
 
     def _create_in_one(
         self, conn: Connection, new: NewTask, reserve: int, input_json: str, cap: int
@@ -776,6 +796,8 @@ class SqlStore:
         now = self._now()
         params = {"p_task_id": task_id, "p_engine": engine, "p_upstream": upstream_task_id}
         if execute(conn, q.SET_TASK_ENGINE, {**params, "p_now": now}).rowcount == 0:
+            if execute(conn, q.TASK_EXISTS, {"p_task_id": task_id}).first() is None:
+                return  # never created: its create was refused after its worker began
             row = {"engine": engine, "upstream_task_id": upstream_task_id, "updated_at": now}
             execute(conn, q.INSERT_TASK_ENGINE, {"task_id": task_id, **row})
 
