@@ -149,6 +149,10 @@ class ClaimedBy:
     worker_id: str
     lease_seconds: float
 
+    def expires(self, now: int) -> int:
+        """When the lease taken at ``now`` (Unix ms) runs out, in Unix ms."""
+        return now + round(self.lease_seconds * 1000)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
@@ -179,20 +183,29 @@ class Task:
 
     @classmethod
     def accepted(
-        cls, new: NewTask, *, seq: int, now: int, input: Mapping[str, Any], reserved: Decimal
+        cls,
+        new: NewTask,
+        *,
+        seq: int,
+        now: int,
+        input: Mapping[str, Any],
+        reserved: Decimal,
+        claimed: ClaimedBy | None = None,
     ) -> Task:
-        """The task ``new`` becomes once stored: waiting, nothing done, ``reserved`` held."""
+        """The task ``new`` becomes once stored: waiting, nothing done, ``reserved`` held;
+        ``claimed``: as that worker's claim would leave it, started at once (generating,
+        leased, first attempt)."""
         return cls(
             id=new.id,
             key_id=new.key_id,
             model=new.model,
-            state=TaskState.WAITING,
+            state=TaskState.WAITING if claimed is None else TaskState.GENERATING,
             param=new.param,
             input=input,
             callback_url=new.callback_url,
             seq=seq,
             progress=0,
-            attempts=0,
+            attempts=0 if claimed is None else 1,
             reserved=reserved,
             credits_consumed=Decimal(0),
             result_keys=(),
@@ -201,8 +214,8 @@ class Task:
             create_time=now,
             update_time=now,
             complete_time=None,
-            lease_owner=None,
-            lease_expires=None,
+            lease_owner=None if claimed is None else claimed.worker_id,
+            lease_expires=None if claimed is None else claimed.expires(now),
             origin=new.origin,
         )
 
@@ -213,16 +226,6 @@ class Task:
 
     def evolve(self, **changes: Any) -> Task:
         return dataclasses.replace(self, **changes)
-
-    def claimed(self, by: ClaimedBy, now: int) -> Task:
-        """This new task as a claim at ``now`` (Unix ms) would leave it, started at once."""
-        return self.evolve(
-            state=TaskState.GENERATING,
-            attempts=self.attempts + 1,
-            lease_owner=by.worker_id,
-            lease_expires=now + round(by.lease_seconds * 1000),
-            update_time=now,
-        )
 
 
 class TaskView(NamedTuple):

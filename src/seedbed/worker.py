@@ -303,12 +303,13 @@ class Worker:
         return ClaimedBy(self.worker_id, self.config.lease_seconds)
 
     def run_new(self, task: Task, created: asyncio.Future[Task]) -> None:
-        """Start ``task``, taken with ``take_new``, before its create commits: the device
-        runs while the create's transaction commits (SQLite's group commit runs it at the end
-        of this loop turn, after the engine has its job). ``task`` is the record the create
-        will store. Should the create fail (credits, the open-task cap, the database), the
-        attempt is canceled; its writes change nothing, each guarded by a lease that was never
-        stored, and its files are dropped with its refused finish."""
+        """Start ``task``, taken with ``take_new``, before its create commits: called before
+        the create's write, its run's first step comes before the commit (SQLite's group
+        commit, at the end of this loop turn), which thus runs beside the device. ``task`` is
+        the record the create will store; ``created`` is done when the create is. Should the
+        create fail (credits, the open-task cap, the database), the attempt is canceled; its
+        writes change nothing, each guarded by a lease that was never stored, and its files
+        are dropped with its refused finish."""
         assert self._group is not None, "take_new said no worker loop runs"
         self._running[task.id] = cancel = threading.Event()
         self._routes.take(task.id, task.model)
@@ -316,11 +317,11 @@ class Worker:
         def settled(create: asyncio.Future[Task]) -> None:
             if create.cancelled() or create.exception() is not None:
                 cancel.set()
-            else:
+            else:  # logged and told once the engine runs: neither holds it up
+                log.info("task taken at its create (attempt 1)", extra=task_extra(task))
                 self._changed(task.id)  # generating, as stored
 
         created.add_done_callback(settled)
-        log.info("task taken at its create (attempt 1)", extra=task_extra(task))
         self._group.create_task(self._process(task))
 
     def cancel(self, task_id: str) -> bool:

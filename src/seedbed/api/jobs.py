@@ -26,6 +26,7 @@ from seedbed.links import Links
 from seedbed.logs import task_extra
 from seedbed.store.base import CreateRefused, IdempotencyConflict
 from seedbed.tasks import ClaimedBy, NewTask, Outcome, Task, TaskView, new_task_id
+from seedbed.worker import Worker
 
 __all__ = ["CANCELED_FAIL_CODE", "CANCELED_FAIL_MSG", "router"]
 
@@ -119,11 +120,7 @@ async def create_task(request: Request) -> Response:
             task = await ctx.store.create_task(new, open_task_cap=cap)
         else:
             assert worker is not None
-            creating = asyncio.ensure_future(
-                ctx.store.create_task(new, open_task_cap=cap, claimed=claimed)
-            )
-            worker.run_new(_as_created(new, claimed), creating)
-            task = await creating
+            task = await _create_started(ctx, worker, new, cap, claimed)
     except CreateRefused as exc:
         if exc.reason == "open_tasks":  # the cap, reached by a create racing this one
             ctx.metrics.refused("open_tasks")
@@ -148,11 +145,27 @@ async def create_task(request: Request) -> Response:
     return envelope.ok({"taskId": task.id, "recordId": task.id})
 
 
-def _as_created(new: NewTask, claimed: ClaimedBy) -> Task:
-    """The record ``new`` will be once created claimed: what its worker starts from."""
+async def _create_started(
+    ctx: Context, worker: Worker, new: NewTask, cap: int, claimed: ClaimedBy
+) -> Task:
+    """Create ``new`` claimed by ``worker``, which starts it first: its run's first step is
+    scheduled before the create's write, whose commit thus runs after the engine has its job."""
     now = int(time.time() * 1000)
-    task = Task.accepted(new, seq=0, now=now, input=new.input, reserved=new.reserve)
-    return task.claimed(claimed, now)
+    created: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+    as_stored = Task.accepted(
+        new, seq=0, now=now, input=new.input, reserved=new.reserve, claimed=claimed
+    )
+    worker.run_new(as_stored, created)
+    try:
+        task = await ctx.store.create_task(new, open_task_cap=cap, claimed=claimed)
+    except asyncio.CancelledError:
+        created.cancel()  # its write, still pending, is dropped with it: nothing stored
+        raise
+    except BaseException as exc:
+        created.set_exception(exc)
+        raise
+    created.set_result(task)
+    return task
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -278,10 +278,13 @@ class MemoryStore:
             self._seq += 1
             now = self._now()
             task = Task.accepted(
-                new, seq=self._seq, now=now, input=stored_input, reserved=from_milli(reserve)
+                new,
+                seq=self._seq,
+                now=now,
+                input=stored_input,
+                reserved=from_milli(reserve),
+                claimed=claimed,
             )
-            if claimed is not None:
-                task = task.claimed(claimed, now)
             self._tasks[task.id] = task
             if new.idempotency_key is not None:
                 self._idempotency[key.id, new.idempotency_key] = (task.id, new.request_hash)

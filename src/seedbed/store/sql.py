@@ -512,22 +512,21 @@ class SqlStore:
             raise CreateRefused(refused)
         now = self._now()
         values = {"key_id": new.key_id, **_new_task_values(new, reserve, input_json, now)}
-        task = Task.accepted(
-            new, seq=0, now=now, input=orjson.loads(input_json), reserved=from_milli(reserve)
-        )
-        if claimed is not None:
-            task = task.claimed(claimed, now)
+        if claimed is not None:  # as Task.accepted(claimed=...) has it
             values.update(
-                state=task.state.value,
-                attempts=task.attempts,
-                lease_owner=task.lease_owner,
-                lease_expires=task.lease_expires,
+                state=TaskState.GENERATING.value,
+                attempts=1,
+                lease_owner=claimed.worker_id,
+                lease_expires=claimed.expires(now),
             )
         seq = execute(conn, q.INSERT_TASK, values).scalar_one()
         execute(
             conn, q.INSERT_LEDGER, q.ledger_row(new.key_id, new.id, "reserve", reserve, "", now)
         )
-        return task.evolve(seq=seq)
+        input_ = orjson.loads(input_json)
+        return Task.accepted(
+            new, seq=seq, now=now, input=input_, reserved=from_milli(reserve), claimed=claimed
+        )
 
     def _create_in_one(
         self, conn: Connection, new: NewTask, reserve: int, input_json: str, cap: int
