@@ -101,16 +101,16 @@ async def create_task(request: Request) -> Response:
         else hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
     cap = key.limits.open_task_cap or ctx.settings.open_task_cap
-    # An idle worker in this process, whose device is free, takes the task in its create:
-    # the task is stored already its (generating, leased), and its engine starts before the
-    # create commits, the commit running beside the device (SQLite's group commit, at the end
-    # of this loop turn). Otherwise an idle worker (waiting, with a free slot) claims in this
+    # An idle worker in this process, its device free, takes the task in its create: the
+    # task is stored generating and leased to it, and its engine starts before the create
+    # commits, the commit running beside the device (SQLite's group commit, at the end of
+    # this loop turn; docs/architecture.md). Only where the key's cached balance covers the
+    # hold: a key out of credits does not start (and at once cancel) a generation with each
+    # refused create. Otherwise an idle worker (waiting, with a free slot) claims in this
     # create's own transaction: woken before the create's write, its claim joins it, so the
     # task is generating when its creation commits, one commit and ~2 ms sooner than a
     # wake-up after it (bench/peer_bench.py). Should the claim miss the task, the wake-up
     # below makes the worker look again. A busy worker is only woken.
-    # Only where the key's cached balance covers the hold: a key out of credits does not start
-    # (and at once cancel) a generation with each refused create.
     worker = ctx.worker if ctx.store.group_commit and idempotency_key is None else None
     covered = key.balance >= reserve
     claimed = worker.take_new(spec.id) if worker is not None and covered else None

@@ -171,8 +171,9 @@ class Store(Protocol):
         """Store a task and hold ``new.reserve`` credits from its key, in one transaction.
 
         With ``claimed``, the task is stored as that worker's claim would leave it
-        (``Task.claimed``: generating, leased, first attempt); no other worker can claim it
-        while the lease holds. An idempotent repeat (below) is answered as ever, unclaimed.
+        (``Task.accepted(claimed=...)``: generating, leased, first attempt); no other worker
+        can claim it while the lease holds. An idempotent repeat (below) is answered as ever,
+        unclaimed.
 
         Raises ``CreateRefused("credits")`` if the balance cannot cover the hold and
         ``CreateRefused("open_tasks")`` if the key already has ``open_task_cap`` open tasks.
