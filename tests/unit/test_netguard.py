@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from seedbed import netguard
 from seedbed.netguard import (
     FetchError,
     NetguardError,
@@ -484,3 +485,19 @@ async def test_non_2xx_and_redirect_without_location() -> None:
 async def test_default_resolver_numeric_host() -> None:
     # A numeric host is parsed by getaddrinfo itself: no DNS query is sent.
     assert "127.0.0.1" in await default_resolver("127.0.0.1", 80)
+
+
+def test_a_url_is_parsed_once_per_policy_and_a_refusal_every_time() -> None:
+    open_ = netguard.NetPolicy.from_cidrs(["127.0.0.0/8"])
+    closed = netguard.NetPolicy()
+    url = "http://127.0.0.1:8080/hook?x=1"
+    first = netguard.parse_target(url, open_)
+    assert netguard.parse_target(url, open_) is first  # kept: a delivery reuses the create's
+    assert first.port == 8080 and first.url.raw_path == b"/hook?x=1"
+    assert netguard.NetPolicy.from_cidrs(["127.0.0.0/8"]) == open_  # the cache is no part of it
+    for _ in range(2):  # the other policy keeps its own answer: refused, each time
+        with pytest.raises(netguard.UrlRefused, match="loopback"):
+            netguard.parse_target(url, closed)
+    for n in range(netguard.TARGETS_KEPT + 1):  # bounded: forgotten all at once when full
+        netguard.parse_target(f"http://127.0.0.1:8080/{n}", open_)
+    assert len(open_._targets) <= netguard.TARGETS_KEPT
