@@ -42,6 +42,7 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from PIL import Image
+from pydantic import BaseModel
 
 from seedbed import catalogue, errors, faults, images, netguard
 from seedbed.catalogue.base import ModelSpec
@@ -207,6 +208,8 @@ class Worker:
         #: the task group of ``run``'s claim loop, while it runs: tasks taken in their create
         #: (``run_new``) run in it too
         self._group: asyncio.TaskGroup | None = None
+        #: the validated input of tasks taken in their create, until their attempt reads it
+        self._validated: dict[str, BaseModel] = {}
         self.health = health or faults.Health()
         #: slots per engine, and routes: relay engines run on the loop beside the threads
         # Each device slot has one task claimed ahead, waiting for the device: when the
@@ -294,23 +297,29 @@ class Worker:
             or not self.wakeup.waiting_ready
             or model not in _STARTS_AT_ONCE
             or self._device.locked()
-            or not self._claimable([model])
         ):
             return None
+        # With nothing running every slot is free and nothing waits for post-processing: a
+        # claim would choose the route's first engine (``RouteRunner.choose``), this one.
         engine = self.engines.for_model(model)
         if engine is None or is_async(engine) or id(engine) not in self._loaded:
             return None
         return ClaimedBy(self.worker_id, self.config.lease_seconds)
 
-    def run_new(self, task: Task, created: asyncio.Future[Task]) -> None:
+    def run_new(
+        self, task: Task, created: asyncio.Future[Task], validated: BaseModel | None = None
+    ) -> None:
         """Start ``task``, taken with ``take_new``, before its create commits: called before
         the create's write, its run's first step comes before the commit (SQLite's group
         commit, at the end of this loop turn), which thus runs beside the device. ``task`` is
         the record the create will store; ``created`` is done when the create is. Should the
         create fail (credits, the open-task cap, the database), the attempt is canceled; its
         writes change nothing, each guarded by a lease that was never stored, and its files
-        are dropped with its refused finish."""
+        are dropped with its refused finish. ``validated``: the task's input as the API
+        validated it (its model), which the attempt then does not validate again."""
         assert self._group is not None, "take_new said no worker loop runs"
+        if validated is not None:
+            self._validated[task.id] = validated
         self._running[task.id] = cancel = threading.Event()
         self._routes.take(task.id, task.model)
 
@@ -522,6 +531,7 @@ class Worker:
             log.exception("processing the task failed; it runs again later", extra=task_extra(task))
         finally:
             self._engine_began(task.id, None)  # ended before its engine ran: stop waiting
+            self._validated.pop(task.id, None)
             self._running.pop(task.id, None)
             self._post.discard(task.id)
             self._posted.pop(task.id, None)
@@ -646,7 +656,8 @@ class Worker:
         if task.attempts > 1:
             await self._drop_earlier_results(task)
         spec = catalogue.CATALOGUE[task.model]
-        inp = spec.input_model.model_validate(task.input)
+        # a task taken in its create comes with the input the API validated a moment ago
+        inp = self._validated.pop(task.id, None) or spec.input_model.model_validate(task.input)
         engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
         if engine is None:
             return Outcome.failure("505", f"no engine serves {task.model} on this worker")

@@ -120,7 +120,7 @@ async def create_task(request: Request) -> Response:
             task = await ctx.store.create_task(new, open_task_cap=cap)
         else:
             assert worker is not None
-            task = await _create_started(ctx, worker, new, cap, claimed)
+            task = await _create_started(ctx, worker, new, cap, claimed, inp)
     except CreateRefused as exc:
         if exc.reason == "open_tasks":  # the cap, reached by a create racing this one
             ctx.metrics.refused("open_tasks")
@@ -146,7 +146,7 @@ async def create_task(request: Request) -> Response:
 
 
 async def _create_started(
-    ctx: Context, worker: Worker, new: NewTask, cap: int, claimed: ClaimedBy
+    ctx: Context, worker: Worker, new: NewTask, cap: int, claimed: ClaimedBy, inp: Any
 ) -> Task:
     """Create ``new`` claimed by ``worker``, which starts it first: its run's first step is
     scheduled before the create's write, whose commit thus runs after the engine has its job."""
@@ -155,7 +155,7 @@ async def _create_started(
     as_stored = Task.accepted(
         new, seq=0, now=now, input=new.input, reserved=new.reserve, claimed=claimed
     )
-    worker.run_new(as_stored, created)
+    worker.run_new(as_stored, created, inp)
     try:
         task = await ctx.store.create_task(new, open_task_cap=cap, claimed=claimed)
     except asyncio.CancelledError:
