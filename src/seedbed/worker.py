@@ -657,7 +657,9 @@ class Worker:
             await self._drop_earlier_results(task)
         spec = catalogue.CATALOGUE[task.model]
         # a task taken in its create comes with the input the API validated a moment ago
-        inp = self._validated.pop(task.id, None) or spec.input_model.model_validate(task.input)
+        inp = self._validated.pop(task.id, None)
+        if inp is None:
+            inp = spec.input_model.model_validate(task.input)
         engine = self._routes.engine_of(task.id) or self.engines.for_model(task.model)
         if engine is None:
             return Outcome.failure("505", f"no engine serves {task.model} on this worker")
