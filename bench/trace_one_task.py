@@ -53,6 +53,9 @@ STEPS = [
     ("seedbed.engines.standin", "StandinEngine.run", "engine"),
     ("seedbed.store.sql", "SqlStore.set_task_engine", "set_engine"),
     ("seedbed.storage.local", "_Reserved.put", "put_reserved"),
+    # the result's data sync (the first after the pictures; the checkpointer's, once a second,
+    # comes first now and then)
+    ("os", "fdatasync", "put_fdatasync"),
     ("seedbed.storage.local", "LocalStorage.put_here", "put_here"),
     ("seedbed.worker", "Worker._postprocess", "postprocess"),
     ("seedbed.worker", "Worker._settled", "settled"),
